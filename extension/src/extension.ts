@@ -1,0 +1,301 @@
+/**
+ * Subcoder for VS Code: starts `subcoder serve`, shows its state, and wires the palette commands.
+ * Everything the extension shows comes from the server over LSP.
+ */
+import * as os from 'os';
+import * as vscode from 'vscode';
+import { LanguageClient, State } from 'vscode-languageclient/node';
+import { logChannel, traceError, traceInfo, traceWarn } from './common/log';
+import {
+    chooseInterpreter,
+    checkServerInstalled,
+    describeInterpreter,
+    Interpreter,
+    installMessage,
+    InstallState,
+    ProbeResult,
+} from './common/python';
+import { onDidChangeInterpreter, selectedInterpreter } from './common/pythonExtension';
+import {
+    createClient,
+    executeServerCommand,
+    sendSettings,
+    SERVER_COMMAND_REBUILD,
+    SERVER_COMMAND_STATUS,
+} from './common/server';
+import { classifyChange, SECTION, serverSettings, ServerSettings } from './common/settings';
+import { applyProgress, ServerStatus, statusLines } from './common/status';
+import { StatusBar } from './common/statusBar';
+import * as api from './common/vscodeapi';
+import { spawn } from 'child_process';
+
+let client: LanguageClient | undefined;
+let statusBar: StatusBar | undefined;
+let restartChain: Promise<void> = Promise.resolve();
+let restartQueued = false;
+
+function pathContext(): { home: string; workspaceFolder?: string } {
+    return { home: os.homedir(), workspaceFolder: api.firstWorkspaceFolder() };
+}
+
+function currentSettings(scope?: vscode.ConfigurationScope): ServerSettings {
+    const config = api.getConfiguration(SECTION, scope);
+    const problems: string[] = [];
+    const settings = serverSettings((key) => config.get(key), pathContext(), problems);
+    problems.forEach((p) => traceWarn(p));
+    return settings;
+}
+
+async function interpreter(): Promise<Interpreter> {
+    const setting = api.getConfiguration(SECTION).get<string>('python');
+    const fromExtension = setting?.trim() ? undefined : await selectedInterpreter();
+    return chooseInterpreter({ setting, pythonExtension: fromExtension, ctx: pathContext() });
+}
+
+function runProbe(command: string, args: string[]): Promise<ProbeResult> {
+    return new Promise((resolve) => {
+        let stderr = '';
+        const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30000 });
+        child.stderr.on('data', (d) => (stderr += String(d)));
+        child.on('error', (err: NodeJS.ErrnoException) => resolve({ code: null, error: { code: err.code, message: err.message }, stderr }));
+        child.on('close', (code) => resolve({ code, stderr }));
+    });
+}
+
+async function offerInstall(state: InstallState): Promise<void> {
+    const message = installMessage(state);
+    if (!message) {
+        return;
+    }
+    traceError(message);
+    if (state.kind !== 'missing-module') {
+        const pick = await api.showErrorMessage(message, 'Show logs');
+        if (pick === 'Show logs') {
+            logChannel().show();
+        }
+        return;
+    }
+    const pick = await api.showErrorMessage(message, 'Install in terminal', 'Copy command', 'Show logs');
+    if (pick === 'Install in terminal') {
+        api.runInTerminal('Subcoder install', state.install);
+        const next = await api.showInformationMessage('When the install has finished, restart the Subcoder server.', 'Restart server');
+        if (next) {
+            await restartServer('installed');
+        }
+    } else if (pick === 'Copy command') {
+        await api.writeClipboard(state.install);
+    } else if (pick === 'Show logs') {
+        logChannel().show();
+    }
+}
+
+async function stopClient(): Promise<void> {
+    const old = client;
+    client = undefined;
+    if (old) {
+        try {
+            await old.stop(5000);
+        } catch (err) {
+            traceWarn(`Stopping the server: ${err instanceof Error ? err.message : String(err)}`);
+        }
+    }
+}
+
+async function startServer(reason: string): Promise<void> {
+    const bar = statusBar!;
+    await stopClient();
+    bar.model.client = 'starting';
+    bar.model.server = undefined;
+    bar.model.progress.clear();
+    bar.model.problem = undefined;
+    bar.render();
+
+    const interp = await interpreter();
+    traceInfo(`Starting the server (${reason}) with ${describeInterpreter(interp)}`);
+    const installed = await checkServerInstalled(interp.path, runProbe);
+    if (installed.kind !== 'ok') {
+        bar.model.client = 'not-installed';
+        bar.model.problem = installMessage(installed);
+        bar.render();
+        void offerInstall(installed);
+        return;
+    }
+
+    const next = createClient({
+        python: interp.path,
+        cwd: api.firstWorkspaceFolder(),
+        settings: currentSettings(),
+        channel: logChannel(),
+        hooks: {
+            onStatus: (status) => {
+                bar.model.server = status;
+                bar.render();
+            },
+            onProgress: (token, value) => {
+                applyProgress(bar.model, token, value);
+                bar.render();
+            },
+            settingsFor: (scopeUri) => currentSettings(scopeUri ? vscode.Uri.parse(scopeUri) : undefined),
+        },
+    });
+    next.onDidChangeState((e) => {
+        if (client !== next) {
+            return;
+        }
+        if (e.newState === State.Running) {
+            bar.model.client = 'running';
+        } else if (e.newState === State.Stopped) {
+            bar.model.client = 'stopped';
+            bar.model.progress.clear();
+        } else {
+            bar.model.client = 'starting';
+        }
+        bar.render();
+    });
+    client = next;
+    try {
+        await next.start();
+    } catch (err) {
+        traceError('The server did not start', err);
+        if (client === next) {
+            bar.model.client = 'stopped';
+            bar.model.problem = `The server did not start: ${err instanceof Error ? err.message : String(err)}.`;
+            bar.render();
+        }
+    }
+}
+
+/** Restarts the server; requests made while one restart waits are folded into it. */
+function restartServer(reason: string): Promise<void> {
+    if (restartQueued) {
+        return restartChain;
+    }
+    restartQueued = true;
+    restartChain = restartChain.then(async () => {
+        restartQueued = false;
+        try {
+            await startServer(reason);
+        } catch (err) {
+            traceError('Restarting the server failed', err);
+        }
+    });
+    return restartChain;
+}
+
+function runningClient(): LanguageClient | undefined {
+    if (client?.state === State.Running) {
+        return client;
+    }
+    void api.showWarningMessage('Subcoder: the server is not running.', 'Show logs', 'Restart server').then((pick) => {
+        if (pick === 'Show logs') {
+            logChannel().show();
+        } else if (pick === 'Restart server') {
+            void restartServer('user');
+        }
+    });
+    return undefined;
+}
+
+async function rebuild(): Promise<void> {
+    const c = runningClient();
+    if (!c) {
+        return;
+    }
+    traceInfo('Rebuild of the sub-model requested');
+    try {
+        await executeServerCommand(c, SERVER_COMMAND_REBUILD);
+    } catch (err) {
+        traceError('Rebuild failed', err);
+        void api.showErrorMessage(`Subcoder: rebuild failed: ${err instanceof Error ? err.message : String(err)}`);
+    }
+}
+
+type StatusPick = vscode.QuickPickItem & { action?: string };
+
+async function showStatus(): Promise<void> {
+    const c = runningClient();
+    if (!c) {
+        return;
+    }
+    let status: ServerStatus | undefined;
+    try {
+        status = (await executeServerCommand<ServerStatus | null>(c, SERVER_COMMAND_STATUS)) ?? undefined;
+    } catch (err) {
+        traceWarn(`subcoder.status failed: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    status = status ?? statusBar?.model.server;
+    if (!status) {
+        void api.showInformationMessage('Subcoder: the server has not reported a status yet.');
+        return;
+    }
+    const pick = api.createQuickPick<StatusPick>();
+    pick.title = 'Subcoder status';
+    pick.placeholder = 'Pick an action, or Escape to close';
+    pick.matchOnDescription = true;
+    pick.items = statusLines(status).map((line) =>
+        line.separator
+            ? { label: line.label, kind: vscode.QuickPickItemKind.Separator }
+            : { label: line.label, description: line.description, detail: line.detail, action: line.action },
+    );
+    pick.onDidAccept(() => {
+        const action = pick.selectedItems[0]?.action;
+        pick.hide();
+        if (action) {
+            void vscode.commands.executeCommand(action);
+        }
+    });
+    pick.onDidHide(() => pick.dispose());
+    pick.show();
+}
+
+async function toggleLanguage(): Promise<void> {
+    const languageId = api.activeLanguageId();
+    if (!languageId) {
+        void api.showInformationMessage('Subcoder: open a file to toggle completions for its language.');
+        return;
+    }
+    const config = api.getConfiguration(SECTION, { languageId });
+    const enabled = config.get<boolean>('enable', true) !== false;
+    await config.update('enable', !enabled, vscode.ConfigurationTarget.Global, true);
+    void api.showInformationMessage(`Subcoder: completions ${enabled ? 'off' : 'on'} for ${languageId}.`);
+}
+
+async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
+    const change = classifyChange((key) => e.affectsConfiguration(key));
+    if (change === 'restart') {
+        await restartServer('subcoder.python changed');
+    } else if (change === 'forward' && client?.state === State.Running) {
+        traceInfo('Settings changed; sending them to the server');
+        await sendSettings(client, currentSettings());
+    }
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+    const channel = logChannel();
+    context.subscriptions.push(channel);
+    statusBar = new StatusBar();
+    context.subscriptions.push(statusBar);
+    traceInfo(`Subcoder ${context.extension.packageJSON.version} activating`);
+
+    context.subscriptions.push(
+        api.registerCommand('subcoder.rebuild', rebuild),
+        api.registerCommand('subcoder.restart', () => restartServer('user')),
+        api.registerCommand('subcoder.showLogs', () => channel.show()),
+        api.registerCommand('subcoder.showStatus', showStatus),
+        api.registerCommand('subcoder.toggleLanguage', toggleLanguage),
+        api.onDidChangeConfiguration((e) => void onConfigurationChanged(e)),
+    );
+    const pythonChanged = await onDidChangeInterpreter(() => {
+        if (!api.getConfiguration(SECTION).get<string>('python')?.trim()) {
+            void restartServer('Python interpreter changed');
+        }
+    });
+    if (pythonChanged) {
+        context.subscriptions.push(pythonChanged);
+    }
+    await restartServer('activation');
+}
+
+export async function deactivate(): Promise<void> {
+    await stopClient();
+}

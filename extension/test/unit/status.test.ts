@@ -1,0 +1,130 @@
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+import {
+    applyProgress,
+    formatBytes,
+    formatPercent,
+    initialModel,
+    ServerStatus,
+    statusLines,
+    statusView,
+} from '../../src/common/status';
+
+function withServer(server: ServerStatus) {
+    const m = initialModel();
+    m.client = 'running';
+    m.server = server;
+    return m;
+}
+
+test('formatting helpers', () => {
+    assert.equal(formatPercent(0.5), '50%');
+    assert.equal(formatPercent(0.333), '33%');
+    assert.equal(formatPercent(undefined), '?%');
+    assert.equal(formatBytes(512), '512 B');
+    assert.equal(formatBytes(1536), '1.5 KB');
+    assert.equal(formatBytes(135 * 1024 * 1024), '135 MB');
+    assert.equal(formatBytes(null), 'unknown size');
+});
+
+test('starting before any report', () => {
+    const v = statusView(initialModel());
+    assert.equal(v.text, '$(loading~spin) Subcoder');
+    assert.equal(v.command, 'subcoder.showLogs');
+});
+
+test('building shows language and percentage', () => {
+    const v = statusView(withServer({ state: 'building', language: 'python', percent: 42.4 }));
+    assert.equal(v.text, '$(loading~spin) Subcoder: building python 42%');
+    assert.equal(v.severity, 'normal');
+    assert.equal(v.command, 'subcoder.showStatus');
+});
+
+test('work-done progress drives the percentage', () => {
+    const m = withServer({ state: 'base', language: 'python', model: 'smollm2-135m' });
+    applyProgress(m, 'tok', { kind: 'begin', title: 'Building python sub-model', percentage: 0 });
+    assert.equal(statusView(m).text, '$(loading~spin) Subcoder: building python 0%');
+    applyProgress(m, 'tok', { kind: 'report', percentage: 60, message: 'layer 18/30' });
+    const v = statusView(m);
+    assert.equal(v.text, '$(loading~spin) Subcoder: building python 60%');
+    assert.match(v.tooltip, /layer 18\/30/);
+    assert.match(v.tooltip, /base model/);
+    applyProgress(m, 'tok', { kind: 'report', message: 'saving' });
+    assert.equal(statusView(m).text, '$(loading~spin) Subcoder: building python 60%');
+    applyProgress(m, 'tok', { kind: 'end' });
+    assert.equal(statusView(m).text, '$(circle-outline) Subcoder: base model');
+});
+
+test('percentages are clamped', () => {
+    assert.equal(statusView(withServer({ state: 'building', language: 'go', percent: 140 })).text, '$(loading~spin) Subcoder: building go 100%');
+    assert.equal(statusView(withServer({ state: 'building' })).text, '$(loading~spin) Subcoder: building');
+});
+
+test('ready shows language and sparsity', () => {
+    const v = statusView(withServer({ state: 'ready', language: 'python', sparsity: 0.5, pattern: 'unstructured', model: 'smollm2-135m', sizeBytes: 100 * 1024 * 1024 }));
+    assert.equal(v.text, '$(check) Subcoder: python · 50% sparse');
+    assert.match(v.tooltip, /python sub-model of smollm2-135m \(50% sparse, 100 MB\)/);
+});
+
+test('ready with an N:M pattern names it', () => {
+    assert.equal(statusView(withServer({ state: 'ready', language: 'rust', sparsity: 0.5, pattern: '2:4' })).text, '$(check) Subcoder: rust · 50% sparse, 2:4');
+});
+
+test('base, idle, detecting', () => {
+    assert.equal(statusView(withServer({ state: 'base', model: 'm' })).text, '$(circle-outline) Subcoder: base model');
+    assert.equal(statusView(withServer({ state: 'idle' })).text, '$(circle-slash) Subcoder: idle');
+    assert.equal(statusView(withServer({ state: 'detecting' })).text, '$(loading~spin) Subcoder: detecting');
+});
+
+test('errors go to the logs, even during a build', () => {
+    const m = withServer({ state: 'error', message: 'model failed to load' });
+    applyProgress(m, 1, { kind: 'begin', title: 'x' });
+    const v = statusView(m);
+    assert.equal(v.text, '$(error) Subcoder: error');
+    assert.equal(v.severity, 'error');
+    assert.equal(v.command, 'subcoder.showLogs');
+    assert.match(v.tooltip, /model failed to load/);
+});
+
+test('client problems win over the last server report', () => {
+    const m = withServer({ state: 'ready', language: 'python', sparsity: 0.5 });
+    m.client = 'stopped';
+    m.problem = 'The server crashed.';
+    assert.equal(statusView(m).text, '$(debug-disconnect) Subcoder: stopped');
+    assert.match(statusView(m).tooltip, /crashed/);
+    m.client = 'not-installed';
+    assert.equal(statusView(m).text, '$(warning) Subcoder: not installed');
+    assert.equal(statusView(m).severity, 'warning');
+});
+
+test('status lines list languages by share and the actions', () => {
+    const lines = statusLines({
+        state: 'ready', language: 'python', sparsity: 0.5, pattern: 'unstructured', model: 'smollm2-135m', sizeBytes: 2048,
+        languages: [
+            { language: 'javascript', share: 0.2, files: 1, bytes: 100 },
+            { language: 'python', share: 0.8, files: 12, bytes: 4096 },
+        ],
+    });
+    const text = lines.map((l) => `${l.label}|${l.description ?? ''}`);
+    assert.deepEqual(text, [
+        '$(pulse) State|ready',
+        '$(server) Serving|python sub-model of smollm2-135m',
+        '$(filter) Sparsity|50% (unstructured)',
+        '$(database) Size|2.0 KB',
+        'Detected languages|',
+        '$(code) python|80% · 12 files, 4.0 KB',
+        '$(code) javascript|20% · 1 file, 100 B',
+        'Actions|',
+        '$(refresh) Rebuild sub-model|',
+        '$(output) Show logs|',
+        '$(debug-restart) Restart server|',
+    ]);
+    assert.deepEqual(lines.filter((l) => l.action).map((l) => l.action), ['subcoder.rebuild', 'subcoder.showLogs', 'subcoder.restart']);
+});
+
+test('status lines while building on the base model, no languages', () => {
+    const lines = statusLines({ state: 'building', language: 'go', percent: 30, model: 'smollm2-135m', languages: [] });
+    assert.equal(lines[1].description, 'go 30%');
+    assert.equal(lines[2].description, 'base model smollm2-135m');
+    assert.ok(lines.some((l) => l.label === '$(info) none'));
+});

@@ -1,0 +1,100 @@
+"""Extract a language sub-model: load → calibrate → prune → store. The one call the CLI and the server make."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .calibration import CalibrationSet, CalibrationSpec, build_calibration
+from .config import PruneConfig
+from .models import LoadedModel, load_model
+from .progress import CancelFn, ProgressFn, check_cancel, report
+from .prune import PruneReport, prune_model
+from .storage import FORMAT_VERSION, save_submodel, size_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    manifest: dict
+    report: PruneReport
+    sizes: dict
+
+
+def cache_key(base_hash: str, language: str, config: PruneConfig, calibration_fingerprint: str) -> str:
+    """Names everything that changes the weights, so equal keys mean equal sub-models."""
+    return f"{language}-{config.slug()}-{base_hash[:12]}-{calibration_fingerprint}-v{FORMAT_VERSION}"
+
+
+def extract(
+    model: str | LoadedModel,
+    language: str,
+    config: PruneConfig,
+    calibration: CalibrationSpec | None = None,
+    out_dir: Path | None = None,
+    *,
+    dtype="bfloat16",
+    device: str = "cpu",
+    offload: bool = False,
+    batch_size: int = 4,
+    cache_dir=None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> ExtractResult:
+    """Build one sub-model and write it atomically to `out_dir` (default: the cache, by key).
+
+    `model` may be a name (loaded here) or an already loaded base model, which is pruned in place.
+    """
+    calibration = calibration or CalibrationSpec()
+    timings = {}
+    t0 = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, dtype=dtype, device="cpu" if offload else device, sparse=False, cache_dir=cache_dir, progress=progress)
+    if loaded.info.is_submodel:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{loaded.info.name} is already a sub-model; prune its base model instead")
+    timings["load_s"] = round(time.perf_counter() - t0, 2)
+    check_cancel(cancel)
+
+    t1 = time.perf_counter()
+    calib: CalibrationSet = build_calibration(loaded.tokenizer, language, calibration)
+    timings["calibration_set_s"] = round(time.perf_counter() - t1, 2)
+    log.info("calibration: %s (fingerprint %s)", calib.description, calib.fingerprint)
+    key = cache_key(loaded.info.content_hash, language, config, calib.fingerprint)
+    target = Path(out_dir) if out_dir else paths.submodels_dir(cache_dir) / key
+
+    result = prune_model(loaded.model, calib.input_ids, calib.attention_mask, config,
+                         batch_size=batch_size, offload=offload, progress=progress, cancel=cancel)
+    timings["prune_s"] = round(result.report.seconds, 2)
+    check_cancel(cancel)
+
+    t2 = time.perf_counter()
+    report(progress, "save", 0, 1, f"writing {target}")
+    manifest = {
+        "base_model": loaded.info.name,
+        "base_hash": loaded.info.content_hash,
+        "architecture": loaded.info.architecture,
+        "language": language,
+        "method": config.method,
+        "pattern": str(config.pattern),
+        "sparsity": config.sparsity,
+        "calibration": {"fingerprint": calib.fingerprint, "description": calib.description,
+                        "source": calibration.source, "n_samples": calibration.n_samples,
+                        "seq_len": calibration.seq_len, "seed": calibration.seed, "tokens": calib.tokens},
+        "cache_key": key,
+        "report": result.report.to_dict(),
+        "timings": timings,
+    }
+    save_submodel(loaded, result.masks, manifest, target)
+    timings["save_s"] = round(time.perf_counter() - t2, 2)
+    report(progress, "save", 1, 1, "saved")
+    timings["total_s"] = round(time.perf_counter() - t0, 2)
+    log.info("extracted %s sub-model in %.1f s: %.1f%% of linear weights pruned", language, timings["total_s"],
+             100 * result.report.linear_sparsity)
+    return ExtractResult(target, manifest, result.report, size_report(target))

@@ -1,0 +1,232 @@
+"""Sequential, layer-by-layer pruning of a causal LM: the orchestration around `wanda.py`.
+
+Lifecycle of one run (`prune_model`):
+  1. capture  — run the model up to its first decoder layer on each calibration batch and keep exactly
+                what that layer receives (hidden states and every keyword argument: transformers 5
+                passes position_embeddings, attention masks, cache positions …). Nothing per model.
+  2. per decoder layer, in order:
+       a. observe — hooks on each nn.Linear stream ||X_j||^2 over real tokens (NormAccumulator);
+       b. mask    — scores from weights and norms, keep-mask per row (wanda.mask_from_scores);
+       c. apply   — zero the pruned weights in place;
+       d. forward — run the *pruned* layer again: its outputs are the next layer's inputs, so later
+                    layers calibrate on what they will really see.
+  3. report  — sparsity per layer and in total, timings, peak memory.
+
+Embeddings and lm_head are never touched (they live outside the decoder layers), so tied weights stay tied.
+Memory is bounded by one decoder layer's activations over the calibration set, plus the model; with
+`offload=True` on an accelerator only the current layer is on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import PruneConfig
+from .errors import ConfigError
+from .progress import CancelFn, ProgressFn, check_cancel, report
+from .wanda import NormAccumulator, apply_mask, magnitude_scores, mask_from_scores, wanda_scores
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the first decoder layer needs to run."""
+
+
+@dataclass
+class LayerInputs:
+    """What one decoder layer receives for one calibration batch."""
+
+    hidden: torch.Tensor  # (batch, seq, hidden)
+    args: tuple
+    kwargs: dict
+    token_mask: torch.Tensor | None  # (batch, seq) True for real tokens
+
+
+@dataclass
+class PruneReport:
+    layers: list[dict] = field(default_factory=list)  # per decoder layer: index, sparsity, seconds
+    linear_sparsity: float = 0.0  # zeros / weights over the pruned linear layers
+    model_sparsity: float = 0.0  # zeros in pruned layers / all parameters (embeddings included)
+    pruned_params: int = 0
+    total_params: int = 0
+    seconds: float = 0.0
+    capture_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    calibration_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PruneResult:
+    masks: dict[str, torch.Tensor]  # weight name (e.g. "model.layers.0.mlp.up_proj.weight") -> keep-mask
+    report: PruneReport
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of decoder layers, found by shape rather than by per-architecture names."""
+    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n and n:
+            return name, module
+    raise ConfigError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def capture_first_layer_inputs(model, layers: nn.ModuleList, input_ids, attention_mask, batch_size: int) -> list[LayerInputs]:
+    captured: list[LayerInputs] = []
+    current_mask = {}
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")}
+        kwargs.pop("hidden_states", None)
+        captured.append(LayerInputs(hidden, tuple(args[1:]), kwargs, current_mask.get("m")))
+        raise _StopForward
+
+    device = next(model.parameters()).device
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            ids = input_ids[start:start + batch_size].to(device)
+            am = attention_mask[start:start + batch_size].to(device)
+            current_mask["m"] = am.bool() if not bool(am.all()) else None
+            with contextlib.suppress(_StopForward):
+                model(input_ids=ids, attention_mask=am, use_cache=False)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _layer_output(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def prune_model(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: PruneConfig,
+    *,
+    batch_size: int = 4,
+    offload: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> PruneResult:
+    """Prune every linear layer inside the decoder layers of `model` in place; return the masks.
+
+    input_ids / attention_mask: (n_samples, seq_len) calibration windows (0 in the mask = padding).
+    """
+    t_start = time.perf_counter()
+    model.eval()
+    prefix, layers = decoder_layers(model)
+    compute_device = next(model.parameters()).device
+    if offload and compute_device.type != "cpu":
+        raise ConfigError("offload expects the model on the CPU; it moves one layer at a time to the accelerator")
+    device = torch.device("cuda") if offload and torch.cuda.is_available() else compute_device
+    if offload and device.type == "cuda":
+        # only the embeddings and the current layer ever sit on the accelerator
+        model.get_input_embeddings().to(device)
+        rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+        if rotary is not None:
+            rotary.to(device)
+
+    use_wanda = config.method == "wanda"
+    inputs: list[LayerInputs] = []
+    if use_wanda:
+        report(progress, "calibrate", 0, 1, "capturing the first layer's inputs")
+        inputs = capture_first_layer_inputs(model, layers, input_ids, attention_mask, batch_size)
+        report(progress, "calibrate", 1, 1, f"{len(inputs)} batches captured")
+    capture_seconds = time.perf_counter() - t_start
+
+    masks: dict[str, torch.Tensor] = {}
+    result = PruneReport(capture_seconds=capture_seconds, calibration_tokens=int(attention_mask.sum()))
+    for index, layer in enumerate(layers):
+        check_cancel(cancel)
+        t_layer = time.perf_counter()
+        if offload and device.type == "cuda":
+            layer.to(device)
+        linears = prunable_linears(layer)
+        norms: dict[str, NormAccumulator] = {}
+        if use_wanda:
+            norms = _observe(layer, linears, inputs, device)
+        kept = total = 0
+        for name, linear in linears.items():
+            if use_wanda:
+                scores = wanda_scores(linear.weight, norms[name].sq_norms.to(linear.weight.device))
+            else:
+                scores = magnitude_scores(linear.weight)
+            keep = mask_from_scores(scores, config.sparsity, config.pattern)
+            apply_mask(linear.weight, keep)
+            masks[f"{prefix}.{index}.{name}.weight"] = keep.cpu()
+            kept += int(keep.sum())
+            total += keep.numel()
+        if use_wanda and index + 1 < len(layers):
+            for item in inputs:  # pruned outputs feed the next layer
+                out = layer(item.hidden.to(device), *item.args, **item.kwargs)
+                item.hidden = _layer_output(out)
+        if offload and device.type == "cuda":
+            layer.to("cpu")
+        seconds = time.perf_counter() - t_layer
+        result.layers.append({"layer": index, "sparsity": 1 - kept / total if total else 0.0, "seconds": round(seconds, 3)})
+        result.pruned_params += total - kept
+        report(progress, "prune", index + 1, len(layers), f"layer {index + 1}/{len(layers)}: {1 - kept / max(total, 1):.1%} sparse")
+        log.debug("layer %d pruned in %.2f s", index, seconds)
+
+    linear_total = sum(m.numel() for m in masks.values())
+    result.linear_sparsity = result.pruned_params / linear_total if linear_total else 0.0
+    result.total_params = sum(p.numel() for p in model.parameters())
+    result.model_sparsity = result.pruned_params / result.total_params
+    result.seconds = time.perf_counter() - t_start
+    result.peak_memory_bytes = peak_memory_bytes(device)
+    return PruneResult(masks, result)
+
+
+def _observe(layer, linears: dict[str, nn.Linear], inputs: list[LayerInputs], device) -> dict[str, NormAccumulator]:
+    """Run the layer over all captured inputs with one hook per linear accumulating input norms."""
+    norms = {name: NormAccumulator(lin.in_features, device=lin.weight.device) for name, lin in linears.items()}
+    current: dict[str, torch.Tensor | None] = {"mask": None}
+    handles = []
+    try:
+        for name, lin in linears.items():
+            def hook(module, args, _acc=norms[name]):
+                _acc.add(args[0], current["mask"])
+            handles.append(lin.register_forward_pre_hook(hook))
+        for item in inputs:
+            current["mask"] = item.token_mask
+            layer(item.hidden.to(device), *item.args, **item.kwargs)
+    finally:
+        for h in handles:  # one owner for every hook handle: always removed
+            h.remove()
+    return norms
+
+
+def peak_memory_bytes(device) -> int:
+    if getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def sparsity_of(model) -> dict:
+    """Zeros per decoder-layer linear weight, measured on the weights themselves."""
+    prefix, layers = decoder_layers(model)
+    zeros = total = 0
+    for layer in layers:
+        for lin in prunable_linears(layer).values():
+            zeros += int((lin.weight == 0).sum())
+            total += lin.weight.numel()
+    return {"linear_sparsity": zeros / total if total else 0.0, "zeros": zeros, "linear_params": total}

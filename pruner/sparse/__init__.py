@@ -1,0 +1,1 @@
+"""CPU sparse kernel (placeholder during build)."""

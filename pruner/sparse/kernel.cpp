@@ -1,0 +1,582 @@
+// subcoder CPU kernels: sparse (packed-mask) and dense bf16 linear layers.
+//
+// Packed layout (docs/ARCHITECTURE.md, "Storage format"): for a weight W (out, in)
+//   mask   int32 (out, nwords), nwords = ceil(in / 32); bit j (LSB first) of word k in row r is set
+//          when W[r, 32k + j] is kept; padding bits are 0.
+//   values bf16 (nnz + padding,), the kept values row by row, columns ascending.
+//   roff   int64 (out + 1,), prefix sum of the rows' popcounts (computed once at load).
+// The caller pads `values` with at least PAD_VALUES zeros: the AVX2 path reads 16 bytes at a time.
+//
+// Two instruction sets, chosen at run time (functions carry their own target attributes, so the
+// file is compiled without -m flags and never executes an instruction the CPU lacks):
+//   ISA_AVX512: AVX-512 F/BW/VBMI2/BF16. One 32-bit mask word re-expands 32 bf16 values with
+//               vpexpandw (_mm512_maskz_expandloadu_epi16) and multiplies them with the bf16 input
+//               with vdpbf16ps (fp32 accumulation).
+//   ISA_AVX2:   AVX2 + FMA. One mask byte re-expands 8 values: the 16 bytes at the value pointer are
+//               broadcast to both 128-bit lanes and a per-byte vpshufb table moves each kept bf16 into
+//               the high half of its fp32 lane (zero elsewhere), which is exactly bf16 -> fp32.
+// Rows are split between threads (at::parallel_for) so that each gets about the same number of kept
+// values. Batch > 1 goes through the same kernels in tiles of up to 4 input rows; large batches
+// (prefill) expand the weight in row chunks to dense and call the BLAS matmul instead.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int ISA_NONE = 0;
+constexpr int ISA_AVX2 = 1;
+constexpr int ISA_AVX512 = 2;
+constexpr int64_t PAD_VALUES = 16;
+
+// Work (kept values x batch rows) below which one thread does the whole product: waking the
+// other threads costs more than it saves.
+constexpr int64_t MIN_WORK_PER_THREAD = 48 * 1024;
+
+int detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bf16"))
+    return ISA_AVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("popcnt"))
+    return ISA_AVX2;
+  return ISA_NONE;
+}
+
+const int g_best_isa = detect_isa();
+std::atomic<int> g_isa{g_best_isa};
+
+// vpshufb controls for the AVX2 expansion, one 32-byte row per mask byte.
+struct ShuffleTable {
+  alignas(64) uint8_t ctl[256][32];
+  ShuffleTable() {
+    for (int m = 0; m < 256; ++m) {
+      int p = 0;
+      for (int j = 0; j < 8; ++j) {
+        uint8_t* lane = &ctl[m][4 * j];  // fp32 lane j lives in bytes 4j..4j+3 (lane-local: j%4 in half j/4)
+        lane[0] = lane[1] = 0x80;        // low mantissa bits of the fp32: zero
+        if (m & (1 << j)) {
+          lane[2] = static_cast<uint8_t>(2 * p);
+          lane[3] = static_cast<uint8_t>(2 * p + 1);
+          ++p;
+        } else {
+          lane[2] = lane[3] = 0x80;
+        }
+      }
+    }
+  }
+};
+const ShuffleTable g_shuf;
+
+inline int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA
+// ---------------------------------------------------------------------------------------------
+
+__attribute__((target("avx2,fma"))) inline __m256 expand8_avx2(const uint16_t* p, uint32_t byte) {
+  __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  __m256i ctl = _mm256_load_si256(reinterpret_cast<const __m256i*>(g_shuf.ctl[byte]));
+  return _mm256_castsi256_ps(_mm256_shuffle_epi8(raw, ctl));
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One sparse row against NB input rows (fp32, stride xs, zero-padded to 32 * nwords).
+template <int NB>
+__attribute__((target("avx2,fma,popcnt"))) inline void sparse_row_avx2(
+    const uint32_t* mw, int64_t nwords, const uint16_t* v, const float* x, int64_t xs, float* out) {
+  constexpr int NA = NB == 1 ? 4 : 2;
+  __m256 acc[NB][NA];
+  for (int b = 0; b < NB; ++b)
+    for (int a = 0; a < NA; ++a) acc[b][a] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < nwords; ++k) {
+    const uint32_t m = mw[k];
+    if (m == 0) continue;
+    const uint32_t c0 = _mm_popcnt_u32(m & 0xffu);
+    const uint32_t c1 = _mm_popcnt_u32(m & 0xffffu);
+    const uint32_t c2 = _mm_popcnt_u32(m & 0xffffffu);
+    const __m256 w0 = expand8_avx2(v, m & 0xffu);
+    const __m256 w1 = expand8_avx2(v + c0, (m >> 8) & 0xffu);
+    const __m256 w2 = expand8_avx2(v + c1, (m >> 16) & 0xffu);
+    const __m256 w3 = expand8_avx2(v + c2, m >> 24);
+    v += _mm_popcnt_u32(m);
+    const float* xk = x + 32 * k;
+    for (int b = 0; b < NB; ++b) {
+      const float* xb = xk + b * xs;
+      acc[b][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc[b][0]);
+      acc[b][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), acc[b][1]);
+      acc[b][2 % NA] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), acc[b][2 % NA]);
+      acc[b][3 % NA] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), acc[b][3 % NA]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    __m256 s = _mm256_add_ps(acc[b][0], acc[b][1]);
+    if (NA == 4) s = _mm256_add_ps(s, _mm256_add_ps(acc[b][2 % NA], acc[b][3 % NA]));
+    out[b] = hsum_avx2(s);
+  }
+}
+
+// One dense bf16 row (in values) against NB fp32 input rows.
+template <int NB>
+__attribute__((target("avx2,fma"))) inline void dense_row_avx2(
+    const uint16_t* w, int64_t in, const float* x, int64_t xs, float* out) {
+  __m256 acc[NB][2];
+  for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= in; c += 16) {
+    const __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c))), 16));
+    const __m256 w1 = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c + 8))), 16));
+    for (int b = 0; b < NB; ++b) {
+      acc[b][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + b * xs + c), acc[b][0]);
+      acc[b][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + b * xs + c + 8), acc[b][1]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    float s = hsum_avx2(_mm256_add_ps(acc[b][0], acc[b][1]));
+    for (int64_t t = c; t < in; ++t) {
+      uint32_t bits = static_cast<uint32_t>(w[t]) << 16;
+      float wf;
+      std::memcpy(&wf, &bits, 4);
+      s += wf * x[b * xs + t];
+    }
+    out[b] = s;
+  }
+}
+
+// Expand sparse rows to dense fp32 (row stride ld >= 32 * nwords).
+__attribute__((target("avx2,fma,popcnt"))) void expand_rows_avx2_f32(
+    const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
+    int64_t r0, int64_t r1, float* dst, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* mw = mask + r * nwords;
+    const uint16_t* v = values + roff[r];
+    float* d = dst + (r - r0) * ld;
+    for (int64_t k = 0; k < nwords; ++k) {
+      const uint32_t m = mw[k];
+      for (int b = 0; b < 4; ++b) {
+        const uint32_t byte = (m >> (8 * b)) & 0xffu;
+        _mm256_storeu_ps(d + 32 * k + 8 * b, expand8_avx2(v, byte));
+        v += _mm_popcnt_u32(byte);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 F/BW/VBMI2/BF16
+// ---------------------------------------------------------------------------------------------
+
+#define SC_AVX512 "avx512f,avx512bw,avx512vbmi2,avx512bf16,avx2,fma,popcnt"
+
+__attribute__((target(SC_AVX512))) inline float hsum_avx512(__m512 v) {
+  return _mm512_reduce_add_ps(v);
+}
+
+// One sparse row against NB bf16 input rows (stride xs, zero-padded to 32 * nwords).
+template <int NB>
+__attribute__((target(SC_AVX512))) inline void sparse_row_avx512(
+    const uint32_t* mw, int64_t nwords, const uint16_t* v, const uint16_t* x, int64_t xs, float* out) {
+  constexpr int NA = 2;
+  __m512 acc[NB][NA];
+  for (int b = 0; b < NB; ++b)
+    for (int a = 0; a < NA; ++a) acc[b][a] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 2 <= nwords; k += 2) {
+    const uint32_t m0 = mw[k], m1 = mw[k + 1];
+    const __m512i w0 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m0), v);
+    v += _mm_popcnt_u32(m0);
+    const __m512i w1 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m1), v);
+    v += _mm_popcnt_u32(m1);
+    for (int b = 0; b < NB; ++b) {
+      const uint16_t* xb = x + b * xs + 32 * k;
+      acc[b][0] = _mm512_dpbf16_ps(acc[b][0], (__m512bh)w0, (__m512bh)_mm512_loadu_si512(xb));
+      acc[b][1] = _mm512_dpbf16_ps(acc[b][1], (__m512bh)w1, (__m512bh)_mm512_loadu_si512(xb + 32));
+    }
+  }
+  for (; k < nwords; ++k) {
+    const uint32_t m0 = mw[k];
+    const __m512i w0 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m0), v);
+    v += _mm_popcnt_u32(m0);
+    for (int b = 0; b < NB; ++b)
+      acc[b][0] = _mm512_dpbf16_ps(acc[b][0], (__m512bh)w0,
+                                   (__m512bh)_mm512_loadu_si512(x + b * xs + 32 * k));
+  }
+  for (int b = 0; b < NB; ++b) {
+    out[b] = hsum_avx512(_mm512_add_ps(acc[b][0], acc[b][1]));
+  }
+}
+
+template <int NB>
+__attribute__((target(SC_AVX512))) inline void dense_row_avx512(
+    const uint16_t* w, int64_t in, const uint16_t* x, int64_t xs, float* out) {
+  __m512 acc[NB][2];
+  for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 64 <= in; c += 64) {
+    const __m512i w0 = _mm512_loadu_si512(w + c);
+    const __m512i w1 = _mm512_loadu_si512(w + c + 32);
+    for (int b = 0; b < NB; ++b) {
+      acc[b][0] = _mm512_dpbf16_ps(acc[b][0], (__m512bh)w0, (__m512bh)_mm512_loadu_si512(x + b * xs + c));
+      acc[b][1] = _mm512_dpbf16_ps(acc[b][1], (__m512bh)w1, (__m512bh)_mm512_loadu_si512(x + b * xs + c + 32));
+    }
+  }
+  for (; c < in; c += 32) {  // x is zero-padded to a multiple of 32; the weight tail is masked
+    const int64_t rem = std::min<int64_t>(32, in - c);
+    const __mmask32 mk = rem == 32 ? ~0u : ((1u << rem) - 1u);
+    const __m512i w0 = _mm512_maskz_loadu_epi16(mk, w + c);
+    for (int b = 0; b < NB; ++b)
+      acc[b][0] = _mm512_dpbf16_ps(acc[b][0], (__m512bh)w0, (__m512bh)_mm512_loadu_si512(x + b * xs + c));
+  }
+  for (int b = 0; b < NB; ++b) out[b] = hsum_avx512(_mm512_add_ps(acc[b][0], acc[b][1]));
+}
+
+__attribute__((target(SC_AVX512))) void expand_rows_avx512_f32(
+    const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
+    int64_t r0, int64_t r1, float* dst, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* mw = mask + r * nwords;
+    const uint16_t* v = values + roff[r];
+    float* d = dst + (r - r0) * ld;
+    for (int64_t k = 0; k < nwords; ++k) {
+      const uint32_t m = mw[k];
+      const __m512i w = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m), v);
+      v += _mm_popcnt_u32(m);
+      const __m512i lo = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(w)), 16);
+      const __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w, 1)), 16);
+      _mm512_storeu_si512(d + 32 * k, lo);
+      _mm512_storeu_si512(d + 32 * k + 16, hi);
+    }
+  }
+}
+
+__attribute__((target(SC_AVX512))) void expand_rows_avx512_bf16(
+    const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
+    int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* mw = mask + r * nwords;
+    const uint16_t* v = values + roff[r];
+    uint16_t* d = dst + (r - r0) * ld;
+    for (int64_t k = 0; k < nwords; ++k) {
+      const uint32_t m = mw[k];
+      _mm512_storeu_si512(d + 32 * k, _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m), v));
+      v += _mm_popcnt_u32(m);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers
+// ---------------------------------------------------------------------------------------------
+
+int current_isa() {
+  const int isa = g_isa.load(std::memory_order_relaxed);
+  TORCH_CHECK(isa != ISA_NONE, "subcoder_sparse: this CPU has neither AVX2+FMA nor AVX-512 BF16");
+  return isa;
+}
+
+// Threads to use for `work` units, and the row ranges: thread t gets rows [bounds[t], bounds[t+1])
+// with about the same cost, cost(r) = roff[r] + 8 * r (a row also costs its mask words).
+int64_t n_threads_for(int64_t work) {
+  const int64_t t = std::max<int64_t>(1, at::get_num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(t, work / MIN_WORK_PER_THREAD));
+}
+
+template <typename F>
+void parallel_rows(int64_t rows, const int64_t* roff, int64_t row_cost, int64_t nt, const F& f) {
+  if (nt <= 1) {
+    f(0, rows);
+    return;
+  }
+  auto cost = [&](int64_t r) { return (roff ? roff[r] : 0) + row_cost * r; };
+  const int64_t total = cost(rows);
+  std::vector<int64_t> bounds(nt + 1);
+  bounds[0] = 0;
+  bounds[nt] = rows;
+  for (int64_t t = 1; t < nt; ++t) {
+    const int64_t target = total * t / nt;
+    int64_t lo = bounds[t - 1], hi = rows;  // first row r with cost(r) >= target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (cost(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[t] = lo;
+  }
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (bounds[t] < bounds[t + 1]) f(bounds[t], bounds[t + 1]);
+  });
+}
+
+void check_packed(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in) {
+  TORCH_CHECK(mask.dim() == 2 && mask.scalar_type() == at::kInt && mask.is_contiguous() && mask.is_cpu(),
+              "subcoder_sparse: mask must be a contiguous CPU int32 tensor (out, ceil(in/32))");
+  TORCH_CHECK(mask.size(1) == divup(in, 32), "subcoder_sparse: mask has ", mask.size(1),
+              " words per row, in_features ", in, " needs ", divup(in, 32));
+  TORCH_CHECK((values.scalar_type() == at::kBFloat16 || values.scalar_type() == at::kShort) &&
+                  values.dim() == 1 && values.is_contiguous() && values.is_cpu(),
+              "subcoder_sparse: values must be a contiguous 1-D CPU bf16 (or int16) tensor");
+  TORCH_CHECK(roff.scalar_type() == at::kLong && roff.dim() == 1 && roff.numel() == mask.size(0) + 1 &&
+                  roff.is_contiguous(),
+              "subcoder_sparse: row_offsets must be int64 (out + 1,)");
+  const int64_t nnz = roff.data_ptr<int64_t>()[mask.size(0)];
+  TORCH_CHECK(values.numel() >= nnz + PAD_VALUES, "subcoder_sparse: values hold ", values.numel(),
+              " entries, the mask needs ", nnz, " plus ", PAD_VALUES, " of padding");
+}
+
+// x (B, in) -> zero-padded (B, 32 * nwords) buffer in fp32 (AVX2) or bf16 (AVX-512).
+at::Tensor padded_input(const at::Tensor& x, int64_t in, int isa) {
+  const int64_t padded = divup(in, 32) * 32;
+  const auto dt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
+  at::Tensor buf = at::empty({x.size(0), padded}, x.options().dtype(dt));
+  if (padded > in) buf.narrow(1, in, padded - in).zero_();
+  buf.narrow(1, 0, in).copy_(x);
+  return buf;
+}
+
+at::Tensor finish(at::Tensor y, const c10::optional<at::Tensor>& bias, at::ScalarType dt) {
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+  return dt == at::kFloat ? y : y.to(dt);
+}
+
+// Batch rows handled by the tiled kernels; larger batches go through expand + matmul.
+std::atomic<int64_t> g_gemm_min_batch{16};
+
+template <typename RowFn1, typename RowFn2, typename RowFn3, typename RowFn4>
+void run_tiles(int64_t B, int64_t r, float* y, int64_t ys, const RowFn1& f1, const RowFn2& f2,
+               const RowFn3& f3, const RowFn4& f4) {
+  float tmp[4];
+  int64_t b0 = 0;
+  for (; b0 + 4 <= B; b0 += 4) {
+    f4(b0, tmp);
+    for (int i = 0; i < 4; ++i) y[(b0 + i) * ys + r] = tmp[i];
+  }
+  const int64_t rem = B - b0;
+  if (rem == 3) f3(b0, tmp);
+  else if (rem == 2) f2(b0, tmp);
+  else if (rem == 1) f1(b0, tmp);
+  for (int64_t i = 0; i < rem; ++i) y[(b0 + i) * ys + r] = tmp[i];
+}
+
+at::Tensor sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                               const at::Tensor& roff, int64_t in, int isa) {
+  const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
+  at::Tensor xp = padded_input(x, in, isa);
+  at::Tensor y = at::empty({B, O}, x.options().dtype(at::kFloat));
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
+  const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const int64_t* rp = roff.data_ptr<int64_t>();
+  float* yp = y.data_ptr<float>();
+  const int64_t xs = xp.size(1);
+  const int64_t nt = n_threads_for((rp[O] + 8 * O) * B);
+  if (isa == ISA_AVX512) {
+    const uint16_t* xq = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+    parallel_rows(O, rp, 8, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint32_t* mw = mp + r * nwords;
+        const uint16_t* v = vp + rp[r];
+        run_tiles(B, r, yp, O,
+                  [&](int64_t b, float* o) { sparse_row_avx512<1>(mw, nwords, v, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { sparse_row_avx512<2>(mw, nwords, v, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { sparse_row_avx512<3>(mw, nwords, v, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { sparse_row_avx512<4>(mw, nwords, v, xq + b * xs, xs, o); });
+      }
+    });
+  } else {
+    const float* xq = xp.data_ptr<float>();
+    parallel_rows(O, rp, 8, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint32_t* mw = mp + r * nwords;
+        const uint16_t* v = vp + rp[r];
+        run_tiles(B, r, yp, O,
+                  [&](int64_t b, float* o) { sparse_row_avx2<1>(mw, nwords, v, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { sparse_row_avx2<2>(mw, nwords, v, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { sparse_row_avx2<3>(mw, nwords, v, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { sparse_row_avx2<4>(mw, nwords, v, xq + b * xs, xs, o); });
+      }
+    });
+  }
+  return y;
+}
+
+// Expand rows [r0, r1) into `dst` (rows x ld, fp32 or bf16), threads split the rows.
+void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const int64_t* rp, int64_t r0,
+                 int64_t r1, at::Tensor& dst, int isa) {
+  const int64_t ld = dst.size(1);
+  const int64_t nt = n_threads_for((r1 - r0) * nwords * 32 / 4);
+  const bool bf16 = dst.scalar_type() == at::kBFloat16;
+  auto body = [&](int64_t a, int64_t b) {
+    if (bf16) {
+      expand_rows_avx512_bf16(mp, nwords, vp, rp, r0 + a, r0 + b,
+                              reinterpret_cast<uint16_t*>(dst.data_ptr()) + a * ld, ld);
+    } else if (isa == ISA_AVX512) {
+      expand_rows_avx512_f32(mp, nwords, vp, rp, r0 + a, r0 + b, dst.data_ptr<float>() + a * ld, ld);
+    } else {
+      expand_rows_avx2_f32(mp, nwords, vp, rp, r0 + a, r0 + b, dst.data_ptr<float>() + a * ld, ld);
+    }
+  };
+  parallel_rows(r1 - r0, nullptr, 1, nt, body);
+}
+
+// Prefill: expand the weight in row chunks and multiply with the BLAS. Returns fp32 (B, O).
+at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                              const at::Tensor& roff, int64_t in, int isa) {
+  const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
+  const int64_t ld = nwords * 32;
+  // bf16 GEMM where the CPU multiplies bf16 natively, fp32 (exact products) elsewhere.
+  const auto cdt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
+  at::Tensor xc = x.to(cdt).contiguous();
+  const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(O, (int64_t(4) << 20) / (ld * 4)));
+  at::Tensor wbuf = at::empty({chunk, ld}, x.options().dtype(cdt));
+  at::Tensor yt = at::empty({O, B}, x.options().dtype(cdt == at::kFloat ? at::kFloat : cdt));
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
+  const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const int64_t* rp = roff.data_ptr<int64_t>();
+  for (int64_t r0 = 0; r0 < O; r0 += chunk) {
+    const int64_t n = std::min(chunk, O - r0);
+    expand_rows(mp, nwords, vp, rp, r0, r0 + n, wbuf, isa);
+    at::Tensor out = yt.narrow(0, r0, n);
+    at::mm_out(out, wbuf.narrow(0, 0, n).narrow(1, 0, in), xc.t());
+  }
+  return yt.t().to(at::kFloat).contiguous();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operators
+// ---------------------------------------------------------------------------------------------
+
+at::Tensor row_offsets(const at::Tensor& mask) {
+  TORCH_CHECK(mask.dim() == 2 && mask.scalar_type() == at::kInt, "subcoder_sparse: mask must be int32 2-D");
+  at::Tensor m = mask.contiguous();
+  const int64_t O = m.size(0), nw = m.size(1);
+  at::Tensor out = at::empty({O + 1}, m.options().dtype(at::kLong));
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(m.data_ptr<int32_t>());
+  int64_t* op = out.data_ptr<int64_t>();
+  op[0] = 0;
+  for (int64_t r = 0; r < O; ++r) {
+    int64_t c = 0;
+    for (int64_t k = 0; k < nw; ++k) c += __builtin_popcount(mp[r * nw + k]);
+    op[r + 1] = op[r] + c;
+  }
+  return out;
+}
+
+// y = x @ W^T + bias for a packed W. x: (B, in) bf16 or fp32; result has x's dtype.
+// mode: 0 = choose by batch size, 1 = tiled sparse kernel, 2 = expand + matmul.
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                         const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                         int64_t mode) {
+  check_packed(mask, values, roff, in);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == in && x.is_cpu(), "subcoder_sparse: input must be (B, ", in, ")");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "subcoder_sparse: input must be bf16 or fp32");
+  const int isa = current_isa();
+  const int64_t B = x.size(0);
+  if (B == 0) return at::empty({0, mask.size(0)}, x.options());
+  const bool gemm = mode == 2 || (mode == 0 && B >= g_gemm_min_batch.load());
+  at::Tensor y = gemm ? sparse_matmul_gemm(x, mask, values, roff, in, isa)
+                      : sparse_matmul_tiled(x, mask, values, roff, in, isa);
+  return finish(y, bias, x.scalar_type());
+}
+
+// Dense bf16 W (out, in): y = x @ W^T + bias with the row kernels (batches up to the GEMM threshold).
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
+                  weight.is_cpu(),
+              "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+  const int64_t O = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == in, "subcoder_sparse: input must be (B, ", in, ")");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "subcoder_sparse: input must be bf16 or fp32");
+  const int isa = current_isa();
+  const int64_t B = x.size(0);
+  at::Tensor xp = padded_input(x, in, isa);
+  const int64_t xs = xp.size(1);
+  at::Tensor y = at::empty({B, O}, x.options().dtype(at::kFloat));
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+  float* yp = y.data_ptr<float>();
+  const int64_t nt = n_threads_for(O * in * B / 2);
+  if (isa == ISA_AVX512) {
+    const uint16_t* xq = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+    parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint16_t* w = wp + r * in;
+        run_tiles(B, r, yp, O,
+                  [&](int64_t b, float* o) { dense_row_avx512<1>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx512<2>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx512<3>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx512<4>(w, in, xq + b * xs, xs, o); });
+      }
+    });
+  } else {
+    const float* xq = xp.data_ptr<float>();
+    parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint16_t* w = wp + r * in;
+        run_tiles(B, r, yp, O,
+                  [&](int64_t b, float* o) { dense_row_avx2<1>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx2<2>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx2<3>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx2<4>(w, in, xq + b * xs, xs, o); });
+      }
+    });
+  }
+  return finish(y, bias, x.scalar_type());
+}
+
+// Rows [r0, r1) of the packed weight as a dense (r1 - r0, in) tensor of `dtype` (fp32 or bf16).
+at::Tensor expand(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,
+                  int64_t r0, int64_t r1, at::ScalarType dtype) {
+  check_packed(mask, values, roff, in);
+  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= mask.size(0), "subcoder_sparse: bad row range");
+  const int isa = current_isa();
+  const int64_t ld = mask.size(1) * 32;
+  const bool native_bf16 = dtype == at::kBFloat16 && isa == ISA_AVX512;
+  at::Tensor buf = at::empty({r1 - r0, ld}, mask.options().dtype(native_bf16 ? at::kBFloat16 : at::kFloat));
+  expand_rows(reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>()), mask.size(1),
+              reinterpret_cast<const uint16_t*>(values.data_ptr()), roff.data_ptr<int64_t>(), r0, r1, buf, isa);
+  at::Tensor out = buf.narrow(1, 0, in);
+  return out.to(dtype).contiguous();
+}
+
+// 0: none, 1: AVX2+FMA, 2: AVX-512 BF16. `best_isa` is what the CPU supports, `isa` what is used.
+int64_t best_isa() { return g_best_isa; }
+int64_t get_isa() { return g_isa.load(); }
+int64_t set_isa(int64_t isa) {
+  TORCH_CHECK(isa >= ISA_NONE && isa <= g_best_isa, "subcoder_sparse: ISA ", isa, " is not supported here");
+  return g_isa.exchange(static_cast<int>(isa));
+}
+int64_t set_gemm_min_batch(int64_t b) { return g_gemm_min_batch.exchange(std::max<int64_t>(1, b)); }
+
+}  // namespace
+
+TORCH_LIBRARY(subcoder_sparse, m) {
+  m.def("row_offsets(Tensor mask) -> Tensor", &row_offsets);
+  m.def("sparse_linear(Tensor x, Tensor mask, Tensor values, Tensor row_offsets, int in_features, "
+        "Tensor? bias, int mode) -> Tensor",
+        &sparse_linear);
+  m.def("dense_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", &dense_linear);
+  m.def("expand(Tensor mask, Tensor values, Tensor row_offsets, int in_features, int r0, int r1, "
+        "ScalarType dtype) -> Tensor",
+        &expand);
+  m.def("best_isa() -> int", &best_isa);
+  m.def("get_isa() -> int", &get_isa);
+  m.def("set_isa(int isa) -> int", &set_isa);
+  m.def("set_gemm_min_batch(int batch) -> int", &set_gemm_min_batch);
+}

@@ -1,0 +1,308 @@
+"""Sub-model directories: compact safetensors (packed bitmask + kept values), manifest, checksums.
+
+Layout (format version 1, see docs/ARCHITECTURE.md): each pruned weight W (out, in) is stored as
+`NAME.mask` (int32 (out, ceil(in/32)), bit j of word k = column 32k+j kept, LSB first) and
+`NAME.values` (kept values row by row). At 50% sparsity in bf16 that is 0.5 * 2 + 1/8 = 1.125 bytes
+per weight instead of 2 (0.5625x). Everything else is stored densely under its own name.
+
+Directories are written atomically (temporary directory, then rename) and every file's sha256 is in
+the manifest, checked on load: a truncated or tampered directory is refused, never half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__, paths
+from .errors import CorruptError, ModelError
+from .models import MANIFEST, WEIGHTS, LoadedModel, ModelInfo, detect_fim, parse_dtype, sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MASK_SUFFIX = ".mask"
+VALUES_SUFFIX = ".values"
+_BITS = 32
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_mask(keep: torch.Tensor) -> torch.Tensor:
+    """bool (out, in) -> int32 (out, ceil(in/32)); bit j of word k is column 32k+j (LSB first)."""
+    out_features, in_features = keep.shape
+    words = -(-in_features // _BITS)
+    padded = torch.zeros(out_features, words * _BITS, dtype=torch.int64)
+    padded[:, :in_features] = keep.to(torch.int64)
+    shifts = torch.arange(_BITS, dtype=torch.int64)
+    packed = (padded.view(out_features, words, _BITS) << shifts).sum(dim=-1)  # values in [0, 2^32)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)  # two's complement into int32
+    return packed.to(torch.int32)
+
+
+def unpack_mask(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """int32 (out, words) -> bool (out, in_features)."""
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.arange(_BITS, dtype=torch.int64)
+    bits = (words.unsqueeze(-1) >> shifts) & 1  # (out, words, 32)
+    return bits.reshape(packed.shape[0], -1)[:, :in_features].bool()
+
+
+def pack_weight(weight: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask words, kept values row by row) for one pruned weight."""
+    return pack_mask(keep), weight.detach()[keep.to(weight.device)].contiguous().cpu()
+
+
+def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense weight (zeros where pruned) and its keep-mask."""
+    keep = unpack_mask(words, shape[1])
+    if int(keep.sum()) != values.numel():
+        raise CorruptError(f"mask and values disagree ({int(keep.sum())} kept bits, {values.numel()} values)")
+    dense = torch.zeros(tuple(shape), dtype=values.dtype)
+    dense[keep] = values
+    return dense, keep
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest: dict, target: Path) -> Path:
+    """Write a sub-model directory atomically. `masks`: weight name -> keep-mask (True = kept)."""
+    from safetensors.torch import save_file
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    state = model.state_dict()
+    tied = _tied_names(model)
+    tensors: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, tensor in state.items():
+        if name in tied:
+            continue
+        if name in masks:
+            words, values = pack_weight(tensor, masks[name])
+            tensors[name + MASK_SUFFIX] = words
+            tensors[name + VALUES_SUFFIX] = values
+            shapes[name] = list(tensor.shape)
+        else:
+            tensors[name] = tensor.detach().contiguous().cpu()
+    with paths.atomic_dir(Path(target)) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "subcoder_format": str(FORMAT_VERSION),
+                                                         "pruned_shapes": json.dumps(shapes)})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        tokenizer.save_pretrained(str(tmp))
+        full = {
+            "format_version": FORMAT_VERSION,
+            "subcoder_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **manifest,
+            "pruned_weights": sorted(shapes),
+        }
+        full["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+    log.info("saved sub-model to %s", target)
+    return Path(target)
+
+
+def _tied_names(model) -> set[str]:
+    """Names of parameters that alias another (lm_head tied to the embeddings): stored once."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = tensor.data_ptr()
+        if key in seen and tensor.numel():
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptError(f"{directory} is not a sub-model (no {MANIFEST})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptError(f"{path} is not valid JSON: the sub-model is corrupt") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptError(f"{directory}: sub-model format {manifest.get('format_version')!r}, this subcoder reads {FORMAT_VERSION}")
+    return manifest
+
+
+def verify(directory: Path) -> dict:
+    """Check every file against the manifest's sha256; raise CorruptError naming the first bad one."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    files = manifest.get("files") or {}
+    if WEIGHTS not in files:
+        raise CorruptError(f"{directory}: manifest lists no weights")
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CorruptError(f"{directory}: {name} is missing")
+        if sha256_file(path) != expected:
+            raise CorruptError(f"{directory}: {name} does not match its checksum (truncated or modified)")
+    return manifest
+
+
+def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            shapes = json.loads(meta.get("pruned_shapes", "{}"))
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise CorruptError(f"{directory}: cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return tensors, shapes
+
+
+def load_masks(directory: Path) -> dict[str, torch.Tensor]:
+    """The keep-masks of a sub-model, without building the model (for overlap analysis)."""
+    directory = Path(directory)
+    read_manifest(directory)
+    from safetensors import safe_open
+
+    masks = {}
+    with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
+        shapes = json.loads((fh.metadata() or {}).get("pruned_shapes", "{}"))
+        for name, shape in shapes.items():
+            masks[name] = unpack_mask(fh.get_tensor(name + MASK_SUFFIX), shape[1])
+    return masks
+
+
+def dense_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(dense state dict with zeros in pruned places, keep-masks, packed form) of a verified sub-model."""
+    tensors, shapes = _read_tensors(directory)
+    state, masks, packed = {}, {}, {}
+    for name, tensor in tensors.items():
+        if name.endswith(MASK_SUFFIX) or name.endswith(VALUES_SUFFIX):
+            continue
+        state[name] = tensor
+    for name, shape in shapes.items():
+        try:
+            words, values = tensors[name + MASK_SUFFIX], tensors[name + VALUES_SUFFIX]
+        except KeyError:
+            raise CorruptError(f"{directory}: {name} is listed as pruned but its mask or values are missing") from None
+        state[name], masks[name] = unpack_weight(words, values, shape)
+        packed[name] = (words, values, shape)
+    return state, masks, packed
+
+
+def load_submodel(directory: Path, *, dtype="bfloat16", device="cpu", sparse: bool | None = None, name=None) -> LoadedModel:
+    """Rebuild an ordinary transformers model with exactly the pruned weights (bit-exact)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
+
+    directory = Path(directory)
+    manifest = verify(directory)
+    state, masks, packed = dense_state(directory)
+    torch_dtype = parse_dtype(dtype)
+    try:
+        config = AutoConfig.from_pretrained(str(directory))
+        with no_init_weights():  # every weight is overwritten below: skip the random init
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as exc:
+        raise ModelError(f"cannot build the sub-model in {directory}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_names(model)
+    missing = [m for m in missing if m not in tied]
+    if missing or unexpected:
+        raise CorruptError(f"{directory}: weights do not fit the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval().to(device)
+    info = ModelInfo(
+        name=str(name or directory),
+        path=directory,
+        content_hash=manifest.get("base_hash", ""),
+        architecture=(config.architectures or [type(model).__name__])[0],
+        fim=detect_fim(tokenizer),
+        manifest=manifest,
+    )
+    loaded = LoadedModel(model, tokenizer, info)
+    if str(device) == "cpu" and sparse is not False:
+        _use_sparse_kernel(loaded, packed, required=bool(sparse))
+    return loaded
+
+
+def _use_sparse_kernel(loaded: LoadedModel, packed: dict, required: bool) -> None:
+    """Swap pruned linears for the sparse CPU kernel where it is available (one log line if not)."""
+    try:
+        from . import sparse
+    except ImportError:
+        return
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        log.info("sparse kernel off: %s; pruned layers run dense", reason)
+        return
+    sparse.sparsify(loaded.model, packed)
+    loaded.info.sparse_kernel = True
+
+
+def export_dense(directory: Path, target: Path) -> Path:
+    """A plain Hugging Face directory (dense weights, zeros kept) that loads anywhere."""
+    from safetensors.torch import save_file
+
+    directory, target = Path(directory), Path(target)
+    verify(directory)
+    state, _, _ = dense_state(directory)
+    with paths.atomic_dir(target) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        for f in directory.iterdir():
+            if f.is_file() and f.name not in (WEIGHTS, MANIFEST):
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "subcoder_manifest.json").write_text((directory / MANIFEST).read_text())
+    return target
+
+
+def size_report(directory: Path) -> dict:
+    """Bytes of the pruned matrices stored compactly vs as dense bf16, and of the whole directory."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    compact = dense = 0
+    with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
+        shapes = json.loads((fh.metadata() or {}).get("pruned_shapes", "{}"))
+        for name, shape in shapes.items():
+            for suffix in (MASK_SUFFIX, VALUES_SUFFIX):
+                sl = fh.get_slice(name + suffix)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                compact += n * (4 if suffix == MASK_SUFFIX else 2 if sl.get_dtype() in ("BF16", "F16") else 4)
+            dense += shape[0] * shape[1] * 2
+        other = 0
+        for name in fh.keys():
+            if not (name.endswith(MASK_SUFFIX) or name.endswith(VALUES_SUFFIX)):
+                sl = fh.get_slice(name)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                other += n * 2
+    total = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+    return {
+        "pruned_compact_bytes": compact,
+        "pruned_dense_bf16_bytes": dense,
+        "pruned_ratio": compact / dense if dense else 1.0,
+        "directory_bytes": total,
+        "dense_model_bf16_bytes": dense + other,
+        "directory_ratio": total / (dense + other) if dense + other else 1.0,
+    }
