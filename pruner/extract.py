@@ -91,7 +91,7 @@ def extract(
         "report": result.report.to_dict(),
         "timings": timings,
     }
-    save_submodel(loaded, result.masks, manifest, target)
+    manifest = save_submodel(loaded, result.masks, manifest, target)
     timings["save_s"] = round(time.perf_counter() - t2, 2)
     report(progress, "save", 1, 1, "saved")
     timings["total_s"] = round(time.perf_counter() - t0, 2)

@@ -74,8 +74,10 @@ def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[tor
 # --------------------------------------------------------------------------- saving
 
 
-def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest: dict, target: Path) -> Path:
-    """Write a sub-model directory atomically. `masks`: weight name -> keep-mask (True = kept)."""
+def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest: dict, target: Path) -> dict:
+    """Write a sub-model directory atomically and return its full manifest.
+
+    `masks`: weight name -> keep-mask (True = kept)."""
     from safetensors.torch import save_file
 
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -94,8 +96,10 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
         else:
             tensors[name] = tensor.detach().contiguous().cpu()
     with paths.atomic_dir(Path(target)) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "subcoder_format": str(FORMAT_VERSION),
-                                                         "pruned_shapes": json.dumps(shapes)})
+        # one metadata key: safetensors orders several keys arbitrarily, and equal sub-models
+        # should be equal bytes
+        meta = json.dumps({"format_version": FORMAT_VERSION, "pruned_shapes": shapes}, sort_keys=True)
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"subcoder": meta})
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -110,7 +114,7 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
         full["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
     log.info("saved sub-model to %s", target)
-    return Path(target)
+    return full
 
 
 def _tied_names(model) -> set[str]:
@@ -158,13 +162,20 @@ def verify(directory: Path) -> dict:
     return manifest
 
 
+def _pruned_shapes(meta: dict | None) -> dict[str, list[int]]:
+    try:
+        return json.loads((meta or {})["subcoder"])["pruned_shapes"]
+    except (KeyError, ValueError, TypeError):
+        raise CorruptError("weights file lacks subcoder's metadata: not a sub-model written by subcoder") from None
+
+
 def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
             meta = fh.metadata() or {}
-            shapes = json.loads(meta.get("pruned_shapes", "{}"))
+            shapes = _pruned_shapes(meta)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:
         raise CorruptError(f"{directory}: cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
@@ -179,7 +190,7 @@ def load_masks(directory: Path) -> dict[str, torch.Tensor]:
 
     masks = {}
     with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
-        shapes = json.loads((fh.metadata() or {}).get("pruned_shapes", "{}"))
+        shapes = _pruned_shapes(fh.metadata())
         for name, shape in shapes.items():
             masks[name] = unpack_mask(fh.get_tensor(name + MASK_SUFFIX), shape[1])
     return masks
@@ -219,6 +230,8 @@ def load_submodel(directory: Path, *, dtype="bfloat16", device="cpu", sparse: bo
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except Exception as exc:
         raise ModelError(f"cannot build the sub-model in {directory}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = _tied_names(model)
     missing = [m for m in missing if m not in tied]
@@ -280,7 +293,7 @@ def size_report(directory: Path) -> dict:
     directory = Path(directory)
     compact = dense = 0
     with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
-        shapes = json.loads((fh.metadata() or {}).get("pruned_shapes", "{}"))
+        shapes = _pruned_shapes(fh.metadata())
         for name, shape in shapes.items():
             for suffix in (MASK_SUFFIX, VALUES_SUFFIX):
                 sl = fh.get_slice(name + suffix)

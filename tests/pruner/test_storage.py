@@ -1,0 +1,131 @@
+"""Sub-model directories: bit-exact round trip, size bound, atomic writes, refusal of damaged files."""
+
+import json
+
+import pytest
+import torch
+
+from pruner.calibration import CalibrationSpec
+from pruner.config import PruneConfig
+from pruner.errors import CorruptError
+from pruner.extract import extract
+from pruner.models import load_model
+from pruner.storage import export_dense, load_masks, pack_mask, size_report, unpack_mask
+from tiny_models import save_tiny_model_dir
+
+PY = "def add(a, b):\n    return a + b\n\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n        self.items.append(x)\n"
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "pkg").mkdir(parents=True)
+    for i in range(6):
+        (ws / "pkg" / f"m{i}.py").write_text(PY.replace("add", f"add{i}") * 3)
+    (ws / "node_modules").mkdir()
+    (ws / "node_modules" / "junk.py").write_text("x = 1\n" * 100)
+    return ws
+
+
+@pytest.fixture(params=["llama", "qwen2", "gpt_neox"])
+def base_dir(tmp_path, request):
+    return save_tiny_model_dir(tmp_path / f"base-{request.param}", request.param)
+
+
+def spec(ws):
+    return CalibrationSpec(source="workspace", workspace=ws, n_samples=4, seq_len=64)
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (5, 31), (4, 32), (7, 33), (2, 100)])
+def test_pack_unpack_roundtrip(shape):
+    keep = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    words = pack_mask(keep)
+    assert words.dtype == torch.int32 and words.shape == (shape[0], -(-shape[1] // 32))
+    assert torch.equal(unpack_mask(words, shape[1]), keep)
+
+
+def test_pack_bit_order_is_lsb_first():
+    keep = torch.zeros(1, 40, dtype=torch.bool)
+    keep[0, 0] = keep[0, 31] = keep[0, 33] = True
+    words = pack_mask(keep)
+    assert words[0, 0].item() == 1 - 2**31  # bits 0 and 31
+    assert words[0, 1].item() == 2
+
+
+def test_roundtrip_is_bit_exact(base_dir, workspace, tmp_path):
+    base = load_model(str(base_dir))
+    result = extract(base, "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    pruned_state = {k: v.clone() for k, v in base.model.state_dict().items()}  # extract pruned `base` in place
+    sub = load_model(str(result.path), sparse=False)
+    for name, tensor in sub.model.state_dict().items():
+        assert torch.equal(tensor, pruned_state[name]), name
+    masks = load_masks(result.path)
+    assert set(masks) == set(result.manifest["pruned_weights"])
+    for name, keep in masks.items():
+        assert torch.equal(keep, pruned_state[name] != 0) or ((pruned_state[name] != 0) <= keep).all()
+    m = result.manifest
+    assert m["language"] == "python" and m["sparsity"] == 0.5 and m["pattern"] == "unstructured"
+    assert m["calibration"]["fingerprint"] and m["base_hash"]
+    assert sub.info.is_submodel
+
+
+def test_compact_size_within_bound(base_dir, workspace, tmp_path):
+    result = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    sizes = size_report(result.path)
+    assert sizes["pruned_ratio"] <= 0.5625 + 1e-9
+    assert result.sizes == sizes
+
+
+def test_workspace_calibration_skips_vendored_dirs(base_dir, workspace, tmp_path):
+    result = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    assert "6 workspace files" in result.manifest["calibration"]["description"] or "workspace files" in result.manifest["calibration"]["description"]
+
+
+def test_same_inputs_same_fingerprint_and_bytes(base_dir, workspace, tmp_path):
+    a = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "a")
+    b = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "b")
+    assert a.manifest["cache_key"] == b.manifest["cache_key"]
+    assert (a.path / "model.safetensors").read_bytes() == (b.path / "model.safetensors").read_bytes()
+
+
+def test_truncated_or_tampered_directory_is_refused(base_dir, workspace, tmp_path):
+    result = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    weights = result.path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptError, match="checksum"):
+        load_model(str(result.path))
+    weights.write_bytes(data)
+    load_model(str(result.path), sparse=False)
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    (result.path / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptError):
+        load_model(str(result.path))
+    (result.path / "manifest.json").write_text(json.dumps(manifest))
+    (result.path / "config.json").unlink()
+    with pytest.raises(Exception):
+        load_model(str(result.path))
+
+
+def test_export_dense_loads_with_plain_transformers(base_dir, workspace, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = extract(str(base_dir), "python", PruneConfig(0.5, "2:4"), spec(workspace), tmp_path / "sub")
+    out = export_dense(result.path, tmp_path / "dense")
+    plain = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.bfloat16)
+    sub = load_model(str(result.path), sparse=False)
+    for name, tensor in sub.model.state_dict().items():
+        assert torch.equal(tensor, plain.state_dict()[name]), name
+
+
+def test_failed_write_leaves_nothing(base_dir, workspace, tmp_path, monkeypatch):
+    import pruner.storage as storage
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(storage, "sha256_file", boom)
+    with pytest.raises(RuntimeError):
+        extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    assert not (tmp_path / "sub").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sub")]
