@@ -55,10 +55,16 @@ async function interpreter(): Promise<Interpreter> {
 function runProbe(command: string, args: string[]): Promise<ProbeResult> {
     return new Promise((resolve) => {
         let stderr = '';
-        const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30000 });
+        const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+        // Own timer rather than spawn's `timeout`, which stays armed when the spawn itself fails.
+        const timer = setTimeout(() => child.kill(), 30000);
+        const done = (result: ProbeResult) => {
+            clearTimeout(timer);
+            resolve(result);
+        };
         child.stderr.on('data', (d) => (stderr += String(d)));
-        child.on('error', (err: NodeJS.ErrnoException) => resolve({ code: null, error: { code: err.code, message: err.message }, stderr }));
-        child.on('close', (code) => resolve({ code, stderr }));
+        child.on('error', (err: NodeJS.ErrnoException) => done({ code: null, error: { code: err.code, message: err.message }, stderr }));
+        child.on('close', (code) => done({ code, stderr }));
     });
 }
 

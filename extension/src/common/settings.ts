@@ -25,16 +25,19 @@ export interface ServerSettings {
     logLevel: string;
     sparseKernel: boolean;
     serveBaseModelWhileBuilding: boolean;
+    contextTokens: number;
+    calibrationSamples: number;
+    calibrationSeqLen: number;
 }
 
 export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
-    model: 'smollm2-135m',
+    model: '', // the server's default preset
     sparsity: 0.5,
     pattern: 'unstructured',
     method: 'wanda',
     calibration: 'corpus',
     mixRatio: 0.5,
-    languages: [],
+    languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
     device: 'cpu',
     dtype: 'bfloat16',
     maxNewTokens: 48,
@@ -44,6 +47,9 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     logLevel: 'info',
     sparseKernel: true,
     serveBaseModelWhileBuilding: true,
+    contextTokens: 1024,
+    calibrationSamples: 32,
+    calibrationSeqLen: 512,
 });
 
 export const SERVER_KEYS = Object.keys(SERVER_DEFAULTS) as (keyof ServerSettings)[];

@@ -17,10 +17,12 @@ const contributed: Record<string, { default: unknown; enum?: unknown[] }> = pack
 
 test('defaults follow the LSP contract', () => {
     assert.deepEqual({ ...SERVER_DEFAULTS }, {
-        model: 'smollm2-135m', sparsity: 0.5, pattern: 'unstructured', method: 'wanda',
-        calibration: 'corpus', mixRatio: 0.5, languages: [], device: 'cpu', dtype: 'bfloat16',
-        maxNewTokens: 48, completionMode: 'auto', cacheDir: '', cacheSizeLimitMB: 4096,
-        logLevel: 'info', sparseKernel: true, serveBaseModelWhileBuilding: true,
+        model: '', sparsity: 0.5, pattern: 'unstructured', method: 'wanda',
+        calibration: 'corpus', mixRatio: 0.5,
+        languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
+        device: 'cpu', dtype: 'bfloat16', maxNewTokens: 48, completionMode: 'auto', cacheDir: '',
+        cacheSizeLimitMB: 4096, logLevel: 'info', sparseKernel: true, serveBaseModelWhileBuilding: true,
+        contextTokens: 1024, calibrationSamples: 32, calibrationSeqLen: 512,
     });
 });
 
@@ -41,7 +43,7 @@ test('package.json declares nothing the mapping does not know', () => {
 });
 
 test('unset settings become the defaults', () => {
-    assert.deepEqual(serverSettings(() => undefined, ctx), { ...SERVER_DEFAULTS, languages: [] });
+    assert.deepEqual(serverSettings(() => undefined, ctx), { ...SERVER_DEFAULTS, languages: [...SERVER_DEFAULTS.languages] });
 });
 
 test('user values pass through', () => {
@@ -59,7 +61,7 @@ test('wrong types fall back to the default and are reported', () => {
     const problems: string[] = [];
     const s = serverSettings((k) => user[k], ctx, problems);
     assert.equal(s.sparsity, 0.5);
-    assert.deepEqual(s.languages, []);
+    assert.deepEqual(s.languages, SERVER_DEFAULTS.languages);
     assert.equal(s.maxNewTokens, 48);
     assert.equal(problems.length, 3);
     assert.match(problems[0], /subcoder\.sparsity/);
