@@ -299,6 +299,9 @@ class Completer:
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.stats = _Stats()
+        from transformers import DynamicCache  # here, not on the decoding thread (lazy imports race)
+
+        self._cache_class = DynamicCache
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._max_sessions = sessions
@@ -411,9 +414,7 @@ class Completer:
             raise
 
     def _new_cache(self):
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
+        return self._cache_class(config=self.model.config)
 
     def _forward(self, ids: list[int], cache) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)

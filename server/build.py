@@ -1,0 +1,243 @@
+"""Building sub-models in a child process, one at a time, with progress and cancellation.
+
+`BuildManager` lifecycle (one build at a time; requests for other languages wait in a queue):
+
+    idle ──start()──▶ building ──child reports done──▶ ready    on_event(kind="done", path)
+                        │  ├──child reports an error, crashes or is killed──▶ failed   on_event("failed")
+                        │  └──cancel()──▶ (child killed) ──▶ idle                       on_event("cancelled")
+                        └── on_event("progress", percent, message) per layer
+
+The child is `python -m server.build_worker` (see there for the line protocol). Running the build in
+its own process keeps the server's event loop and completion thread responsive on a 2-core machine,
+makes cancellation a kill (the library cannot be interrupted mid-layer), and means a crash in a build
+(out of memory, a native library) takes down only the build. The result becomes visible atomically:
+the library writes the entry under a temporary name and renames it, and the server loads it only
+after the child reports `done`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+# Share of the progress bar per stage: pruning dominates a build.
+_STAGES = {"download": (0, 5), "convert": (0, 5), "calibrate": (5, 10), "prune": (10, 95), "save": (95, 100)}
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model: str
+    language: str
+    key: str
+    cache_root: str
+    sparsity: float
+    pattern: str
+    method: str
+    calibration: dict  # CalibrationSpec fields: source, workspace, mix_ratio, n_samples, seq_len
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    models_cache_dir: str = ""
+    force: bool = False  # rebuild even when the cache has the entry
+
+
+@dataclass
+class BuildEvent:
+    kind: str  # started | waiting | progress | done | failed | cancelled
+    request: BuildRequest
+    percent: int = 0
+    message: str = ""
+    path: str = ""
+    cached: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class _Running:
+    request: BuildRequest
+    process: subprocess.Popen
+    started: float
+    cancelled: bool = False
+    finished: bool = False
+    stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+
+
+def compute_key(model: str, language: str, settings, workspace: str | None, *, models_cache_dir=None) -> str:
+    """The cache key of the sub-model these settings would build, without loading the model's weights.
+
+    Costs a tokenizer load and the calibration windows' tokenization (about a second); the first call
+    for a preset may download and convert it.
+    """
+    from transformers import AutoTokenizer
+
+    from pruner.calibration import CalibrationSpec, build_calibration
+    from pruner.extract import cache_key
+    from pruner.models import resolve_model, weights_hash
+
+    directory = resolve_model(model, cache_dir=models_cache_dir or None)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    spec = calibration_spec(settings, workspace)
+    calib = build_calibration(tokenizer, language, spec)
+    return cache_key(weights_hash(directory), language, settings.prune_config(), calib.fingerprint)
+
+
+def calibration_spec(settings, workspace: str | None):
+    from pruner.calibration import CalibrationSpec
+
+    source = settings.calibration if workspace else "corpus"
+    return CalibrationSpec(source=source, workspace=Path(workspace) if workspace and source != "corpus" else None,
+                           mix_ratio=settings.mix_ratio, n_samples=settings.calibration_samples,
+                           seq_len=settings.calibration_seq_len)
+
+
+def calibration_dict(settings, workspace: str | None) -> dict:
+    spec = calibration_spec(settings, workspace)
+    return {"source": spec.source, "workspace": str(spec.workspace) if spec.workspace else None,
+            "mix_ratio": spec.mix_ratio, "n_samples": spec.n_samples, "seq_len": spec.seq_len}
+
+
+class BuildManager:
+    def __init__(self, on_event: Callable[[BuildEvent], None]):
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self._running: _Running | None = None
+        self._queue: collections.deque[BuildRequest] = collections.deque()
+
+    @property
+    def state(self) -> str:
+        return "building" if self._running is not None else "idle"
+
+    @property
+    def current(self) -> BuildRequest | None:
+        running = self._running
+        return running.request if running else None
+
+    def submit(self, request: BuildRequest) -> None:
+        """Build now if idle, else queue (a request for a language already queued replaces it)."""
+        with self._lock:
+            if self._running is not None:
+                if self._running.request.key == request.key and not request.force:
+                    return
+                self._queue = collections.deque(r for r in self._queue if r.language != request.language)
+                self._queue.append(request)
+                return
+            self._start(request)
+
+    def cancel(self, *, clear_queue: bool = True) -> bool:
+        """Kill the running build (the library cannot stop mid-layer); True when one was running."""
+        with self._lock:
+            if clear_queue:
+                self._queue.clear()
+            running = self._running
+            if running is None:
+                return False
+            running.cancelled = True
+        self._kill(running)
+        return True
+
+    def shutdown(self) -> None:
+        self.cancel()
+
+    def _start(self, request: BuildRequest) -> None:
+        env = dict(os.environ)
+        # The child imports `server` and `pruner` from wherever this server imported them.
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OMP_NUM_THREADS", str(max(os.cpu_count() or 1, 1)))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, text=True, bufsize=1, start_new_session=True,
+        )
+        running = _Running(request, process, time.perf_counter())
+        self._running = running
+        process.stdin.write(json.dumps(asdict(request)) + "\n")
+        process.stdin.flush()
+        log.info("build started: %s sub-model of %s (pid %d, key %s)", request.language, request.model, process.pid, request.key)
+        threading.Thread(target=self._relay_stderr, args=(running,), daemon=True, name="build-stderr").start()
+        threading.Thread(target=self._read_events, args=(running,), daemon=True, name="build-events").start()
+        self._emit(BuildEvent("started", request, 0, f"building the {request.language} sub-model"))
+
+    def _kill(self, running: _Running) -> None:
+        try:
+            os.killpg(running.process.pid, 9)
+        except (ProcessLookupError, PermissionError, OSError):
+            try:
+                running.process.kill()
+            except OSError:
+                pass
+
+    def _relay_stderr(self, running: _Running) -> None:
+        for line in running.process.stderr:
+            line = line.rstrip()
+            if line:
+                running.stderr_tail.append(line)
+                log.info("[build %s] %s", running.request.language, line)
+
+    def _read_events(self, running: _Running) -> None:
+        request = running.request
+        final: BuildEvent | None = None
+        for line in running.process.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                log.info("[build %s] %s", request.language, line.rstrip())
+                continue
+            kind = msg.get("event")
+            if kind == "progress":
+                percent, text = _percent(msg)
+                self._emit(BuildEvent("progress", request, percent, text))
+            elif kind == "waiting":
+                self._emit(BuildEvent("waiting", request, 0, msg.get("message", "")))
+            elif kind == "done":
+                final = BuildEvent("done", request, 100, "ready", path=msg.get("path", ""),
+                                   cached=bool(msg.get("cached")), seconds=time.perf_counter() - running.started)
+            elif kind == "error":
+                final = BuildEvent("cancelled" if msg.get("kind") == "Cancelled" else "failed", request,
+                                   message=msg.get("message", "build failed"))
+        code = running.process.wait()
+        if running.cancelled:
+            final = BuildEvent("cancelled", request, message="build cancelled")
+        elif final is None or (final.kind == "done" and code != 0):
+            tail = running.stderr_tail[-1] if running.stderr_tail else ""
+            why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            final = BuildEvent("failed", request, message=f"the build process died ({why}){': ' + tail if tail else ''}")
+        final.seconds = time.perf_counter() - running.started
+        log.info("build %s: %s sub-model in %.1f s%s", final.kind, request.language, final.seconds,
+                 f" ({final.message})" if final.message and final.kind != "done" else "")
+        with self._lock:
+            self._running = None
+            following = self._queue.popleft() if self._queue else None
+        self._emit(final)
+        if following is not None:
+            with self._lock:
+                if self._running is None:
+                    self._start(following)
+                else:
+                    self._queue.appendleft(following)
+
+    def _emit(self, event: BuildEvent) -> None:
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("build event handler failed")
+
+
+def _percent(msg: dict) -> tuple[int, str]:
+    low, high = _STAGES.get(msg.get("stage", ""), (0, 100))
+    total = msg.get("total") or 0
+    fraction = min(max(msg.get("done", 0) / total, 0.0), 1.0) if total else 0.0
+    percent = int(low + (high - low) * fraction)
+    text = msg.get("message") or msg.get("stage", "")
+    if msg.get("stage") == "prune" and total:
+        text = f"pruning layer {msg.get('done')}/{total}"
+    return percent, text

@@ -1,0 +1,108 @@
+"""The build child process: `python -m server.build_worker`, one sub-model per run.
+
+Reads one JSON line from stdin (the `BuildRequest`), then writes JSON lines to stdout:
+`{"event": "waiting"}` while another process holds the entry's lock, `{"event": "progress", stage,
+done, total, message}` per layer, and finally `{"event": "done", path, cached}` or `{"event": "error",
+message, kind}`. Logging goes to stderr, which the server copies into its own log.
+
+A line `cancel` on stdin asks for a clean stop between layers; stdin closing (the server died) too.
+Exit status: 0 done, 1 error, 2 cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+
+
+def _emit(**event) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _watch_stdin(flag: threading.Event) -> None:
+    for line in sys.stdin:
+        if line.strip() == "cancel":
+            break
+    flag.set()
+
+
+def main() -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("server.build_worker")
+    request = json.loads(sys.stdin.readline())
+    cancelled = threading.Event()
+    threading.Thread(target=_watch_stdin, args=(cancelled,), daemon=True).start()
+
+    from pruner.calibration import CalibrationSpec
+    from pruner.config import Pattern, PruneConfig
+    from pruner.errors import Cancelled, SubcoderError
+    from pruner.extract import extract
+
+    from .cache import CacheManager
+
+    cache = CacheManager(request["cache_root"], size_limit_mb=1 << 22)
+    key = request["key"]
+    lock = cache.lock(key)
+    try:
+        if not _try_lock(lock):
+            _emit(event="waiting", message="another subcoder window is building this sub-model")
+            while not _try_lock(lock, 0.5):
+                if cancelled.is_set():
+                    return 2
+        try:
+            if not request.get("force") and (path := cache.lookup(key)) is not None:
+                _emit(event="done", path=str(path), cached=True)
+                return 0
+            cache.clean_partial(key)
+            calib = request["calibration"]
+            spec = CalibrationSpec(source=calib["source"], workspace=calib.get("workspace"),
+                                   mix_ratio=calib.get("mix_ratio", 0.5), n_samples=calib["n_samples"],
+                                   seq_len=calib["seq_len"])
+            config = PruneConfig(sparsity=request["sparsity"], pattern=Pattern.parse(request["pattern"]),
+                                 method=request["method"])
+            started = time.perf_counter()
+
+            def progress(p):
+                _emit(event="progress", stage=p.stage, done=p.done, total=p.total, message=p.message)
+
+            result = extract(request["model"], request["language"], config, spec, cache.entry_path(key),
+                             dtype=request.get("dtype", "bfloat16"), device=request.get("device", "cpu"),
+                             cache_dir=request.get("models_cache_dir") or None, progress=progress,
+                             cancel=cancelled.is_set)
+            if result.manifest.get("cache_key") not in (None, key):
+                log.warning("the build computed key %s, the server asked for %s", result.manifest.get("cache_key"), key)
+            _emit(event="done", path=str(result.path), cached=False, seconds=round(time.perf_counter() - started, 2))
+            return 0
+        finally:
+            lock.release()
+    except Cancelled:
+        _emit(event="error", kind="Cancelled", message="build cancelled")
+        return 2
+    except SubcoderError as exc:
+        _emit(event="error", kind=type(exc).__name__, message=str(exc))
+        return 1
+    except MemoryError:
+        _emit(event="error", kind="MemoryError", message="out of memory while building the sub-model")
+        return 1
+    except Exception as exc:  # the server shows this line; the traceback goes to its log
+        log.exception("build failed")
+        _emit(event="error", kind=type(exc).__name__, message=f"build failed: {exc}")
+        return 1
+
+
+def _try_lock(lock, timeout: float = 0.0) -> bool:
+    import filelock
+
+    try:
+        lock.acquire(timeout=timeout)
+        return True
+    except filelock.Timeout:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Logging for the server: stderr, a rotating file in the platform's log folder, and `window/logMessage`.
+
+Never stdout: it carries JSON-RPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+from typing import Callable
+
+from pruner import paths
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OURS = ("server", "pruner")
+
+
+def setup(level: int = logging.INFO, log_file: str | None = None) -> Path | None:
+    """Send our loggers to stderr and to a rotating file; returns the file's path (None when not writable)."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)  # third-party libraries: warnings only
+    for name in OURS:
+        logging.getLogger(name).setLevel(level)
+    formatter = logging.Formatter(FORMAT)
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(formatter)
+    root.addHandler(stderr)
+    path = Path(log_file) if log_file else paths.log_dir() / "server.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3, encoding="utf-8")
+    except OSError as exc:
+        logging.getLogger(__name__).warning("no log file (%s): logging to stderr only", exc)
+        return None
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    return path
+
+
+def set_level(level: int) -> None:
+    for name in OURS:
+        logging.getLogger(name).setLevel(level)
+
+
+class ClientHandler(logging.Handler):
+    """Forwards our records to the client (`window/logMessage`) through a thread-safe `send(level, text)`."""
+
+    def __init__(self, send: Callable[[int, str], None], level: int = logging.INFO):
+        super().__init__(level)
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(OURS):
+            return
+        try:
+            self.send(record.levelno, f"{record.name}: {record.getMessage()}")
+        except Exception:
+            pass  # the connection is gone: the file and stderr still have it

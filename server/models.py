@@ -1,0 +1,76 @@
+"""Which model answers a document: the language's sub-model, else the dominant language's, else the base.
+
+Models are loaded in a background thread; swapping one in is a single dict assignment under a lock,
+so a completion in flight keeps the model it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from pruner.generate import Completer
+
+log = logging.getLogger(__name__)
+
+# LSP language ids (and file extensions' languages) → subcoder's language names.
+LANGUAGE_IDS = {
+    "python": "python", "java": "java", "cpp": "cpp", "c++": "cpp", "cuda-cpp": "cpp", "c": "c",
+    "javascript": "javascript", "javascriptreact": "javascript", "typescript": "typescript",
+    "typescriptreact": "typescript", "go": "go", "rust": "rust",
+}
+
+
+@dataclass
+class Served:
+    completer: Completer
+    language: str | None  # the sub-model's language; None for the base model
+    key: str = ""
+    size_bytes: int = 0
+    sparsity: float | None = None
+
+
+class ModelSet:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.base: Served | None = None
+        self.subs: dict[str, Served] = {}
+
+    def set_base(self, served: Served | None) -> None:
+        with self._lock:
+            self.base = served
+
+    def set_sub(self, language: str, served: Served) -> None:
+        with self._lock:
+            self.subs[language] = served
+
+    def clear(self) -> None:
+        with self._lock:
+            self.base, self.subs = None, {}
+
+    def keys(self) -> set[str]:
+        with self._lock:
+            return {s.key for s in self.subs.values() if s.key}
+
+    def pick(self, language: str | None, dominant: str | None, *, allow_base: bool = True) -> Served | None:
+        with self._lock:
+            if language in self.subs:
+                return self.subs[language]
+            if dominant in self.subs:
+                return self.subs[dominant]
+            if self.subs:
+                return next(iter(self.subs.values()))
+            return self.base if allow_base else None
+
+
+def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_tokens: int, cache_dir=None) -> Completer:
+    """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError."""
+    import torch
+
+    from pruner.models import load_model
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(name, dtype=dtype, device=device, sparse=None if sparse else False, cache_dir=cache_dir or None)
+    return Completer(loaded, context_tokens=context_tokens)

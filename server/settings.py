@@ -1,0 +1,175 @@
+"""The `subcoder` settings section, parsed once per change into a frozen dataclass.
+
+Clients send camelCase keys (`maxNewTokens`) in `initializationOptions` and `workspace/configuration`.
+An invalid value falls back to its default and is reported (one line per field), never raised:
+a typo in an editor's settings must not stop completions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pruner.calibration import LANGUAGES
+from pruner.config import Pattern, PruneConfig
+from pruner.errors import ConfigError
+from pruner.models import DEFAULT_PRESET
+
+LOG_LEVELS = ("error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_PRESET  # preset name, HF directory, .gguf file or hub id
+    sparsity: float = 0.5
+    pattern: str = "unstructured"  # unstructured | 2:4 | 4:8
+    method: str = "wanda"  # wanda | magnitude
+    calibration: str = "corpus"  # corpus | workspace | mix
+    mix_ratio: float = 0.5
+    languages: tuple[str, ...] = LANGUAGES  # languages a sub-model may be built for
+    device: str = "cpu"  # cpu | cuda | auto
+    dtype: str = "bfloat16"  # bfloat16 | float32
+    max_new_tokens: int = 48
+    completion_mode: str = "auto"  # auto | single-line | multi-line
+    cache_dir: str = ""  # "" = the platform's user cache
+    cache_size_limit_mb: int = 4096
+    log_level: str = "info"
+    sparse_kernel: bool = True
+    serve_base_model_while_building: bool = True
+    context_tokens: int = 1024  # prompt budget (prefix + suffix)
+    calibration_samples: int = 32  # windows of calibration_seq_len tokens
+    calibration_seq_len: int = 512
+
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig(sparsity=self.sparsity, pattern=Pattern.parse(self.pattern), method=self.method)
+
+    def build_fields(self) -> tuple:
+        """The settings that change which sub-model is built: a change means a new build."""
+        return (self.model, self.sparsity, self.pattern, self.method, self.calibration, self.mix_ratio,
+                self.dtype, self.cache_dir, self.calibration_samples, self.calibration_seq_len)
+
+    def model_fields(self) -> tuple:
+        """The settings that change how the models are loaded."""
+        return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _choice(options):
+    def check(value):
+        if value not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return value
+    return check
+
+
+def _number(kind, low, high):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("a number")
+        value = kind(value)
+        if not (low <= value <= high):
+            raise ValueError(f"between {low} and {high}")
+        return value
+    return check
+
+
+def _languages(value):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a list of language names")
+    unknown = [v for v in value if v not in LANGUAGES]
+    if unknown:
+        raise ValueError(f"languages among {', '.join(LANGUAGES)} (unknown: {', '.join(unknown)})")
+    return tuple(value)
+
+
+def _pattern(value):
+    try:
+        return str(Pattern.parse(str(value)))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _string(value):
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value.strip()
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+_CHECKS = {
+    "model": lambda v: _string(v) or DEFAULT_PRESET,
+    "sparsity": _number(float, 0.01, 0.99),
+    "pattern": _pattern,
+    "method": _choice(("wanda", "magnitude")),
+    "calibration": _choice(("corpus", "workspace", "mix")),
+    "mix_ratio": _number(float, 0.0, 1.0),
+    "languages": _languages,
+    "device": _choice(("cpu", "cuda", "auto")),
+    "dtype": _choice(("bfloat16", "float32")),
+    "max_new_tokens": _number(int, 1, 1024),
+    "completion_mode": _choice(("auto", "single-line", "multi-line")),
+    "cache_dir": _string,
+    "cache_size_limit_mb": _number(int, 16, 1 << 22),
+    "log_level": _choice(LOG_LEVELS),
+    "sparse_kernel": _boolean,
+    "serve_base_model_while_building": _boolean,
+    "context_tokens": _number(int, 64, 32768),
+    "calibration_samples": _number(int, 1, 4096),
+    "calibration_seq_len": _number(int, 16, 8192),
+}
+
+
+@dataclass
+class Parsed:
+    settings: Settings
+    problems: list[str] = field(default_factory=list)
+
+
+def parse_settings(raw: Any, base: Settings | None = None) -> Parsed:
+    """Settings from a client's dict (the `subcoder` section, or an object holding one).
+
+    Keys missing from `raw` keep their value in `base` (defaults when None); unknown keys are ignored.
+    """
+    base = base or Settings()
+    if isinstance(raw, dict) and isinstance(raw.get("subcoder"), dict):
+        raw = raw["subcoder"]
+    if raw is None:
+        return Parsed(base)
+    if not isinstance(raw, dict):
+        return Parsed(base, [f"subcoder settings must be an object, got {type(raw).__name__}; using defaults"])
+    values, problems = {}, []
+    for f in dataclasses.fields(Settings):
+        key = _camel(f.name)
+        if key not in raw and f.name not in raw:
+            continue
+        value = raw.get(key, raw.get(f.name))
+        if value is None:
+            continue
+        try:
+            values[f.name] = _CHECKS[f.name](value)
+        except ValueError as exc:
+            problems.append(f"setting subcoder.{key}={value!r} ignored: must be {exc}")
+    settings = dataclasses.replace(base, **values)
+    try:
+        settings.prune_config()
+    except ConfigError as exc:
+        problems.append(f"{exc}; using sparsity/pattern {base.sparsity}/{base.pattern}")
+        settings = dataclasses.replace(settings, sparsity=base.sparsity, pattern=base.pattern)
+    return Parsed(settings, problems)
+
+
+def python_log_level(name: str) -> int:
+    return {"error": logging.ERROR, "warning": logging.WARNING, "debug": logging.DEBUG}.get(name, logging.INFO)

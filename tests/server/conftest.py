@@ -1,0 +1,152 @@
+"""Fixtures for the server tests: a tiny model folder, fixture workspaces, and a client speaking real
+JSON-RPC to a `subcoder serve` child process (pytest-lsp)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tinymodel import save_tiny_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE = [sys.executable, "-c", "import sys; from server.main import run; sys.exit(run(sys.argv[1:]))"]
+
+PY_FILES = {
+    "app/main.py": "import os\n\n\ndef main():\n    print(os.getcwd())\n\n\nif __name__ == '__main__':\n    main()\n",
+    "app/util.py": "".join(f"def helper_{i}(x, y):\n    total = x + y * {i}\n    return total\n\n\n" for i in range(60)),
+    "scripts/tool": "#!/usr/bin/env python3\nprint('tool')\n",
+    "web/index.js": "function hi() { return 1; }\n",
+    "node_modules/big/index.js": "x = 1;\n" * 20000,
+}
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if text.startswith("#!"):
+            path.chmod(0o755)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-fim", fim=True)
+
+
+@pytest.fixture
+def py_workspace(tmp_path) -> Path:
+    return write_tree(tmp_path / "ws", PY_FILES)
+
+
+def fast_settings(model: Path, **extra) -> dict:
+    """Settings that make a tiny model's build take a second: workspace calibration, few short windows."""
+    return {"model": str(model), "calibration": "workspace", "calibrationSamples": 4, "calibrationSeqLen": 64,
+            "dtype": "float32", "maxNewTokens": 8, **extra}
+
+
+def capabilities(*, progress: bool = True, configuration: bool = True) -> types.ClientCapabilities:
+    return types.ClientCapabilities(
+        window=types.WindowClientCapabilities(work_done_progress=progress),
+        workspace=types.WorkspaceClientCapabilities(configuration=configuration),
+        text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities(),
+            completion=types.CompletionClientCapabilities(),
+        ),
+    )
+
+
+class Session:
+    """A started server with helpers to wait for its status notifications."""
+
+    def __init__(self, client, root: Path):
+        self.client = client
+        self.root = root
+        self.statuses: list[dict] = []
+
+        @client.feature("subcoder/status")
+        def _status(params):
+            self.statuses.append(_plain(params))
+
+    async def wait_state(self, *states: str, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for status in self.statuses:
+                if status.get("state") in states:
+                    return status
+            if self.client.error is not None:
+                raise self.client.error
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no status in {states} within {timeout}s; got {[s.get('state') for s in self.statuses]}")
+
+    async def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (got := predicate()):
+                return got
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; statuses {[s.get('state') for s in self.statuses]}")
+
+    def open(self, rel: str, text: str, language_id: str = "python") -> str:
+        uri = (self.root / rel).as_uri()
+        self.client.text_document_did_open(types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=1, text=text)))
+        return uri
+
+    async def inline(self, uri: str, line: int, character: int):
+        return await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+
+    async def completion(self, uri: str, line: int, character: int):
+        return await self.client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character)))
+
+    async def command(self, name: str):
+        return await self.client.workspace_execute_command_async(types.ExecuteCommandParams(command=name, arguments=[]))
+
+
+def _plain(params):
+    """pygls hands custom notifications' params over as namedtuples: back to dicts and lists."""
+    if hasattr(params, "_asdict"):
+        return {k: _plain(v) for k, v in params._asdict().items()}
+    if isinstance(params, dict):
+        return {k: _plain(v) for k, v in params.items()}
+    if isinstance(params, (list, tuple)):
+        return [_plain(v) for v in params]
+    return params
+
+
+@contextlib.asynccontextmanager
+async def serve(root: Path, cache: Path, settings: dict | None, *, caps=None, configuration: dict | None = None,
+                env: dict | None = None):
+    """Start `subcoder serve`, initialize it on `root` with `settings` as initializationOptions."""
+    server_env = {**os.environ, "SUBCODER_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO),
+                  "XDG_STATE_HOME": str(cache / "state"), "XDG_CACHE_HOME": str(cache / "xdg"), **(env or {})}
+    log_file = cache / "logs" / f"server-{time.monotonic_ns()}.log"
+    config = ClientServerConfig(server_command=[*SERVE, "--log-file", str(log_file)], server_env=server_env)
+    client = await config.start()
+    if configuration is not None:
+        client.set_configuration(configuration)
+    session = Session(client, root)
+    session.log_file = log_file
+    try:
+        await client.initialize_session(types.InitializeParams(
+            capabilities=caps or capabilities(), root_uri=root.as_uri(), initialization_options=settings,
+            workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)]))
+        yield session
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.shutdown_session(), 20)
+        with contextlib.suppress(Exception):
+            await client.stop()
