@@ -1,1 +1,29 @@
-"""CPU sparse kernel (placeholder during build)."""
+"""The CPU sparse kernel and the layers built on it.
+
+kernel.cpp is compiled on first use (torch.utils.cpp_extension) into the cache's `kernels/`
+directory, named by a hash of its source, and loaded from there afterwards. It runs on x86-64
+CPUs with AVX-512 F/BW/VBMI2/BF16 (vpexpandw + vdpbf16ps) or, failing that, AVX2+FMA. Anywhere
+else -- or with `SUBCODER_SPARSE=0` -- one log line says why and the layers compute with dense
+torch instead (same results to bf16 rounding).
+
+Weights use the packed layout of docs/ARCHITECTURE.md ("Storage format"): per row int32 mask
+words (bit j of word k = column 32k + j kept, LSB first) and the kept bf16 values row by row.
+"""
+
+from ._build import kernel_available, kernel_dir
+from .modules import DenseBF16Linear, SparseLinear, SparsifyReport, sparsify
+from .packing import pack_mask, pack_rows, row_offsets, unpack, unpack_mask
+
+__all__ = [
+    "DenseBF16Linear",
+    "SparseLinear",
+    "SparsifyReport",
+    "kernel_available",
+    "kernel_dir",
+    "pack_mask",
+    "pack_rows",
+    "row_offsets",
+    "sparsify",
+    "unpack",
+    "unpack_mask",
+]

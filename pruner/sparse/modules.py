@@ -1,0 +1,256 @@
+"""`SparseLinear`, `DenseBF16Linear` and `sparsify(model, masks)`: the layers a sub-model decodes with."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import packing
+from ._build import active_ops
+
+log = logging.getLogger("pruner.sparse")
+
+_PAD = 32  # zero values after the last kept one: the AVX2 kernel reads 16 bytes at a time
+# Batches from this size on multiply with torch (dense lm_head); below it the row kernel wins.
+DENSE_KERNEL_MAX_BATCH = 8
+
+
+def _as_bf16_values(values: torch.Tensor) -> torch.Tensor:
+    if values.dtype == torch.int16:
+        return values.view(torch.bfloat16)
+    return values.to(torch.bfloat16)
+
+
+class SparseLinear(nn.Module):
+    """A linear layer whose weight is kept only in the packed format (no dense copy).
+
+    Built from the storage tensors: `mask_words` int32 (out, ceil(in/32)), `values` bf16 (nnz,),
+    `shape` (out, in), optional `bias`. Works on inputs of any leading shape, bf16 or fp32 (other
+    float dtypes go through fp32); the output has the input's dtype.
+    """
+
+    def __init__(self, mask_words: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None = None):
+        super().__init__()
+        out_features, in_features = (int(s) for s in shape)
+        if mask_words.dtype != torch.int32 or tuple(mask_words.shape) != (out_features, packing.n_words(in_features)):
+            raise ValueError(
+                f"mask words must be int32 of shape ({out_features}, {packing.n_words(in_features)}), "
+                f"got {mask_words.dtype} {tuple(mask_words.shape)}"
+            )
+        self.in_features, self.out_features = in_features, out_features
+        words = mask_words.detach().contiguous().cpu()
+        offsets = packing.row_offsets(words)
+        nnz = int(offsets[-1])
+        values = _as_bf16_values(values.detach().reshape(-1).cpu())
+        if values.numel() < nnz:
+            raise ValueError(f"{values.numel()} values for a mask that keeps {nnz}")
+        padded = torch.zeros(nnz + _PAD, dtype=torch.bfloat16)
+        padded[:nnz] = values[:nnz]
+        self.nnz = nnz
+        # int16 storage so that model.to(dtype) / .float() never converts the packed values.
+        self.register_buffer("mask", words, persistent=False)
+        self.register_buffer("values", padded.view(torch.int16), persistent=False)
+        self.register_buffer("row_offsets", offsets, persistent=False)
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
+        words, values = packing.pack_rows(linear.weight.detach().cpu(), mask.cpu())
+        return cls(words, values, (linear.out_features, linear.in_features), linear.bias)
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask words int32, values bf16 (nnz,)), the storage format."""
+        return self.mask, self.values.view(torch.bfloat16)[: self.nnz]
+
+    def nbytes(self) -> int:
+        b = self.mask.numel() * 4 + self.nnz * 2
+        return b + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+
+    def dense_weight(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return packing.unpack(self.mask, self.values, self.in_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        ops = active_ops()
+        if ops is not None and x2.device.type == "cpu":
+            xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
+            y = ops.sparse_linear(xin, self.mask, self.values, self.row_offsets, self.in_features, self.bias, 0)
+            y = y.to(x.dtype)
+        else:  # fallback: the dense weight, expanded on the fly
+            w = packing.unpack(self.mask, self.values, self.in_features, x2.dtype).to(x2.device)
+            b = self.bias.to(x2.dtype) if self.bias is not None else None
+            y = F.linear(x2, w, b)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        density = self.nnz / max(1, self.in_features * self.out_features)
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, bias={self.bias is not None}"
+
+
+class DenseBF16Linear(nn.Module):
+    """A dense bf16 linear layer (lm_head) that decodes through the kernel's bf16 matvec.
+
+    It holds the very `weight` Parameter it was given, so a weight tied to the input embedding
+    stays tied and is not duplicated.
+    """
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None):
+        super().__init__()
+        if weight.dim() != 2:
+            raise ValueError("weight must be 2-D (out, in)")
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        self.bias = bias
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> DenseBF16Linear:
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        w = self.weight
+        ops = active_ops()
+        if (
+            ops is not None
+            and x2.shape[0] < DENSE_KERNEL_MAX_BATCH
+            and w.dtype == torch.bfloat16
+            and w.device.type == "cpu"
+            and w.is_contiguous()
+            and x2.device.type == "cpu"
+        ):
+            xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
+            with torch.no_grad():
+                y = ops.dense_linear(xin, w, self.bias).to(x.dtype)
+        else:
+            y = F.linear(x2.to(w.dtype), w, self.bias).to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+@dataclass
+class SparsifyReport:
+    replaced: list[str] = field(default_factory=list)  # module names now SparseLinear
+    lm_head: str = "unchanged"  # "dense-kernel" when wrapped by DenseBF16Linear
+    linear_bytes_before: int = 0  # the replaced linears' weights (+ bias), dense
+    linear_bytes_after: int = 0  # the same in the packed format
+    model_bytes_before: int = 0  # every parameter and buffer, shared storage counted once
+    model_bytes_after: int = 0
+    kernel: bool = False
+    kernel_reason: str = ""
+
+    def summary(self) -> str:
+        mb = 1024 * 1024
+        return (
+            f"{len(self.replaced)} sparse linears ({self.linear_bytes_before / mb:.1f} -> {self.linear_bytes_after / mb:.1f} MiB), "
+            f"model {self.model_bytes_before / mb:.1f} -> {self.model_bytes_after / mb:.1f} MiB, lm_head {self.lm_head}, "
+            f"kernel: {self.kernel_reason if self.kernel else 'off (' + self.kernel_reason + ')'}"
+        )
+
+
+def _model_bytes(model: nn.Module) -> int:
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.untyped_storage().nbytes()
+    return total
+
+
+def _module_name(key: str) -> tuple[str, str | None]:
+    """'a.b.weight' / 'a.b' -> ('a.b', None); 'a.b.weight.mask' -> ('a.b', 'mask')."""
+    part = None
+    for suffix in (".mask", ".values"):
+        if key.endswith(suffix):
+            key, part = key[: -len(suffix)], suffix[1:]
+    if key.endswith(".weight"):
+        key = key[: -len(".weight")]
+    return key, part
+
+
+def _normalise(masks_or_packed: Mapping) -> dict[str, tuple]:
+    """-> {module name: ("mask", bool (out, in)) | ("packed", words, values)}."""
+    out: dict[str, tuple] = {}
+    flat: dict[str, dict[str, torch.Tensor]] = {}
+    for key, val in masks_or_packed.items():
+        name, part = _module_name(str(key))
+        if part is not None:
+            flat.setdefault(name, {})[part] = val
+        elif isinstance(val, tuple | list) and len(val) in (2, 3):  # (words, values[, shape])
+            out[name] = ("packed", val[0], val[1])
+        elif isinstance(val, torch.Tensor) and val.dtype == torch.bool:
+            out[name] = ("mask", val)
+        else:
+            raise ValueError(f"{key}: expected a bool mask or a (mask words, values) pair")
+    for name, parts in flat.items():
+        if set(parts) != {"mask", "values"}:
+            raise ValueError(f"{name}: needs both .mask and .values")
+        out[name] = ("packed", parts["mask"], parts["values"])
+    return out
+
+
+@torch.no_grad()
+def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool = True) -> SparsifyReport:
+    """Replace the pruned `nn.Linear`s of `model` by `SparseLinear`, in place.
+
+    `masks_or_packed` maps module (or weight) names to a boolean keep-mask (out, in) -- the kept
+    values are then read from the module's current weight -- or to a `(mask words, values[, shape])`
+    tuple,
+    or is a flat dict holding `NAME.mask` / `NAME.values` tensors as in the storage format.
+    With `dense_lm_head`, a bf16 output projection that is not pruned is wrapped in
+    `DenseBF16Linear` (sharing its weight, tied or not).
+    """
+    from ._build import kernel_available
+
+    ok, reason = kernel_available()
+    report = SparsifyReport(kernel=ok, kernel_reason=reason)
+    report.model_bytes_before = _model_bytes(model)
+    for name, spec in _normalise(masks_or_packed).items():
+        module = model.get_submodule(name)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{name} is a {type(module).__name__}, not an nn.Linear")
+        w = module.weight
+        shape = (module.out_features, module.in_features)
+        if spec[0] == "mask":
+            if tuple(spec[1].shape) != shape:
+                raise ValueError(f"{name}: mask {tuple(spec[1].shape)} does not match the weight {shape}")
+            new = SparseLinear.from_dense(module, spec[1])
+        else:
+            new = SparseLinear(spec[1], spec[2], shape, module.bias)
+        report.linear_bytes_before += w.numel() * w.element_size()
+        if module.bias is not None:
+            report.linear_bytes_before += module.bias.numel() * module.bias.element_size()
+        report.linear_bytes_after += new.nbytes()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        report.replaced.append(name)
+
+    if dense_lm_head and hasattr(model, "get_output_embeddings"):
+        head = model.get_output_embeddings()
+        if type(head) is nn.Linear and head.weight.dtype == torch.bfloat16 and head.weight.is_contiguous():
+            wrapped = DenseBF16Linear.from_linear(head)
+            if hasattr(model, "set_output_embeddings"):
+                model.set_output_embeddings(wrapped)
+            else:  # pragma: no cover - every transformers causal LM has the setter
+                model.lm_head = wrapped
+            report.lm_head = "dense-kernel"
+        elif isinstance(head, DenseBF16Linear):
+            report.lm_head = "dense-kernel"
+    report.model_bytes_after = _model_bytes(model)
+    log.info("sparsify: %s", report.summary())
+    return report
