@@ -24,11 +24,29 @@ class ExtractResult:
     manifest: dict
     report: PruneReport
     sizes: dict
+    cached: bool = False  # an intact directory with the same key was reused
 
 
 def cache_key(base_hash: str, language: str, config: PruneConfig, calibration_fingerprint: str) -> str:
     """Names everything that changes the weights, so equal keys mean equal sub-models."""
     return f"{language}-{config.slug()}-{base_hash[:12]}-{calibration_fingerprint}-v{FORMAT_VERSION}"
+
+
+def _reusable(target: Path, key: str) -> ExtractResult | None:
+    from .errors import CorruptError
+    from .storage import verify
+
+    if not (target / "manifest.json").is_file():
+        return None
+    try:
+        manifest = verify(target)
+    except CorruptError as exc:
+        log.warning("rebuilding: %s", exc)
+        return None
+    if manifest.get("cache_key") != key:
+        return None
+    report = PruneReport(**{k: v for k, v in manifest.get("report", {}).items() if k in PruneReport.__dataclass_fields__})
+    return ExtractResult(target, manifest, report, size_report(target), cached=True)
 
 
 def extract(
@@ -43,12 +61,14 @@ def extract(
     offload: bool = False,
     batch_size: int = 4,
     cache_dir=None,
+    force: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> ExtractResult:
     """Build one sub-model and write it atomically to `out_dir` (default: the cache, by key).
 
     `model` may be a name (loaded here) or an already loaded base model, which is pruned in place.
+    An existing, intact directory with the same cache key is reused unless `force`.
     """
     calibration = calibration or CalibrationSpec()
     timings = {}
@@ -68,6 +88,9 @@ def extract(
     log.info("calibration: %s (fingerprint %s)", calib.description, calib.fingerprint)
     key = cache_key(loaded.info.content_hash, language, config, calib.fingerprint)
     target = Path(out_dir) if out_dir else paths.submodels_dir(cache_dir) / key
+    if not force and (existing := _reusable(target, key)) is not None:
+        log.info("sub-model %s is cached at %s", key, target)
+        return existing
 
     result = prune_model(loaded.model, calib.input_ids, calib.attention_mask, config,
                          batch_size=batch_size, offload=offload, progress=progress, cancel=cancel)

@@ -38,22 +38,23 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 def pack_mask(keep: torch.Tensor) -> torch.Tensor:
     """bool (out, in) -> int32 (out, ceil(in/32)); bit j of word k is column 32k+j (LSB first)."""
+    import numpy as np
+
     out_features, in_features = keep.shape
     words = -(-in_features // _BITS)
-    padded = torch.zeros(out_features, words * _BITS, dtype=torch.int64)
-    padded[:, :in_features] = keep.to(torch.int64)
-    shifts = torch.arange(_BITS, dtype=torch.int64)
-    packed = (padded.view(out_features, words, _BITS) << shifts).sum(dim=-1)  # values in [0, 2^32)
-    packed = torch.where(packed >= 2**31, packed - 2**32, packed)  # two's complement into int32
-    return packed.to(torch.int32)
+    padded = np.zeros((out_features, words * _BITS), dtype=bool)
+    padded[:, :in_features] = keep.cpu().numpy()
+    packed = np.packbits(padded, axis=1, bitorder="little")  # (out, words*4) uint8, little-endian bytes
+    return torch.from_numpy(np.ascontiguousarray(packed).view("<i4").copy())
 
 
 def unpack_mask(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     """int32 (out, words) -> bool (out, in_features)."""
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(_BITS, dtype=torch.int64)
-    bits = (words.unsqueeze(-1) >> shifts) & 1  # (out, words, 32)
-    return bits.reshape(packed.shape[0], -1)[:, :in_features].bool()
+    import numpy as np
+
+    as_bytes = np.ascontiguousarray(packed.cpu().numpy().astype("<i4")).view(np.uint8)
+    bits = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :in_features]
+    return torch.from_numpy(bits.astype(bool))
 
 
 def pack_weight(weight: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,138 @@
+"""How different are two sub-models? Jaccard distances between their pruning masks.
+
+Following Puccioni et al. (arXiv 2501.05248), sub-models are compared by the Jaccard distance
+1 - |A ∩ B| / |A ∪ B| of the sets of weights they *keep*, per linear sublayer, per decoder layer and
+over the whole model. 0 means identical masks; two random 50% masks sit near 2/3.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .storage import load_masks, read_manifest
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+@dataclass
+class PairDistance:
+    a: str
+    b: str
+    model: float
+    per_layer: dict[int, float] = field(default_factory=dict)
+    per_sublayer: dict[str, float] = field(default_factory=dict)  # e.g. "mlp.up_proj" over all layers
+    per_weight: dict[str, float] = field(default_factory=dict)
+
+
+def _split(name: str) -> tuple[int, str]:
+    """'model.layers.3.mlp.up_proj.weight' -> (3, 'mlp.up_proj')."""
+    match = _LAYER.search(name)
+    if not match:
+        return -1, name
+    return int(match.group(1)), name[match.end():].removesuffix(".weight")
+
+
+def jaccard_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    inter, union = _counts(a, b)
+    return 1.0 - inter / union if union else 0.0
+
+
+def _counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    if a.shape != b.shape:
+        raise ConfigError(f"masks of different shapes {tuple(a.shape)} and {tuple(b.shape)}: not sub-models of one base model")
+    return int((a & b).sum()), int((a | b).sum())
+
+
+def compare(masks_a: dict[str, torch.Tensor], masks_b: dict[str, torch.Tensor], a="a", b="b") -> PairDistance:
+    if set(masks_a) != set(masks_b):
+        raise ConfigError(f"{a} and {b} pruned different layers: not sub-models of one base model")
+    layer_c: dict[int, list[int]] = {}
+    sub_c: dict[str, list[int]] = {}
+    per_weight = {}
+    total = [0, 0]
+    for name in sorted(masks_a):
+        inter, union = _counts(masks_a[name], masks_b[name])
+        per_weight[name] = 1 - inter / union if union else 0.0
+        layer, sub = _split(name)
+        for bucket in (layer_c.setdefault(layer, [0, 0]), sub_c.setdefault(sub, [0, 0]), total):
+            bucket[0] += inter
+            bucket[1] += union
+
+    def dist(c):
+        return 1 - c[0] / c[1] if c[1] else 0.0
+
+    return PairDistance(a, b, dist(total), {k: dist(v) for k, v in sorted(layer_c.items())},
+                        {k: dist(v) for k, v in sorted(sub_c.items())}, per_weight)
+
+
+def label_of(directory: Path) -> str:
+    m = read_manifest(directory)
+    return f"{m.get('language')}:{m.get('method')}-{m.get('pattern')}-{m.get('sparsity')}"
+
+
+def compare_dirs(dirs: list[Path], labels: list[str] | None = None) -> list[PairDistance]:
+    """All pairwise distances; masks are loaded once each."""
+    if len(dirs) < 2:
+        raise ConfigError("overlap needs at least two sub-models")
+    labels = labels or [label_of(d) for d in dirs]
+    masks = [load_masks(d) for d in dirs]
+    return [compare(masks[i], masks[j], labels[i], labels[j]) for i, j in itertools.combinations(range(len(dirs)), 2)]
+
+
+def table(pairs: list[PairDistance]) -> str:
+    subs = list(pairs[0].per_sublayer) if pairs else []
+    head = ["a", "b", "model"] + subs
+    rows = [[p.a, p.b, f"{p.model:.4f}"] + [f"{p.per_sublayer[s]:.4f}" for s in subs] for p in pairs]
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def heatmap(pairs: list[PairDistance], path: Path, title: str = "Jaccard distance between sub-model masks") -> Path:
+    """Two panels: the whole-model distance matrix, and per decoder layer for every pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys([p.a for p in pairs] + [p.b for p in pairs]))
+    n = len(labels)
+    matrix = torch.zeros(n, n)
+    for p in pairs:
+        i, j = labels.index(p.a), labels.index(p.b)
+        matrix[i, j] = matrix[j, i] = p.model
+    layers = sorted(pairs[0].per_layer)
+    per_layer = torch.tensor([[p.per_layer[k] for k in layers] for p in pairs])
+
+    fig, axes = plt.subplots(1, 2, figsize=(6 + 0.35 * len(layers), 1.5 + 0.45 * max(n, len(pairs))),
+                             gridspec_kw={"width_ratios": [max(n, 3), max(len(layers), 3)]})
+    im = axes[0].imshow(matrix.numpy(), cmap="viridis", vmin=0)
+    axes[0].set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
+    axes[0].set_yticks(range(n), labels, fontsize=7)
+    for i in range(n):
+        for j in range(n):
+            axes[0].text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", fontsize=6,
+                         color="white" if matrix[i, j] < matrix.max() * 0.6 else "black")
+    axes[0].set_title("whole model", fontsize=9)
+    fig.colorbar(im, ax=axes[0], fraction=0.046)
+    im2 = axes[1].imshow(per_layer.numpy(), cmap="viridis", aspect="auto", vmin=0)
+    axes[1].set_yticks(range(len(pairs)), [f"{p.a} | {p.b}" for p in pairs], fontsize=6)
+    axes[1].set_xticks(range(len(layers)), [str(k) for k in layers], fontsize=6)
+    axes[1].set_xlabel("decoder layer")
+    axes[1].set_title("per decoder layer", fontsize=9)
+    fig.colorbar(im2, ax=axes[1], fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
