@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .calibration import CalibrationSet, CalibrationSpec, build_calibration
+from .calibration import CalibrationSet, CalibrationSpec, build_calibration, check_language
 from .config import PruneConfig
 from .models import LoadedModel, load_model
 from .progress import CancelFn, ProgressFn, check_cancel, report
@@ -71,6 +71,7 @@ def extract(
     An existing, intact directory with the same cache key is reused unless `force`.
     """
     calibration = calibration or CalibrationSpec()
+    check_language(language, allow_general=calibration.source == "corpus")  # before any slow work
     timings = {}
     t0 = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(
