@@ -46,7 +46,7 @@ SHEBANGS = {"python": "python", "node": "javascript", "deno": "typescript", "bas
             "zsh": "shell", "ruby": "ruby", "php": "php", "lua": "lua", "ts-node": "typescript"}
 # Beyond pruner's SKIP_DIRS: more folders of generated or third-party code.
 MORE_SKIP_DIRS = frozenset({"coverage", "htmlcov", "_build", "deps", "Pods", "DerivedData", "external",
-                            "generated", "gen", "node_modules", ".eggs", "eggs", "bin", "obj", "lib64"})
+                            "generated", "gen", "node_modules", ".eggs", "eggs", "obj"})
 GENERATED = ("*.min.js", "*.min.mjs", "*.bundle.js", "*-bundle.js", "*.pb.go", "*_pb2.py", "*_pb2_grpc.py",
              "*.pb.h", "*.pb.cc", "*.generated.*", "*.d.ts", "*.map")
 MAX_FILE_BYTES = 1 << 20  # bigger "source" files are generated or data

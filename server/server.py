@@ -187,7 +187,8 @@ class SubcoderServer(LanguageServer):
             self.models.set_base(result)
             log.info("base model %s loaded (%s)", settings.model, "fill-in-the-middle" if result.completer.fim else "prefix-only")
             if self.state in ("idle", "detecting", "error") and not self.models.subs:
-                self.set_state("base", "serving the base model")
+                keep = self.state == "idle" and "base model" in self.message
+                self.set_state("base", self.message if keep else "serving the base model")
             else:
                 self.set_state(self.state, self.message)
 
@@ -317,11 +318,14 @@ class SubcoderServer(LanguageServer):
 
     async def complete(self, uri: str, position: types.Position, *, request: str) -> tuple[str, str] | None:
         """(completion text, word before the cursor) for a position, or None. Never raises for bad input."""
+        if uri not in self.workspace.text_documents:
+            log.info("%s: %s was never opened", request, uri)
+            return None
         try:
             document = self.workspace.get_text_document(uri)
             source = document.source
         except Exception:
-            log.info("%s: unknown document %s", request, uri)
+            log.info("%s: unreadable document %s", request, uri)
             return None
         lines = document.lines
         if position.line < 0 or position.line >= max(len(lines), 1) or position.character < 0:
@@ -482,7 +486,6 @@ async def on_completion(ls: SubcoderServer, params: types.CompletionParams):
         label=label, kind=types.CompletionItemKind.Text, detail="subcoder", filter_text=word + text,
         text_edit=types.TextEdit(range=types.Range(start=start, end=params.position), new_text=word + text),
         insert_text_format=types.InsertTextFormat.PlainText, sort_text="0",
-        documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=text),
     )
     return types.CompletionList(is_incomplete=True, items=[item])
 

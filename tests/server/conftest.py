@@ -52,7 +52,7 @@ def py_workspace(tmp_path) -> Path:
 def fast_settings(model: Path, **extra) -> dict:
     """Settings that make a tiny model's build take a second: workspace calibration, few short windows."""
     return {"model": str(model), "calibration": "workspace", "calibrationSamples": 4, "calibrationSeqLen": 64,
-            "dtype": "float32", "maxNewTokens": 8, **extra}
+            "dtype": "float32", "maxNewTokens": 8, "sparseKernel": False, **extra}
 
 
 def capabilities(*, progress: bool = True, configuration: bool = True) -> types.ClientCapabilities:

@@ -1,0 +1,148 @@
+"""End to end: a client speaking JSON-RPC to a real `subcoder serve` process with a tiny random model.
+
+Each test starts its own server (a few seconds of imports) and builds at most a couple of tiny
+sub-models (seconds each), so the whole file stays within a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from conftest import fast_settings, serve
+from lsprotocol import types
+
+PREFIX_DOC = "def add(a, b):\n    return "
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _entries(cache: Path) -> list[Path]:
+    root = cache / "submodels"
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+async def test_build_progress_completions_and_rebuild(tiny_model_dir, py_workspace, tmp_path):
+    async with serve(py_workspace, tmp_path / "cache", fast_settings(tiny_model_dir)) as s:
+        ready = await s.wait_state("ready")
+        # Detection: python dominates; node_modules was skipped.
+        languages = {e["language"]: e for e in ready["languages"]}
+        assert list(languages)[0] == "python" and languages["python"]["files"] == 3
+        assert languages["javascript"]["files"] == 1
+        assert ready["language"] == "python" and ready["sizeBytes"] > 0
+        # Work-done progress: begin, per-layer reports, end.
+        (reports,) = s.client.progress_reports.values()
+        assert reports[0].kind == "begin" and reports[0].cancellable
+        assert reports[-1].kind == "end"
+        percents = [r.percentage for r in reports if r.kind == "report"]
+        assert percents == sorted(percents) and any("pruning layer" in (r.message or "") for r in reports)
+        assert len(_entries(tmp_path / "cache")) == 1
+
+        uri = s.open("app/new.py", PREFIX_DOC)
+        inline = await s.inline(uri, 1, 11)
+        assert len(inline.items) == 1 and inline.items[0].insert_text.strip()
+        classic = await s.completion(uri, 1, 11)
+        assert len(classic.items) == 1 and classic.items[0].text_edit.new_text == inline.items[0].insert_text
+
+        # Bad input: empty results, the server keeps answering.
+        assert not (await s.inline(uri, 99, 0)).items
+        assert not (await s.inline((py_workspace / "never-opened.py").as_uri(), 0, 0)).items
+        binary = s.open("blob.py", "abc\0def")
+        assert not (await s.completion(binary, 0, 3)).items
+
+        status = await s.command("subcoder.status")
+        assert status["state"] == "ready" and status["language"] == "python"
+
+        s.statuses.clear()
+        rebuilt = await s.command("subcoder.rebuildSubModel")
+        assert rebuilt["state"] in ("building", "detecting")
+        await s.wait_state("ready")
+        assert len(s.client.progress_reports) == 2, "the rebuild ran a second build"
+        assert len(_entries(tmp_path / "cache")) == 1
+        assert len((await s.inline(uri, 1, 11)).items) == 1
+
+
+async def test_cancelled_and_killed_builds(tiny_model_dir, py_workspace, tmp_path):
+    cache = tmp_path / "cache"
+    async with serve(py_workspace, cache, fast_settings(tiny_model_dir)) as s:
+        tokens = await s.wait_for(lambda: s.client.progress_reports or None, what="a progress token")
+        (token,) = tokens
+        s.client.window_work_done_progress_cancel(types.WorkDoneProgressCancelParams(token=token))
+        cancelled = await s.wait_for(lambda: next((x for x in s.statuses if "cancelled" in x["message"]), None),
+                                     what="cancellation")
+        assert cancelled["state"] in ("base", "idle")
+        assert s.client.progress_reports[token][-1].kind == "end"
+        assert _entries(cache) == [] and not _children(s.client._server.pid)
+
+        # A build process that dies (out of memory, killed): failed, reported, nothing left in the cache.
+        s.statuses.clear()
+        await s.command("subcoder.rebuildSubModel")
+        workers = await s.wait_for(lambda: _children(s.client._server.pid), what="a build process")
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        failed = await s.wait_for(lambda: next((x for x in s.statuses if "died" in x["message"]), None),
+                                  what="the failure report")
+        assert failed["state"] in ("base", "error")
+        assert any("died" in m.message for m in s.client.messages)
+        assert _entries(cache) == []
+        await s.wait_state("base", timeout=60)
+        uri = s.open("app/new.py", PREFIX_DOC)
+        assert len((await s.inline(uri, 1, 11)).items) == 1, "the base model still serves"
+
+        s.statuses.clear()
+        await s.command("subcoder.rebuildSubModel")
+        await s.wait_state("ready")
+        assert len(_entries(cache)) == 1
+
+
+async def test_two_servers_build_once_and_corrupt_entry_is_rebuilt(tiny_model_dir, py_workspace, tmp_path):
+    cache = tmp_path / "cache"
+    settings = fast_settings(tiny_model_dir)
+    async with serve(py_workspace, cache, settings) as a, serve(py_workspace, cache, settings) as b:
+        await asyncio.gather(a.wait_state("ready"), b.wait_state("ready"))
+        logs = a.log_file.read_text() + b.log_file.read_text()
+    assert logs.count("extracted python sub-model") == 1, "two windows, one extraction"
+    (entry,) = _entries(cache)
+
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a crash or a full disk
+    async with serve(py_workspace, cache, settings) as c:
+        await c.wait_state("ready")
+        log = c.log_file.read_text()
+    assert "corrupt" in log and log.count("extracted python sub-model") == 1
+    (rebuilt,) = _entries(cache)
+    from pruner.storage import verify
+
+    verify(rebuilt)
+
+
+async def test_model_that_fails_to_load(tmp_path, py_workspace):
+    async with serve(py_workspace, tmp_path / "cache", {"model": str(tmp_path / "no-such-model")}) as s:
+        await s.wait_state("error", timeout=60)
+        assert s.client.messages and "no-such-model" in s.client.messages[0].message
+        uri = s.open("app/new.py", PREFIX_DOC)
+        assert not (await s.inline(uri, 1, 11)).items
+        assert (await s.command("subcoder.status"))["state"] == "error"
+
+
+async def test_empty_workspace_serves_base(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    async with serve(empty, tmp_path / "cache", fast_settings(tiny_model_dir)) as s:
+        base = await s.wait_state("base", timeout=60)
+        assert base["languages"] == [] and "empty workspace" in base["message"]
+        uri = s.open("x.py", PREFIX_DOC)
+        assert len((await s.inline(uri, 1, 11)).items) == 1

@@ -1,0 +1,29 @@
+"""server.settings: camelCase parsing, invalid values fall back with a message, partial updates."""
+
+from server.settings import Settings, parse_settings
+
+
+def test_defaults_and_camel_case():
+    parsed = parse_settings({"subcoder": {"maxNewTokens": 16, "completionMode": "single-line", "pattern": "2:4"}})
+    assert parsed.problems == []
+    s = parsed.settings
+    assert (s.max_new_tokens, s.completion_mode, s.pattern, s.model) == (16, "single-line", "2:4", Settings().model)
+
+
+def test_bad_values_fall_back_with_a_message():
+    parsed = parse_settings({"sparsity": "lots", "dtype": "int4", "languages": ["python", "cobol"], "device": "cpu"})
+    assert parsed.settings.sparsity == 0.5 and parsed.settings.dtype == "bfloat16"
+    assert parsed.settings.languages == Settings().languages
+    assert len(parsed.problems) == 3 and all("ignored" in p for p in parsed.problems)
+    assert parse_settings(["not", "an", "object"]).problems
+
+
+def test_inconsistent_pattern_and_sparsity():
+    parsed = parse_settings({"pattern": "2:4", "sparsity": 0.7})
+    assert parsed.problems and parsed.settings.prune_config().sparsity == 0.5
+
+
+def test_update_keeps_unmentioned_values():
+    first = parse_settings({"maxNewTokens": 10}).settings
+    second = parse_settings({"dtype": "float32"}, first).settings
+    assert second.max_new_tokens == 10 and second.dtype == "float32"
