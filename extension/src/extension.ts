@@ -26,6 +26,7 @@ import {
 import { classifyChange, SECTION, serverSettings, ServerSettings } from './common/settings';
 import { applyProgress, ServerStatus, statusLines } from './common/status';
 import { StatusBar } from './common/statusBar';
+import { LineTail } from './common/stderrTail';
 import * as api from './common/vscodeapi';
 import { spawn } from 'child_process';
 
@@ -127,7 +128,15 @@ async function startServer(reason: string): Promise<void> {
         return;
     }
 
+    const stderrTail = new LineTail();
+    const reportStderr = (why: string) => {
+        const tail = stderrTail.drain();
+        if (tail.length) {
+            traceError(`${why}; the server's last stderr lines:\n${tail.join('\n')}`);
+        }
+    };
     const next = createClient({
+        stderrTail,
         python: interp.path,
         cwd: api.firstWorkspaceFolder(),
         settings: currentSettings(),
@@ -151,6 +160,7 @@ async function startServer(reason: string): Promise<void> {
         if (e.newState === State.Running) {
             bar.model.client = 'running';
         } else if (e.newState === State.Stopped) {
+            reportStderr('The server stopped');
             bar.model.client = 'stopped';
             bar.model.progress.clear();
         } else {
@@ -163,6 +173,7 @@ async function startServer(reason: string): Promise<void> {
         await next.start();
     } catch (err) {
         traceError('The server did not start', err);
+        reportStderr('The server did not start');
         if (client === next) {
             bar.model.client = 'stopped';
             bar.model.problem = `The server did not start: ${err instanceof Error ? err.message : String(err)}.`;

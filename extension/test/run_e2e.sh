@@ -71,8 +71,10 @@ if kind == "tiny":
 json.dump(settings, open(out, "w"), indent=2)
 PYEOF
 
+# Sub-models are built into the scratch cache (subcoder.cacheDir) so that every run sees a build;
+# converted preset models and the compiled sparse kernel stay in the user's subcoder cache.
+export SUBCODER_CACHE_DIR=${SUBCODER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/subcoder}
 export XDG_CONFIG_HOME=$SCRATCH/xdg/config XDG_DATA_HOME=$SCRATCH/xdg/data XDG_CACHE_HOME=$SCRATCH/xdg/cache
-export SUBCODER_CACHE_DIR=$SCRATCH/cache
 export TMPDIR=$SCRATCH/tmp
 mkdir -p "$TMPDIR" "$SCRATCH/user-data/User"
 # Profile: no suggest widget (it hides ghost text), no trust prompt, no welcome page, no network.

@@ -3,6 +3,7 @@
  * sees, how settings reach it, and the middleware that keeps ghost text per-language and progress
  * visible in the status bar.
  */
+import * as readline from 'readline';
 import type { LogOutputChannel, TextDocument } from 'vscode';
 import {
     ExecuteCommandRequest,
@@ -14,6 +15,7 @@ import {
 import { SERVER_ARGS } from './python';
 import { initializationOptions, SECTION, ServerSettings } from './settings';
 import { ProgressValue, ServerStatus } from './status';
+import { LineTail } from './stderrTail';
 import { getConfiguration } from './vscodeapi';
 
 export const CLIENT_ID = 'subcoder';
@@ -40,7 +42,10 @@ export function createClient(opts: {
     settings: ServerSettings;
     channel: LogOutputChannel;
     hooks: ServerHooks;
+    stderrTail: LineTail;
 }): LanguageClient {
+    const lines = (input: NodeJS.ReadableStream, onLine: (line: string) => void) =>
+        readline.createInterface({ input, crlfDelay: Infinity, terminal: false }).on('line', onLine);
     const serverOptions: ServerOptions = {
         // No `transport` field: with one, the client would append `--stdio` to the arguments.
         command: opts.python,
@@ -54,6 +59,14 @@ export function createClient(opts: {
         outputChannel: opts.channel,
         traceOutputChannel: opts.channel,
         revealOutputChannelOn: RevealOutputChannelOn.Never,
+        stdioOptions: {
+            // stdout carries JSON-RPC; anything else printed there is shown as is.
+            stdout: (input, channel) => lines(input, (line) => channel.info(line)),
+            stderr: (input, channel) => lines(input, (line) => {
+                channel.trace(`[server stderr] ${line}`);
+                opts.stderrTail.push(line);
+            }),
+        },
         middleware: {
             provideInlineCompletionItems: (document, position, context, token, next) =>
                 completionsEnabled(document) ? next(document, position, context, token) : undefined,

@@ -219,7 +219,7 @@ export function statusLines(s: ServerStatus): StatusLine[] {
     if (s.state === 'ready' || (s.sparsity !== null && s.sparsity !== undefined)) {
         lines.push({ label: '$(filter) Sparsity', description: `${formatPercent(s.sparsity)} (${s.pattern ?? 'unstructured'})` });
     }
-    if (s.sizeBytes !== null && s.sizeBytes !== undefined) {
+    if (s.sizeBytes) {
         lines.push({ label: '$(database) Size', description: formatBytes(s.sizeBytes) });
     }
     const langs = [...(s.languages ?? [])].sort((a, b) => b.share - a.share);
