@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -36,6 +37,9 @@ constexpr int ISA_NONE = 0;
 constexpr int ISA_AVX2 = 1;
 constexpr int ISA_AVX512 = 2;
 constexpr int64_t PAD_VALUES = 16;
+// Software prefetch distance in values (1 KiB): the value stream advances by a data-dependent
+// amount per mask word, which the hardware prefetchers follow less well than a plain stream.
+constexpr int64_t PREFETCH_VALUES = 512;
 
 // Work (kept values x batch rows) below which one thread does the whole product: waking the
 // other threads costs more than it saves.
@@ -106,6 +110,7 @@ __attribute__((target("avx2,fma,popcnt"))) inline void sparse_row_avx2(
     for (int a = 0; a < NA; ++a) acc[b][a] = _mm256_setzero_ps();
   for (int64_t k = 0; k < nwords; ++k) {
     const uint32_t m = mw[k];
+    if ((k & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(v + PREFETCH_VALUES), _MM_HINT_T0);
     if (m == 0) continue;
     const uint32_t c0 = _mm_popcnt_u32(m & 0xffu);
     const uint32_t c1 = _mm_popcnt_u32(m & 0xffffu);
@@ -200,6 +205,7 @@ __attribute__((target(SC_AVX512))) inline void sparse_row_avx512(
   int64_t k = 0;
   for (; k + 2 <= nwords; k += 2) {
     const uint32_t m0 = mw[k], m1 = mw[k + 1];
+    _mm_prefetch(reinterpret_cast<const char*>(v + PREFETCH_VALUES), _MM_HINT_T0);
     const __m512i w0 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m0), v);
     v += _mm_popcnt_u32(m0);
     const __m512i w1 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m1), v);
@@ -340,58 +346,113 @@ void check_packed(const at::Tensor& mask, const at::Tensor& values, const at::Te
               " entries, the mask needs ", nnz, " plus ", PAD_VALUES, " of padding");
 }
 
-// x (B, in) -> zero-padded (B, 32 * nwords) buffer in fp32 (AVX2) or bf16 (AVX-512).
-at::Tensor padded_input(const at::Tensor& x, int64_t in, int isa) {
-  const int64_t padded = divup(in, 32) * 32;
-  const auto dt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
-  at::Tensor buf = at::empty({x.size(0), padded}, x.options().dtype(dt));
-  if (padded > in) buf.narrow(1, in, padded - in).zero_();
-  buf.narrow(1, 0, in).copy_(x);
-  return buf;
+// The input, zero-padded to 32 * nwords columns: fp32 for the AVX2 kernels, bf16 (rounded once)
+// for the AVX-512 ones. Kept in a per-thread buffer reused across calls, so that a decode step
+// allocates nothing but its output.
+struct PaddedInput {
+  const void* data;
+  int64_t stride;
+};
+
+PaddedInput padded_input(const at::Tensor& x_in, int64_t in, int isa) {
+  thread_local std::vector<uint32_t> storage;  // 4-byte units (fp32 or 2 x bf16), 64-byte aligned use below
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), padded = divup(in, 32) * 32;
+  const bool bf16_out = isa == ISA_AVX512;
+  const int64_t bytes = B * padded * (bf16_out ? 2 : 4);
+  storage.resize(static_cast<size_t>(divup(bytes, 4)) + 16);
+  char* base = reinterpret_cast<char*>(storage.data());
+  base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+  const bool x_bf16 = x.scalar_type() == at::kBFloat16;
+  for (int64_t b = 0; b < B; ++b) {
+    if (bf16_out) {
+      uint16_t* dst = reinterpret_cast<uint16_t*>(base) + b * padded;
+      if (x_bf16) {
+        std::memcpy(dst, reinterpret_cast<const uint16_t*>(x.data_ptr()) + b * in, in * 2);
+      } else {
+        const float* src = x.data_ptr<float>() + b * in;
+        for (int64_t c = 0; c < in; ++c) dst[c] = c10::BFloat16(src[c]).x;  // round to nearest even
+      }
+      std::fill(dst + in, dst + padded, uint16_t(0));
+    } else {
+      float* dst = reinterpret_cast<float*>(base) + b * padded;
+      if (x_bf16) {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr()) + b * in;
+        for (int64_t c = 0; c < in; ++c) {
+          const uint32_t bits = static_cast<uint32_t>(src[c]) << 16;
+          std::memcpy(dst + c, &bits, 4);
+        }
+      } else {
+        std::memcpy(dst, x.data_ptr<float>() + b * in, in * 4);
+      }
+      std::fill(dst + in, dst + padded, 0.0f);
+    }
+  }
+  return {base, padded};
 }
 
-at::Tensor finish(at::Tensor y, const c10::optional<at::Tensor>& bias, at::ScalarType dt) {
-  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-  return dt == at::kFloat ? y : y.to(dt);
-}
+// Writes results (plus bias) straight into the output tensor, in its dtype.
+struct OutputWriter {
+  void* data;
+  bool bf16;
+  int64_t stride;  // = out_features
+  const float* bias;
+  std::vector<float> bias_storage;
+
+  OutputWriter(at::Tensor& y, const c10::optional<at::Tensor>& b) {
+    data = y.data_ptr();
+    bf16 = y.scalar_type() == at::kBFloat16;
+    stride = y.size(1);
+    bias = nullptr;
+    if (b.has_value() && b->defined()) {
+      TORCH_CHECK(b->numel() == stride, "subcoder_sparse: bias has ", b->numel(), " entries, expected ", stride);
+      at::Tensor bf = b->to(at::kFloat).contiguous();
+      bias_storage.assign(bf.data_ptr<float>(), bf.data_ptr<float>() + stride);
+      bias = bias_storage.data();
+    }
+  }
+  inline void put(int64_t b, int64_t r, float v) const {
+    if (bias) v += bias[r];
+    if (bf16) reinterpret_cast<c10::BFloat16*>(data)[b * stride + r] = c10::BFloat16(v);
+    else reinterpret_cast<float*>(data)[b * stride + r] = v;
+  }
+};
 
 // Batch rows handled by the tiled kernels; larger batches go through expand + matmul.
 std::atomic<int64_t> g_gemm_min_batch{16};
 
 template <typename RowFn1, typename RowFn2, typename RowFn3, typename RowFn4>
-void run_tiles(int64_t B, int64_t r, float* y, int64_t ys, const RowFn1& f1, const RowFn2& f2,
-               const RowFn3& f3, const RowFn4& f4) {
+inline void run_tiles(int64_t B, int64_t r, const OutputWriter& w, const RowFn1& f1, const RowFn2& f2,
+                      const RowFn3& f3, const RowFn4& f4) {
   float tmp[4];
   int64_t b0 = 0;
   for (; b0 + 4 <= B; b0 += 4) {
     f4(b0, tmp);
-    for (int i = 0; i < 4; ++i) y[(b0 + i) * ys + r] = tmp[i];
+    for (int i = 0; i < 4; ++i) w.put(b0 + i, r, tmp[i]);
   }
   const int64_t rem = B - b0;
   if (rem == 3) f3(b0, tmp);
   else if (rem == 2) f2(b0, tmp);
   else if (rem == 1) f1(b0, tmp);
-  for (int64_t i = 0; i < rem; ++i) y[(b0 + i) * ys + r] = tmp[i];
+  for (int64_t i = 0; i < rem; ++i) w.put(b0 + i, r, tmp[i]);
 }
 
-at::Tensor sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
-                               const at::Tensor& roff, int64_t in, int isa) {
+void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                         const at::Tensor& roff, int64_t in, int isa, const OutputWriter& ow) {
   const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
-  at::Tensor xp = padded_input(x, in, isa);
-  at::Tensor y = at::empty({B, O}, x.options().dtype(at::kFloat));
+  const PaddedInput xp = padded_input(x, in, isa);
   const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
   const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
   const int64_t* rp = roff.data_ptr<int64_t>();
-  float* yp = y.data_ptr<float>();
-  const int64_t xs = xp.size(1);
+  const int64_t xs = xp.stride;
   const int64_t nt = n_threads_for((rp[O] + 8 * O) * B);
   if (isa == ISA_AVX512) {
-    const uint16_t* xq = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+    const uint16_t* xq = static_cast<const uint16_t*>(xp.data);
     parallel_rows(O, rp, 8, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* mw = mp + r * nwords;
         const uint16_t* v = vp + rp[r];
-        run_tiles(B, r, yp, O,
+        run_tiles(B, r, ow,
                   [&](int64_t b, float* o) { sparse_row_avx512<1>(mw, nwords, v, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { sparse_row_avx512<2>(mw, nwords, v, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { sparse_row_avx512<3>(mw, nwords, v, xq + b * xs, xs, o); },
@@ -399,12 +460,12 @@ at::Tensor sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, cons
       }
     });
   } else {
-    const float* xq = xp.data_ptr<float>();
+    const float* xq = static_cast<const float*>(xp.data);
     parallel_rows(O, rp, 8, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* mw = mp + r * nwords;
         const uint16_t* v = vp + rp[r];
-        run_tiles(B, r, yp, O,
+        run_tiles(B, r, ow,
                   [&](int64_t b, float* o) { sparse_row_avx2<1>(mw, nwords, v, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { sparse_row_avx2<2>(mw, nwords, v, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { sparse_row_avx2<3>(mw, nwords, v, xq + b * xs, xs, o); },
@@ -412,7 +473,6 @@ at::Tensor sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, cons
       }
     });
   }
-  return y;
 }
 
 // Expand rows [r0, r1) into `dst` (rows x ld, fp32 or bf16), threads split the rows.
@@ -479,24 +539,41 @@ at::Tensor row_offsets(const at::Tensor& mask) {
 
 // y = x @ W^T + bias for a packed W. x: (B, in) bf16 or fp32; result has x's dtype.
 // mode: 0 = choose by batch size, 1 = tiled sparse kernel, 2 = expand + matmul.
-at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
-                         const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
-                         int64_t mode) {
+at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                            int64_t mode) {
   check_packed(mask, values, roff, in);
   TORCH_CHECK(x.dim() == 2 && x.size(1) == in && x.is_cpu(), "subcoder_sparse: input must be (B, ", in, ")");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
               "subcoder_sparse: input must be bf16 or fp32");
   const int isa = current_isa();
-  const int64_t B = x.size(0);
-  if (B == 0) return at::empty({0, mask.size(0)}, x.options());
+  const int64_t B = x.size(0), O = mask.size(0);
+  if (B == 0) return at::empty({0, O}, x.options());
   const bool gemm = mode == 2 || (mode == 0 && B >= g_gemm_min_batch.load());
-  at::Tensor y = gemm ? sparse_matmul_gemm(x, mask, values, roff, in, isa)
-                      : sparse_matmul_tiled(x, mask, values, roff, in, isa);
-  return finish(y, bias, x.scalar_type());
+  if (gemm) {
+    at::Tensor y = sparse_matmul_gemm(x, mask, values, roff, in, isa);
+    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+    return y.to(x.scalar_type());
+  }
+  at::Tensor y = at::empty({B, O}, x.options());
+  const OutputWriter ow(y, bias);
+  sparse_matmul_tiled(x, mask, values, roff, in, isa, ow);
+  return y;
+}
+
+// Inputs of any leading shape (..., in) -> (..., out).
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                         const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                         int64_t mode) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "subcoder_sparse: input must be (..., ", in, ")");
+  if (x.dim() == 2) return sparse_linear_2d(x, mask, values, roff, in, bias, mode);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = mask.size(0);
+  return sparse_linear_2d(x.reshape({-1, in}), mask, values, roff, in, bias, mode).view(shape);
 }
 
 // Dense bf16 W (out, in): y = x @ W^T + bias with the row kernels (batches up to the GEMM threshold).
-at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
                   weight.is_cpu(),
               "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
@@ -506,18 +583,19 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10
               "subcoder_sparse: input must be bf16 or fp32");
   const int isa = current_isa();
   const int64_t B = x.size(0);
-  at::Tensor xp = padded_input(x, in, isa);
-  const int64_t xs = xp.size(1);
-  at::Tensor y = at::empty({B, O}, x.options().dtype(at::kFloat));
+  at::Tensor y = at::empty({B, O}, x.options());
+  if (B == 0) return y;
+  const OutputWriter ow(y, bias);
+  const PaddedInput xp = padded_input(x, in, isa);
+  const int64_t xs = xp.stride;
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
-  float* yp = y.data_ptr<float>();
   const int64_t nt = n_threads_for(O * in * B / 2);
   if (isa == ISA_AVX512) {
-    const uint16_t* xq = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+    const uint16_t* xq = static_cast<const uint16_t*>(xp.data);
     parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint16_t* w = wp + r * in;
-        run_tiles(B, r, yp, O,
+        run_tiles(B, r, ow,
                   [&](int64_t b, float* o) { dense_row_avx512<1>(w, in, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { dense_row_avx512<2>(w, in, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { dense_row_avx512<3>(w, in, xq + b * xs, xs, o); },
@@ -525,11 +603,11 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10
       }
     });
   } else {
-    const float* xq = xp.data_ptr<float>();
+    const float* xq = static_cast<const float*>(xp.data);
     parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint16_t* w = wp + r * in;
-        run_tiles(B, r, yp, O,
+        run_tiles(B, r, ow,
                   [&](int64_t b, float* o) { dense_row_avx2<1>(w, in, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { dense_row_avx2<2>(w, in, xq + b * xs, xs, o); },
                   [&](int64_t b, float* o) { dense_row_avx2<3>(w, in, xq + b * xs, xs, o); },
@@ -537,7 +615,16 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10
       }
     });
   }
-  return finish(y, bias, x.scalar_type());
+  return y;
+}
+
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1),
+              "subcoder_sparse: input must be (..., ", weight.size(1), ")");
+  if (x.dim() == 2) return dense_linear_2d(x, weight, bias);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight.size(0);
+  return dense_linear_2d(x.reshape({-1, x.size(-1)}), weight, bias).view(shape);
 }
 
 // Rows [r0, r1) of the packed weight as a dense (r1 - r0, in) tensor of `dtype` (fp32 or bf16).

@@ -15,6 +15,7 @@ from ._build import active_ops
 
 log = logging.getLogger("pruner.sparse")
 
+_KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _PAD = 32  # zero values after the last kept one: the AVX2 kernel reads 16 bytes at a time
 # Batches from this size on multiply with torch (dense lm_head); below it the row kernel wins.
 DENSE_KERNEL_MAX_BATCH = 8
@@ -78,22 +79,40 @@ class SparseLinear(nn.Module):
         return packing.unpack(self.mask, self.values, self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
         ops = active_ops()
-        if ops is not None and x2.device.type == "cpu":
-            xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
-            y = ops.sparse_linear(xin, self.mask, self.values, self.row_offsets, self.in_features, self.bias, 0)
-            y = y.to(x.dtype)
-        else:  # fallback: the dense weight, expanded on the fly
-            w = packing.unpack(self.mask, self.values, self.in_features, x2.dtype).to(x2.device)
-            b = self.bias.to(x2.dtype) if self.bias is not None else None
-            y = F.linear(x2, w, b)
-        return y.reshape(*lead, self.out_features)
+        if ops is not None and x.device.type == "cpu":
+            if x.dtype in _KERNEL_DTYPES:  # the decode hot path: one call, no Python tensor work
+                d = self.__dict__
+                return ops.sparse_linear(x, d["_buffers"]["mask"], d["_buffers"]["values"],
+                                         d["_buffers"]["row_offsets"], self.in_features, d["_parameters"]["bias"], 0)
+            return ops.sparse_linear(x.float(), self.mask, self.values, self.row_offsets, self.in_features,
+                                     self.bias, 0).to(x.dtype)
+        # fallback: the dense weight, expanded on the fly
+        w = packing.unpack(self.mask, self.values, self.in_features, x.dtype).to(x.device)
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, w, b)
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.in_features * self.out_features)
         return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, bias={self.bias is not None}"
+
+
+_ISA_AVX2 = 1
+_GEMM_CHUNK_BYTES = 4 << 20  # fp32 weight rows converted at a time (stays in L2/L3)
+
+
+@torch.no_grad()
+def _dense_gemm_fp32(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out_features, in_features = w.shape
+    xf = x2.float()
+    yt = torch.empty(out_features, x2.shape[0], dtype=torch.float32)
+    chunk = max(64, _GEMM_CHUNK_BYTES // (4 * in_features))
+    for r0 in range(0, out_features, chunk):
+        torch.mm(w[r0 : r0 + chunk].float(), xf.T, out=yt[r0 : r0 + chunk])
+    y = yt.T
+    if bias is not None:
+        y = y + bias.float()
+    return y.contiguous()
 
 
 class DenseBF16Linear(nn.Module):
@@ -131,6 +150,10 @@ class DenseBF16Linear(nn.Module):
             xin = x2 if x2.dtype in (torch.bfloat16, torch.float32) else x2.float()
             with torch.no_grad():
                 y = ops.dense_linear(xin, w, self.bias).to(x.dtype)
+        elif ops is not None and int(ops.get_isa()) == _ISA_AVX2 and w.dtype == torch.bfloat16 and w.device.type == "cpu":
+            # No native bf16 products on this CPU: torch's bf16 matmul is several times slower
+            # than fp32 BLAS, so convert the weight in row chunks and multiply in fp32.
+            y = _dense_gemm_fp32(x2, w, self.bias).to(x.dtype)
         else:
             y = F.linear(x2.to(w.dtype), w, self.bias).to(x.dtype)
         return y.reshape(*lead, self.out_features)

@@ -1,0 +1,198 @@
+"""Batch-1 (decode) and batch-512 (prefill) timings of the sparse CPU kernel against torch.
+
+    python benchmarks/sparse_kernel.py [--threads 2] [--repeat 200] [--write docs/PERFORMANCE.md]
+
+For each shape (out x in) at 50% per-row sparsity:
+  torch  -- F.linear with the dense bf16 weight (zeros in pruned places)
+  dense  -- this package's dense bf16 matvec (DenseBF16Linear)
+  sparse -- SparseLinear (packed mask + values)
+Two regimes: "hot" repeats the call on one weight (it stays in the CPU caches when small), "cold"
+rotates through enough copies of the weight that every call streams it from DRAM, which is what
+decoding a whole model does (Qwen2.5-Coder-0.5B is ~400 MB per token at 50%, far beyond L3).
+Each figure is the median of --repeat calls; run on a quiet machine, and rerun when figures jump.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pruner import sparse  # noqa: E402
+from pruner.sparse import _build  # noqa: E402
+
+DECODE_SHAPES = [  # (out, in, label)
+    (896, 896, "q/o proj 0.5B"),
+    (128, 896, "k/v proj 0.5B"),
+    (4864, 896, "gate/up 0.5B"),
+    (896, 4864, "down 0.5B"),
+    (151936, 896, "lm_head 0.5B (dense)"),
+    (4096, 11008, "down 7B-class"),
+    (11008, 4096, "gate/up 7B-class"),
+]
+PREFILL_SHAPES = [(896, 896), (4864, 896), (896, 4864), (4096, 11008)]
+COLD_BYTES = 96 << 20  # copies of a weight until this much: more than the L3 cache
+
+
+def per_row_mask(out: int, inp: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    keep = inp - int(round(sparsity * inp))
+    return torch.rand(out, inp, generator=gen).argsort(dim=1) < keep
+
+
+def median_ms(fn, repeat: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def rotating(fns):
+    state = {"i": 0}
+
+    def call():
+        fn = fns[state["i"] % len(fns)]
+        state["i"] += 1
+        return fn()
+
+    return call
+
+
+def bench_decode(out, inp, sparsity, repeat, cold, gen):
+    dense_only = out * inp > 50_000_000  # lm_head: stays dense
+    w = torch.randn(out, inp, generator=gen).to(torch.bfloat16)
+    m = None if dense_only else per_row_mask(out, inp, sparsity, gen)
+    if m is not None:
+        w = w * m
+    copies = max(1, COLD_BYTES // (out * inp * 2)) if cold else 1
+    x = torch.randn(1, inp, generator=gen).to(torch.bfloat16)
+    dense_w = [w] + [w.clone() for _ in range(copies - 1)]
+    heads = [sparse.DenseBF16Linear(torch.nn.Parameter(d, requires_grad=False)) for d in dense_w]
+    res = {}
+    with torch.no_grad():
+        res["torch"] = median_ms(rotating([lambda d=d: F.linear(x, d) for d in dense_w]), repeat)
+        res["dense"] = median_ms(rotating([lambda h=h: h(x) for h in heads]), repeat)
+        if m is not None:
+            words, values = sparse.pack_rows(w, m)
+            layers = [sparse.SparseLinear(words, values, (out, inp)) for _ in range(copies)]
+            res["sparse"] = median_ms(rotating([lambda s=s: s(x) for s in layers]), repeat)
+            ref = F.linear(x.float(), w.float())
+            err = (layers[0](x).float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-9)
+            assert err < 2e-2, f"sparse result off by {err}"
+    return res
+
+
+def bench_prefill(out, inp, sparsity, repeat, gen, batch=512):
+    w = torch.randn(out, inp, generator=gen).to(torch.bfloat16)
+    m = per_row_mask(out, inp, sparsity, gen)
+    w = w * m
+    x = torch.randn(batch, inp, generator=gen).to(torch.bfloat16)
+    layer = sparse.SparseLinear(*sparse.pack_rows(w, m), (out, inp))
+    with torch.no_grad():
+        t_torch = median_ms(lambda: F.linear(x, w), repeat, warmup=1)
+        t_sparse = median_ms(lambda: layer(x), repeat, warmup=1)
+    return t_torch, t_sparse
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ops = _build.get_ops()
+    isa = _build.ISA_NAMES.get(int(ops.get_isa()), "?") if ops is not None else "none"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, kernel ISA {isa}, "
+            f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), "
+            f"Python {platform.python_version()}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=200, help="calls per decode figure (median)")
+    ap.add_argument("--prefill-repeat", type=int, default=3)
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--write", metavar="MD", help="replace the 'Sparse kernel' section of this markdown file")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        print(f"kernel unavailable: {reason}", file=sys.stderr)
+        return 1
+    gen = torch.Generator().manual_seed(0)
+    lines = [f"Machine: {machine_line()}.", ""]
+    lines += [
+        f"Decode, batch 1, {args.sparsity:.0%} per-row sparsity, median of {args.repeat} calls, milliseconds "
+        "(ratio = torch / ours, higher is better):",
+        "",
+        "| shape (out x in) | layer | regime | torch bf16 F.linear | dense kernel | sparse kernel | torch/dense | torch/sparse |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(lines[-4:]), flush=True)
+    for out, inp, label in DECODE_SHAPES:
+        for regime in ("hot", "cold"):
+            r = bench_decode(out, inp, args.sparsity, args.repeat, regime == "cold", gen)
+            sp = r.get("sparse")
+            row = (f"| {out} x {inp} | {label} | {regime} | {r['torch']:.3f} | {r['dense']:.3f} | "
+                   f"{'%.3f' % sp if sp else 'n/a'} | {r['torch'] / r['dense']:.2f} | "
+                   f"{'%.2f' % (r['torch'] / sp) if sp else 'n/a'} |")
+            lines.append(row)
+            print(row, flush=True)
+    if not args.no_prefill:
+        lines += [
+            "",
+            f"Prefill, batch 512, {args.sparsity:.0%} per-row sparsity, median of {args.prefill_repeat} calls, milliseconds:",
+            "",
+            "| shape (out x in) | torch bf16 F.linear (dense) | SparseLinear | torch/sparse |",
+            "|---|---:|---:|---:|",
+        ]
+        print("\n".join(lines[-4:]), flush=True)
+        for out, inp in PREFILL_SHAPES:
+            t_torch, t_sparse = bench_prefill(out, inp, args.sparsity, args.prefill_repeat, gen)
+            row = f"| {out} x {inp} | {t_torch:.1f} | {t_sparse:.1f} | {t_torch / t_sparse:.2f} |"
+            lines.append(row)
+            print(row, flush=True)
+    if args.write:
+        write_section(Path(args.write), lines, argv)
+    return 0
+
+
+SECTION = "## Sparse kernel"
+BEGIN, END = "<!-- sparse-kernel:begin (generated by benchmarks/sparse_kernel.py) -->", "<!-- sparse-kernel:end -->"
+
+
+def write_section(path: Path, lines: list[str], argv) -> None:
+    """Replace the generated block of the 'Sparse kernel' section; text outside the block is kept."""
+    cmd = ("python benchmarks/sparse_kernel.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    block = "\n".join([BEGIN, "", f"Command: `{cmd}`", "", *lines, "", END])
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    elif SECTION in text:
+        at = text.index(SECTION) + len(SECTION)
+        text = text[:at] + "\n\n" + block + "\n" + text[at:]
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
