@@ -10,7 +10,9 @@
 #            smollm2-135m (or any preset, model dir, .gguf): the real thing (minutes)
 #   --artifacts    screenshots, results.json and logs (default: <repo>/artifacts/e2e-vscode/<server>-<model>)
 # Environment: SUBCODER_E2E_TOOLS (tools cache, see setup_codeserver.sh), SUBCODER_E2E_PYTHON
-# (interpreter for the server; default <repo>/.venv/bin/python, else python3), PORT (8080).
+# (interpreter for the server; default <repo>/.venv/bin/python, else python3), PORT (8080),
+# SUBCODER_E2E_CALIBRATION (calibration windows x tokens; 4x64 for tiny, else 8x128),
+# BUILD_TIMEOUT_S (longest wait for one build), KEEP_SCRATCH=1 (keep the scratch folder).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,14 +62,16 @@ else
   fi
 fi
 mkdir -p "$WS/.vscode"
-"$PY" - "$WS/.vscode/settings.json" "$PY" "$MODEL_SETTING" "$SCRATCH/cache" "$MODEL" <<'PYEOF'
+# Calibration set size (windows x tokens): small, so that a build (done twice) fits a CI budget;
+# the server's defaults (32 x 512) take ~20 min for smollm2-135m on 2 cores.
+CALIBRATION=${SUBCODER_E2E_CALIBRATION:-$([ "$MODEL" = tiny ] && echo 4x64 || echo 8x128)}
+"$PY" - "$WS/.vscode/settings.json" "$PY" "$MODEL_SETTING" "$SCRATCH/cache" "$CALIBRATION" <<'PYEOF'
 import json, sys
-out, python, model, cache, kind = sys.argv[1:]
+out, python, model, cache, calibration = sys.argv[1:]
+samples, seq_len = (int(n) for n in calibration.split("x"))
 settings = {"subcoder.python": python, "subcoder.model": model, "subcoder.cacheDir": cache,
-            "subcoder.logLevel": "debug"}
-if kind == "tiny":
-    # A 2-layer random model: keep calibration small too, the build takes seconds.
-    settings.update({"subcoder.calibrationSamples": 4, "subcoder.calibrationSeqLen": 64})
+            "subcoder.logLevel": "debug", "subcoder.calibrationSamples": samples,
+            "subcoder.calibrationSeqLen": seq_len}
 json.dump(settings, open(out, "w"), indent=2)
 PYEOF
 

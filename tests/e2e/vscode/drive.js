@@ -218,7 +218,28 @@ async function journey(page) {
     await screenshot(page, 'status');
     await page.keyboard.press('Escape');
 
-    // 5. The logs.
+    // 5. Per-language switch: off for python, then on again.
+    await page.locator('.editor-instance .monaco-editor .view-lines').first().click();
+    await runCommand(page, 'Subcoder: Toggle completions for the current language');
+    const off = await page.locator('.notifications-toasts', { hasText: 'completions off for python' })
+        .waitFor({ timeout: 10000 }).then(() => true, () => false);
+    check('Toggle turns python completions off', off);
+    await screenshot(page, 'toggled-off');
+    await runCommand(page, 'Subcoder: Toggle completions for the current language');
+    const on = await page.locator('.notifications-toasts', { hasText: 'completions on for python' })
+        .waitFor({ timeout: 10000 }).then(() => true, () => false);
+    check('Toggle turns them on again', on);
+
+    // 6. Restart: a new server process, which finds the sub-model in the cache.
+    const beforeRestart = statusHistory.length;
+    await runCommand(page, 'Subcoder: Restart server');
+    const restarted = await waitForStatus(page, (t) => !isReady(t), 30000, 'restarting');
+    const readyAfterRestart = restarted !== null && await waitForStatus(page, isTerminal, BUILD_TIMEOUT, 'ready after restart');
+    check('Restart server comes back ready', Boolean(readyAfterRestart) && isReady(readyAfterRestart),
+        statusHistory.slice(beforeRestart).join(' | '));
+    await screenshot(page, 'restarted');
+
+    // 7. The logs.
     await runCommand(page, 'Subcoder: Show logs');
     await page.waitForTimeout(1500);
     await screenshot(page, 'logs');
