@@ -1,4 +1,4 @@
-"""VS Code end-to-end: the packaged extension in code-server 4.100.3 + headless Chromium, with the real
+"""The VS Code extension's tests: its unit tests, and end-to-end: the packaged extension in code-server 4.100.3 + headless Chromium, with the real
 server (extension/test/run_e2e.sh, which installs what it needs). Screenshots, results.json and the
 extension's log land in artifacts/e2e-vscode/<server>-<model>/.
 """
@@ -14,11 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "extension" / "test" / "run_e2e.sh"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="needs Node 20 and npm"),
-]
+EXTENSION = REPO / "extension"
+needs_node = pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="needs Node 20 and npm")
 
 
 def run_e2e(*args: str, timeout: int) -> None:
@@ -26,11 +23,26 @@ def run_e2e(*args: str, timeout: int) -> None:
     assert result.returncode == 0, f"{RUN.name} {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
 
 
+@needs_node
+def test_extension_unit_tests():
+    """The extension's own unit tests (node:test; no editor): interpreter choice, settings, status text, bundle."""
+    if not (EXTENSION / "node_modules").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=EXTENSION, check=True, capture_output=True, timeout=600)
+    result = subprocess.run(["npm", "test"], cwd=EXTENSION, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@needs_node
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_vscode_with_tiny_model():
     """Status building -> ready, ghost text accepted with Tab, rebuild, status picker (tiny random model)."""
     run_e2e("--server", "real", "--model", "tiny", timeout=600)
 
 
+@needs_node
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.real
 def test_vscode_with_smollm2():
     """The same journey with the real smollm2-135m preset."""
