@@ -1,6 +1,7 @@
-"""The VS Code extension's tests: its unit tests, and end-to-end: the packaged extension in code-server 4.100.3 + headless Chromium, with the real
-server (extension/test/run_e2e.sh, which installs what it needs). Screenshots, results.json and the
-extension's log land in artifacts/e2e-vscode/<server>-<model>/.
+"""The VS Code extension's tests: its unit tests (node:test), and end to end, the packaged extension
+in code-server 4.100.3 + headless Chromium with the real server (extension/test/run_e2e.sh, which
+installs what it needs). Screenshots, results.json and the extension's log land in
+artifacts/e2e-vscode/<server>-<model>/.
 """
 
 from __future__ import annotations
