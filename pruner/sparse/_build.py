@@ -84,10 +84,15 @@ def _load() -> tuple[object | None, str]:
     name = build_name()
     build_dir = kernel_dir() / name
     lib = build_dir / f"{name}.so"
-    try:
-        if lib.is_file():
+    loaded = False
+    if lib.is_file():
+        try:
             torch.ops.load_library(str(lib))
-        else:
+            loaded = True
+        except OSError:  # half-written by a concurrent build, or corrupt: build (under ninja's lock)
+            pass
+    try:
+        if not loaded:
             from torch.utils import cpp_extension
 
             cxx = os.environ.get("CXX") or "c++"

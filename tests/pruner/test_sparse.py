@@ -37,7 +37,8 @@ def ops():
         else:
             os.environ["SUBCODER_CACHE_DIR"] = saved
     if not ok:
-        if os.environ.get("SUBCODER_SPARSE") != "0" and _build._why_not_here() is None:
+        missing_tool = reason.startswith(("no C++ compiler", "ninja is not installed"))
+        if os.environ.get("SUBCODER_SPARSE") != "0" and _build._why_not_here() is None and not missing_tool:
             pytest.fail(f"the kernel should build on this machine: {reason}")
         pytest.skip(reason)
     return _build.get_ops()
