@@ -26,6 +26,7 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
+from pruner import paths
 from pruner.calibration import LANGUAGES
 from pruner.errors import Cancelled, SubcoderError
 
@@ -53,7 +54,7 @@ class SubcoderServer(LanguageServer):
         self.detection: Detection | None = None
         self.dominant: str | None = None
         self.models = ModelSet()
-        self.cache = CacheManager(None, self.settings.cache_size_limit_mb)
+        self.cache = CacheManager(paths.submodels_dir(), self.settings.cache_size_limit_mb)
         self.builds = BuildManager(self._build_event_from_thread)
         self.state = "idle"
         self.message = ""
@@ -127,7 +128,8 @@ class SubcoderServer(LanguageServer):
         new = parsed.settings
         self.settings = new
         logs.set_level(python_log_level(new.log_level))
-        self.cache = CacheManager(new.cache_dir or None, new.cache_size_limit_mb)
+        # `cacheDir` is the root of subcoder's whole cache (models and sub-models), as for the CLI.
+        self.cache = CacheManager(paths.submodels_dir(new.cache_dir or None), new.cache_size_limit_mb)
         if initial:
             return
         if new.model_fields() != old.model_fields() or new.build_fields() != old.build_fields():
@@ -166,7 +168,8 @@ class SubcoderServer(LanguageServer):
         def load():
             try:
                 completer = load_completer(settings.model, dtype=settings.dtype, device=settings.device,
-                                           sparse=False, context_tokens=settings.context_tokens)
+                                           sparse=False, context_tokens=settings.context_tokens,
+                                           cache_dir=settings.cache_dir)
                 return Served(completer, None)
             except SubcoderError as exc:
                 return exc
@@ -205,7 +208,8 @@ class SubcoderServer(LanguageServer):
         try:
             # On the loader thread: transformers' lazy imports are not safe from two threads at once.
             key = await loop.run_in_executor(self._background,
-                                             lambda: compute_key(settings.model, language, settings, self.root))
+                                             lambda: compute_key(settings.model, language, settings, self.root,
+                                                                 models_cache_dir=settings.cache_dir))
         except SubcoderError as exc:
             self._failed(f"cannot prepare the {language} sub-model: {exc}")
             return
@@ -225,6 +229,7 @@ class SubcoderServer(LanguageServer):
             sparsity=settings.sparsity, pattern=settings.pattern, method=settings.method,
             calibration=calibration_dict(settings, self.root), dtype=settings.dtype,
             device="cpu" if settings.device == "auto" else settings.device, force=force,
+            models_cache_dir=settings.cache_dir,
         )
         self.builds.submit(request)
 

@@ -11,6 +11,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import fast_settings, serve
 from lsprotocol import types
 
@@ -146,3 +147,28 @@ async def test_empty_workspace_serves_base(tiny_model_dir, tmp_path):
         assert base["languages"] == [] and "empty workspace" in base["message"]
         uri = s.open("x.py", PREFIX_DOC)
         assert len((await s.inline(uri, 1, 11)).items) == 1
+
+
+@pytest.mark.real
+@pytest.mark.slow
+async def test_real_preset_python_submodel(tmp_path, py_workspace):
+    """smollm2-135m: a Python sub-model from the shipped corpus, then a sensible completion."""
+    from pruner import paths
+    from pruner.models import is_cached
+
+    if not is_cached("smollm2-135m"):
+        pytest.skip("smollm2-135m is not in the model cache (subcoder models --fetch smollm2-135m)")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for shared in ("models", "kernels"):  # reuse converted weights and the compiled kernel
+        if (paths.cache_dir() / shared).is_dir():
+            (cache / shared).symlink_to(paths.cache_dir() / shared)
+    settings = {"model": "smollm2-135m", "calibration": "corpus", "calibrationSamples": 8, "calibrationSeqLen": 256,
+                "maxNewTokens": 24}
+    async with serve(py_workspace, cache, settings) as s:
+        ready = await s.wait_state("ready", timeout=900)
+        assert ready["language"] == "python" and ready["sizeBytes"] > 10 * 2**20
+        uri = s.open("app/files.py", "import os\n\n\ndef list_files(path):\n    return os.\n")
+        inline = await s.inline(uri, 4, 14)
+        assert inline.items, "the sub-model suggested nothing"
+        assert inline.items[0].insert_text.strip()
