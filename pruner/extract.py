@@ -10,6 +10,7 @@ from pathlib import Path
 from . import paths
 from .calibration import CalibrationSet, CalibrationSpec, build_calibration, check_language
 from .config import PruneConfig
+from .errors import ConfigError
 from .models import LoadedModel, load_model
 from .progress import CancelFn, ProgressFn, check_cancel, report
 from .prune import PruneReport, prune_model
@@ -74,11 +75,20 @@ def extract(
     check_language(language, allow_general=calibration.source == "corpus")  # before any slow work
     timings = {}
     t0 = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, dtype=dtype, device="cpu" if offload else device, sparse=False, cache_dir=cache_dir, progress=progress)
-    if loaded.info.is_submodel:
-        from .errors import ConfigError
+    disk = None
+    if offload:
+        if isinstance(model, LoadedModel):
+            raise ConfigError("offload loads the model itself: pass its name, not a loaded model")
+        from .models import resolve_model
+        from .offload import DiskOffload
 
+        disk = DiskOffload(resolve_model(model, cache_dir=cache_dir, progress=progress), str(model), dtype,
+                           staging_parent=Path(out_dir).parent if out_dir else paths.submodels_dir(cache_dir))
+        loaded = disk.build()
+    else:
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model, dtype=dtype, device=device, sparse=False, cache_dir=cache_dir, progress=progress)
+    if loaded.info.is_submodel:
         raise ConfigError(f"{loaded.info.name} is already a sub-model; prune its base model instead")
     timings["load_s"] = round(time.perf_counter() - t0, 2)
     check_cancel(cancel)
@@ -93,11 +103,26 @@ def extract(
         log.info("sub-model %s is cached at %s", key, target)
         return existing
 
-    result = prune_model(loaded.model, calib.input_ids, calib.attention_mask, config,
-                         batch_size=batch_size, offload=offload, progress=progress, cancel=cancel)
-    timings["prune_s"] = round(result.report.seconds, 2)
-    check_cancel(cancel)
+    try:
+        result = prune_model(loaded.model, calib.input_ids, calib.attention_mask, config,
+                             batch_size=batch_size, offload=offload and device != "cpu", progress=progress, cancel=cancel,
+                             load_layer=disk.load_layer if disk else None,
+                             release_layer=disk.release_layer if disk else None)
+        timings["prune_s"] = round(result.report.seconds, 2)
+        check_cancel(cancel)
+        manifest = _write(loaded, result, language, config, calibration, calib, key, timings, target, progress,
+                          shards=disk.staging if disk else None)
+    finally:
+        if disk:
+            disk.cleanup()
+    timings["total_s"] = round(time.perf_counter() - t0, 2)
+    manifest["timings"] = timings
+    log.info("extracted %s sub-model in %.1f s: %.1f%% of linear weights pruned", language, timings["total_s"],
+             100 * result.report.linear_sparsity)
+    return ExtractResult(target, manifest, result.report, size_report(target))
 
+
+def _write(loaded, result, language, config, calibration, calib, key, timings, target, progress, shards) -> dict:
     t2 = time.perf_counter()
     report(progress, "save", 0, 1, f"writing {target}")
     manifest = {
@@ -115,10 +140,8 @@ def extract(
         "report": result.report.to_dict(),
         "timings": timings,
     }
-    manifest = save_submodel(loaded, result.masks, manifest, target)
+    # the save time is known only once the manifest is written: the returned manifest carries it
+    manifest = save_submodel(loaded, result.masks, manifest, target, shards=shards)
     timings["save_s"] = round(time.perf_counter() - t2, 2)
     report(progress, "save", 1, 1, "saved")
-    timings["total_s"] = round(time.perf_counter() - t0, 2)
-    log.info("extracted %s sub-model in %.1f s: %.1f%% of linear weights pruned", language, timings["total_s"],
-             100 * result.report.linear_sparsity)
-    return ExtractResult(target, manifest, result.report, size_report(target))
+    return manifest

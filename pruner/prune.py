@@ -126,10 +126,15 @@ def prune_model(
     offload: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    load_layer=None,
+    release_layer=None,
 ) -> PruneResult:
     """Prune every linear layer inside the decoder layers of `model` in place; return the masks.
 
     input_ids / attention_mask: (n_samples, seq_len) calibration windows (0 in the mask = padding).
+    load_layer(index, layer) / release_layer(index, layer, masks): when given (weights on disk, see
+    offload.py) each layer is read in before its turn and handed over afterwards; its masks are then
+    not kept in the result.
     """
     t_start = time.perf_counter()
     model.eval()
@@ -154,13 +159,17 @@ def prune_model(
     capture_seconds = time.perf_counter() - t_start
 
     masks: dict[str, torch.Tensor] = {}
+    kept_total = 0
     result = PruneReport(capture_seconds=capture_seconds, calibration_tokens=int(attention_mask.sum()))
     for index, layer in enumerate(layers):
         check_cancel(cancel)
         t_layer = time.perf_counter()
+        if load_layer is not None:
+            load_layer(index, layer)
         if offload and device.type == "cuda":
             layer.to(device)
         linears = prunable_linears(layer)
+        layer_masks = {}
         norms: dict[str, NormAccumulator] = {}
         if use_wanda:
             norms = _observe(layer, linears, inputs, device)
@@ -172,7 +181,7 @@ def prune_model(
                 scores = magnitude_scores(linear.weight)
             keep = mask_from_scores(scores, config.sparsity, config.pattern)
             apply_mask(linear.weight, keep)
-            masks[f"{prefix}.{index}.{name}.weight"] = keep.cpu()
+            layer_masks[f"{prefix}.{index}.{name}.weight"] = keep.cpu()
             kept += int(keep.sum())
             total += keep.numel()
         if use_wanda and index + 1 < len(layers):
@@ -181,15 +190,20 @@ def prune_model(
                 item.hidden = _layer_output(out)
         if offload and device.type == "cuda":
             layer.to("cpu")
+        if release_layer is not None:
+            release_layer(index, layer, layer_masks)
+        else:
+            masks.update(layer_masks)
         seconds = time.perf_counter() - t_layer
         result.layers.append({"layer": index, "sparsity": 1 - kept / total if total else 0.0, "seconds": round(seconds, 3)})
         result.pruned_params += total - kept
+        kept_total += kept
         report(progress, "prune", index + 1, len(layers), f"layer {index + 1}/{len(layers)}: {1 - kept / max(total, 1):.1%} sparse")
         log.debug("layer %d pruned in %.2f s", index, seconds)
 
-    linear_total = sum(m.numel() for m in masks.values())
+    linear_total = result.pruned_params + kept_total
     result.linear_sparsity = result.pruned_params / linear_total if linear_total else 0.0
-    result.total_params = sum(p.numel() for p in model.parameters())
+    result.total_params = sum(p.numel() for p in model.parameters())  # meta tensors count too
     result.model_sparsity = result.pruned_params / result.total_params
     result.seconds = time.perf_counter() - t_start
     result.peak_memory_bytes = peak_memory_bytes(device)

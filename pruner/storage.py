@@ -75,20 +75,11 @@ def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[tor
 # --------------------------------------------------------------------------- saving
 
 
-def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest: dict, target: Path) -> dict:
-    """Write a sub-model directory atomically and return its full manifest.
-
-    `masks`: weight name -> keep-mask (True = kept)."""
-    from safetensors.torch import save_file
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    state = model.state_dict()
-    tied = _tied_names(model)
+def encode_tensors(items, masks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Tensors as stored: pruned weights become `.mask` + `.values`, the rest stays dense."""
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
-    for name, tensor in state.items():
-        if name in tied:
-            continue
+    for name, tensor in items:
         if name in masks:
             words, values = pack_weight(tensor, masks[name])
             tensors[name + MASK_SUFFIX] = words
@@ -96,11 +87,44 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
             shapes[name] = list(tensor.shape)
         else:
             tensors[name] = tensor.detach().contiguous().cpu()
+    return tensors, shapes
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> None:
+    from safetensors.torch import save_file
+
+    # one metadata key: safetensors orders several keys arbitrarily, and equal sub-models should be equal bytes
+    meta = json.dumps({"format_version": FORMAT_VERSION, "pruned_shapes": shapes}, sort_keys=True)
+    save_file(tensors, str(path), metadata={"subcoder": meta})
+
+
+def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest: dict, target: Path,
+                  *, shards: Path | None = None) -> dict:
+    """Write a sub-model directory atomically and return its full manifest.
+
+    `masks`: weight name -> keep-mask (True = kept). `shards`: a staging folder of weight files already
+    written layer by layer (offloaded pruning); their tensors are not written again.
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    tied = _tied_names(model)
+    staged = sorted(Path(shards).glob("*.safetensors")) if shards else []
+    done = set()
+    for f in staged:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as fh:
+            done.update(k.removesuffix(MASK_SUFFIX).removesuffix(VALUES_SUFFIX) for k in fh.keys())
+    items = ((n, t) for n, t in model.state_dict().items() if n not in tied and n not in done)
+    tensors, shapes = encode_tensors(items, masks)
+    pruned = set(shapes)
     with paths.atomic_dir(Path(target)) as tmp:
-        # one metadata key: safetensors orders several keys arbitrarily, and equal sub-models
-        # should be equal bytes
-        meta = json.dumps({"format_version": FORMAT_VERSION, "pruned_shapes": shapes}, sort_keys=True)
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"subcoder": meta})
+        write_weights(tmp / WEIGHTS, tensors, shapes)
+        for f in staged:
+            shutil.move(str(f), tmp / f.name)
+            from safetensors import safe_open
+
+            with safe_open(str(tmp / f.name), framework="pt") as fh:
+                pruned.update(_pruned_shapes(fh.metadata()))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -110,7 +134,8 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
             "subcoder_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **manifest,
-            "pruned_weights": sorted(shapes),
+            "pruned_weights": sorted(pruned),
+            "weights_files": [WEIGHTS] + [f.name for f in staged],
         }
         full["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
@@ -170,30 +195,36 @@ def _pruned_shapes(meta: dict | None) -> dict[str, list[int]]:
         raise CorruptError("weights file lacks subcoder's metadata: not a sub-model written by subcoder") from None
 
 
+def weight_files(directory: Path) -> list[Path]:
+    manifest = read_manifest(directory)
+    return [Path(directory) / name for name in manifest.get("weights_files", [WEIGHTS])]
+
+
 def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            shapes = _pruned_shapes(meta)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
-        raise CorruptError(f"{directory}: cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    tensors, shapes = {}, {}
+    for path in weight_files(directory):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                shapes.update(_pruned_shapes(fh.metadata()))
+                tensors.update({k: fh.get_tensor(k) for k in fh.keys()})
+        except CorruptError:
+            raise
+        except Exception as exc:
+            raise CorruptError(f"{directory}: cannot read {path.name} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     return tensors, shapes
 
 
 def load_masks(directory: Path) -> dict[str, torch.Tensor]:
     """The keep-masks of a sub-model, without building the model (for overlap analysis)."""
-    directory = Path(directory)
-    read_manifest(directory)
     from safetensors import safe_open
 
     masks = {}
-    with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
-        shapes = _pruned_shapes(fh.metadata())
-        for name, shape in shapes.items():
-            masks[name] = unpack_mask(fh.get_tensor(name + MASK_SUFFIX), shape[1])
+    for path in weight_files(Path(directory)):
+        with safe_open(str(path), framework="pt") as fh:
+            for name, shape in _pruned_shapes(fh.metadata()).items():
+                masks[name] = unpack_mask(fh.get_tensor(name + MASK_SUFFIX), shape[1])
     return masks
 
 
@@ -281,7 +312,7 @@ def export_dense(directory: Path, target: Path) -> Path:
     with paths.atomic_dir(target) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
         for f in directory.iterdir():
-            if f.is_file() and f.name not in (WEIGHTS, MANIFEST):
+            if f.is_file() and f.name != MANIFEST and not f.name.endswith(".safetensors"):
                 shutil.copy2(f, tmp / f.name)
         (tmp / "subcoder_manifest.json").write_text((directory / MANIFEST).read_text())
     return target
@@ -292,25 +323,21 @@ def size_report(directory: Path) -> dict:
     from safetensors import safe_open
 
     directory = Path(directory)
-    compact = dense = 0
-    with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
-        shapes = _pruned_shapes(fh.metadata())
-        for name, shape in shapes.items():
-            for suffix in (MASK_SUFFIX, VALUES_SUFFIX):
-                sl = fh.get_slice(name + suffix)
-                n = 1
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8}
+    compact = dense = other = 0
+    for path in weight_files(directory):
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = _pruned_shapes(fh.metadata())
+            for key in fh.keys():
+                sl = fh.get_slice(key)
+                nbytes = itemsize.get(sl.get_dtype(), 4)
                 for d in sl.get_shape():
-                    n *= d
-                compact += n * (4 if suffix == MASK_SUFFIX else 2 if sl.get_dtype() in ("BF16", "F16") else 4)
-            dense += shape[0] * shape[1] * 2
-        other = 0
-        for name in fh.keys():
-            if not (name.endswith(MASK_SUFFIX) or name.endswith(VALUES_SUFFIX)):
-                sl = fh.get_slice(name)
-                n = 1
-                for d in sl.get_shape():
-                    n *= d
-                other += n * 2
+                    nbytes *= d
+                if key.endswith(MASK_SUFFIX) or key.endswith(VALUES_SUFFIX):
+                    compact += nbytes
+                else:
+                    other += nbytes // itemsize.get(sl.get_dtype(), 4) * 2  # as bf16
+            dense += sum(shape[0] * shape[1] * 2 for shape in shapes.values())
     total = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
     return {
         "pruned_compact_bytes": compact,

@@ -129,3 +129,18 @@ def test_failed_write_leaves_nothing(base_dir, workspace, tmp_path, monkeypatch)
         extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
     assert not (tmp_path / "sub").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sub")]
+
+
+def test_offloaded_pruning_gives_the_same_submodel(base_dir, workspace, tmp_path):
+    """Weights on disk, one layer in memory at a time: same masks and weights as in-memory pruning."""
+    a = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "mem")
+    b = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "disk", offload=True)
+    assert a.manifest["cache_key"] == b.manifest["cache_key"]
+    assert len(b.manifest["weights_files"]) == 1 + 2  # the rest + one file per decoder layer
+    ma, mb = load_masks(a.path), load_masks(b.path)
+    assert set(ma) == set(mb) and all(torch.equal(ma[k], mb[k]) for k in ma)
+    sa = load_model(str(a.path), sparse=False).model.state_dict()
+    sb = load_model(str(b.path), sparse=False).model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert b.report.linear_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert not list(tmp_path.glob(".offload-*"))
