@@ -33,6 +33,24 @@ def cache_key(base_hash: str, language: str, config: PruneConfig, calibration_fi
     return f"{language}-{config.slug()}-{base_hash[:12]}-{calibration_fingerprint}-v{FORMAT_VERSION}"
 
 
+def planned_key(model: str, language: str, config: PruneConfig, calibration: CalibrationSpec | None = None,
+                *, cache_dir=None, progress: ProgressFn | None = None) -> str:
+    """The cache key `extract` would give these inputs, without loading the weights (a tokenizer load and
+    the calibration windows' tokenization: about a second). Lets a caller look in the cache first."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model, weights_hash
+
+    calibration = calibration or CalibrationSpec()
+    check_language(language, allow_general=calibration.source == "corpus")
+    directory = resolve_model(model, cache_dir=cache_dir, progress=progress)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as load_model does: padding ids enter the fingerprint
+    calib = build_calibration(tokenizer, language, calibration)
+    return cache_key(weights_hash(directory), language, config, calib.fingerprint)
+
+
 def _reusable(target: Path, key: str) -> ExtractResult | None:
     from .errors import CorruptError
     from .storage import verify

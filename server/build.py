@@ -78,17 +78,10 @@ def compute_key(model: str, language: str, settings, workspace: str | None, *, m
     Costs a tokenizer load and the calibration windows' tokenization (about a second); the first call
     for a preset may download and convert it.
     """
-    from transformers import AutoTokenizer
+    from pruner.extract import planned_key
 
-    from pruner.calibration import CalibrationSpec, build_calibration
-    from pruner.extract import cache_key
-    from pruner.models import resolve_model, weights_hash
-
-    directory = resolve_model(model, cache_dir=models_cache_dir or None)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    spec = calibration_spec(settings, workspace)
-    calib = build_calibration(tokenizer, language, spec)
-    return cache_key(weights_hash(directory), language, settings.prune_config(), calib.fingerprint)
+    return planned_key(model, language, settings.prune_config(), calibration_spec(settings, workspace),
+                       cache_dir=models_cache_dir or None)
 
 
 def calibration_spec(settings, workspace: str | None):

@@ -144,3 +144,11 @@ def test_offloaded_pruning_gives_the_same_submodel(base_dir, workspace, tmp_path
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert b.report.linear_sparsity == pytest.approx(0.5, abs=1e-3)
     assert not list(tmp_path.glob(".offload-*"))
+
+
+def test_planned_key_matches_extract(base_dir, workspace, tmp_path):
+    from pruner.extract import planned_key
+
+    key = planned_key(str(base_dir), "python", PruneConfig(0.5), spec(workspace))
+    result = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    assert key == result.manifest["cache_key"]
