@@ -152,6 +152,10 @@ class StopRule:
 
 def postprocess(text: str, suffix: str, mode: str) -> str:
     """Drop trailing whitespace, trim what already follows the cursor, drop suggestions that add nothing."""
+    if "\ufffd" in text:
+        # bytes that do not decode (a multi-byte character cut short, or a byte-level model's noise):
+        # never insert them into the user's file
+        text = text[: text.index("\ufffd")]
     text = text.rstrip()
     if not text.strip():
         return ""

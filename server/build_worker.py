@@ -72,6 +72,7 @@ def main() -> int:
             result = extract(request["model"], request["language"], config, spec, cache.entry_path(key),
                              dtype=request.get("dtype", "bfloat16"), device=request.get("device", "cpu"),
                              cache_dir=request.get("models_cache_dir") or None, progress=progress,
+                             force=bool(request.get("force")),
                              cancel=cancelled.is_set)
             if result.manifest.get("cache_key") not in (None, key):
                 log.warning("the build computed key %s, the server asked for %s", result.manifest.get("cache_key"), key)

@@ -176,3 +176,10 @@ def test_cancel_between_tokens_keeps_the_cache_usable(loaded):
     assert after.reused_tokens > 0
     cold = Completer(loaded, context_tokens=256).complete(CODE[:1500], "", max_new_tokens=4, mode="multi-line")
     assert after.text == cold.text
+
+
+def test_undecodable_bytes_are_never_suggested():
+    from pruner.generate import postprocess
+
+    assert postprocess("x = 1\ufffd\ufffd", "", "single-line") == "x = 1"
+    assert postprocess("\ufffdabc", "", "single-line") == ""
