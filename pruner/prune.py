@@ -144,11 +144,12 @@ def prune_model(
         raise ConfigError("offload expects the model on the CPU; it moves one layer at a time to the accelerator")
     device = torch.device("cuda") if offload and torch.cuda.is_available() else compute_device
     if offload and device.type == "cuda":
-        # only the embeddings and the current layer ever sit on the accelerator
-        model.get_input_embeddings().to(device)
-        rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
-        if rotary is not None:
-            rotary.to(device)
+        # only the decoder stack's siblings (embeddings, rotary tables, final norm) and the current
+        # layer ever sit on the accelerator
+        parent = model.get_submodule(prefix.rsplit(".", 1)[0]) if "." in prefix else model
+        for child in parent.children():
+            if child is not layers:
+                child.to(device)
 
     use_wanda = config.method == "wanda"
     inputs: list[LayerInputs] = []
