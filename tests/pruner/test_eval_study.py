@@ -1,0 +1,28 @@
+"""The study end to end on a tiny model: sub-models, matrices, Jaccard heatmap, noise control, sweep, RESULTS.md."""
+
+from pathlib import Path
+
+from pruner.evaluation.study import Plan, run_study
+from tiny_models import save_tiny_model_dir
+
+
+def test_study_on_a_tiny_model(tmp_path):
+    model = str(save_tiny_model_dir(tmp_path / "tiny-llama"))
+    plan = Plan(models=(model,), languages=("python", "java"), patterns=("unstructured", "2:4"), metrics=("ppl",),
+                limits={"ppl": 1}, calib_samples=2, calib_seq_len=32, ppl_seq_len=32, context_tokens=64,
+                noise_languages=("python",), noise_metrics=("ppl",), sweep_sparsities=(0.3, 0.5),
+                sweep_languages=("python",), sweep_metrics=("ppl",), batch_size=2)
+    docs = tmp_path / "docs"
+    study = run_study(plan, work_dir=tmp_path / "work", docs_dir=docs, command="subcoder eval study (test)")
+    text = (docs / "RESULTS.md").read_text()
+    for needle in ("## Does the paper's claim hold here?", "Wanda, python", "Noise control", "Quality vs sparsity",
+                   "### Cost", "dense (reference)"):
+        assert needle in text, needle
+    pngs = sorted(p.name for p in docs.glob("*.png"))
+    assert pngs == ["study-tiny-llama-jaccard-2of4.png", "study-tiny-llama-jaccard-unstructured.png",
+                    "study-tiny-llama-sparsity.png"]
+    entry = study["models"][model]
+    assert "python/h0@u50" in entry["variants"] and "python@u30" in entry["variants"]
+    # a second run reuses every sub-model and every finished cell
+    again = run_study(plan, work_dir=tmp_path / "work", docs_dir=docs, command="again")
+    assert all(c["cached"] for c in again["models"][model]["costs"].values())
