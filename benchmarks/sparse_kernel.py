@@ -9,7 +9,7 @@ For each shape (out x in) at 50% per-row sparsity:
 Two regimes: "hot" repeats the call on one weight (it stays in the CPU caches when small), "cold"
 rotates through enough copies of the weight that every call streams it from DRAM, which is what
 decoding a whole model does (Qwen2.5-Coder-0.5B is ~400 MB per token at 50%, far beyond L3).
-Each figure is the median of --repeat calls; run on a quiet machine, and rerun when figures jump.
+Each figure is the median (or --stat min) of --repeat calls, the candidates timed in turn call by call;\nrun on a quiet machine, and rerun when figures jump.
 """
 
 from __future__ import annotations
@@ -48,15 +48,7 @@ def per_row_mask(out: int, inp: int, sparsity: float, gen: torch.Generator) -> t
     return torch.rand(out, inp, generator=gen).argsort(dim=1) < keep
 
 
-def median_ms(fn, repeat: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+STAT = {"fn": statistics.median, "name": "median"}  # --stat min: the fastest call
 
 
 def rotating(fns):
@@ -70,6 +62,20 @@ def rotating(fns):
     return call
 
 
+def interleaved_ms(fns: dict, repeat: int, warmup: int = 5) -> dict:
+    """Time the candidates in turn, call by call, so that load from other processes hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: STAT["fn"](v) * 1e3 for k, v in times.items()}
+
+
 def bench_decode(out, inp, sparsity, repeat, cold, gen):
     dense_only = out * inp > 50_000_000  # lm_head: stays dense
     w = torch.randn(out, inp, generator=gen).to(torch.bfloat16)
@@ -80,18 +86,19 @@ def bench_decode(out, inp, sparsity, repeat, cold, gen):
     x = torch.randn(1, inp, generator=gen).to(torch.bfloat16)
     dense_w = [w] + [w.clone() for _ in range(copies - 1)]
     heads = [sparse.DenseBF16Linear(torch.nn.Parameter(d, requires_grad=False)) for d in dense_w]
-    res = {}
+    fns = {
+        "torch": rotating([lambda d=d: F.linear(x, d) for d in dense_w]),
+        "dense": rotating([lambda h=h: h(x) for h in heads]),
+    }
     with torch.no_grad():
-        res["torch"] = median_ms(rotating([lambda d=d: F.linear(x, d) for d in dense_w]), repeat)
-        res["dense"] = median_ms(rotating([lambda h=h: h(x) for h in heads]), repeat)
         if m is not None:
             words, values = sparse.pack_rows(w, m)
             layers = [sparse.SparseLinear(words, values, (out, inp)) for _ in range(copies)]
-            res["sparse"] = median_ms(rotating([lambda s=s: s(x) for s in layers]), repeat)
+            fns["sparse"] = rotating([lambda s=s: s(x) for s in layers])
             ref = F.linear(x.float(), w.float())
             err = (layers[0](x).float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-9)
             assert err < 2e-2, f"sparse result off by {err}"
-    return res
+        return interleaved_ms(fns, repeat)
 
 
 def bench_prefill(out, inp, sparsity, repeat, gen, batch=512):
@@ -101,9 +108,8 @@ def bench_prefill(out, inp, sparsity, repeat, gen, batch=512):
     x = torch.randn(batch, inp, generator=gen).to(torch.bfloat16)
     layer = sparse.SparseLinear(*sparse.pack_rows(w, m), (out, inp))
     with torch.no_grad():
-        t_torch = median_ms(lambda: F.linear(x, w), repeat, warmup=1)
-        t_sparse = median_ms(lambda: layer(x), repeat, warmup=1)
-    return t_torch, t_sparse
+        r = interleaved_ms({"torch": lambda: F.linear(x, w), "sparse": lambda: layer(x)}, repeat, warmup=1)
+    return r["torch"], r["sparse"]
 
 
 def machine_line() -> str:
@@ -129,10 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-repeat", type=int, default=3)
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="min resists other processes sharing the CPU; median is the default")
     ap.add_argument("--write", metavar="MD", help="replace the 'Sparse kernel' section of this markdown file")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    STAT.update(fn=min if args.stat == "min" else statistics.median, name=args.stat)
     ok, reason = sparse.kernel_available()
     if not ok:
         print(f"kernel unavailable: {reason}", file=sys.stderr)
@@ -140,7 +149,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     lines = [f"Machine: {machine_line()}.", ""]
     lines += [
-        f"Decode, batch 1, {args.sparsity:.0%} per-row sparsity, median of {args.repeat} calls, milliseconds "
+        f"Decode, batch 1, {args.sparsity:.0%} per-row sparsity, {args.stat} of {args.repeat} calls, milliseconds "
         "(ratio = torch / ours, higher is better):",
         "",
         "| shape (out x in) | layer | regime | torch bf16 F.linear | dense kernel | sparse kernel | torch/dense | torch/sparse |",
@@ -159,7 +168,7 @@ def main(argv=None) -> int:
     if not args.no_prefill:
         lines += [
             "",
-            f"Prefill, batch 512, {args.sparsity:.0%} per-row sparsity, median of {args.prefill_repeat} calls, milliseconds:",
+            f"Prefill, batch 512, {args.sparsity:.0%} per-row sparsity, {args.stat} of {args.prefill_repeat} calls, milliseconds:",
             "",
             "| shape (out x in) | torch bf16 F.linear (dense) | SparseLinear | torch/sparse |",
             "|---|---:|---:|---:|",

@@ -41,9 +41,12 @@ constexpr int64_t PAD_VALUES = 16;
 // amount per mask word, which the hardware prefetchers follow less well than a plain stream.
 constexpr int64_t PREFETCH_VALUES = 512;
 
-// Work (kept values x batch rows) below which one thread does the whole product: waking the
-// other threads costs more than it saves.
-constexpr int64_t MIN_WORK_PER_THREAD = 48 * 1024;
+// Work (weight columns x batch rows) below which one thread does the whole product: waking the
+// other threads costs more than it saves (about 10 us of work per thread at least).
+constexpr int64_t MIN_WORK_PER_THREAD = 128 * 1024;
+// Dense rows longer than this are multiplied in column blocks, so that the block of the fp32
+// input (16 KiB) stays in L1 while the rows stream past.
+constexpr int64_t DENSE_COL_BLOCK = 4096;
 
 int detect_isa() {
   __builtin_cpu_init();
@@ -445,10 +448,11 @@ void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::
   const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
   const int64_t* rp = roff.data_ptr<int64_t>();
   const int64_t xs = xp.stride;
-  const int64_t nt = n_threads_for((rp[O] + 8 * O) * B);
+  const int64_t nt = n_threads_for(O * nwords * 32 * B);
+  const int64_t word_cost = 16;  // a mask word costs about as much as 16 kept values
   if (isa == ISA_AVX512) {
     const uint16_t* xq = static_cast<const uint16_t*>(xp.data);
-    parallel_rows(O, rp, 8, nt, [&](int64_t r0, int64_t r1) {
+    parallel_rows(O, rp, nwords * word_cost, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* mw = mp + r * nwords;
         const uint16_t* v = vp + rp[r];
@@ -461,7 +465,7 @@ void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::
     });
   } else {
     const float* xq = static_cast<const float*>(xp.data);
-    parallel_rows(O, rp, 8, nt, [&](int64_t r0, int64_t r1) {
+    parallel_rows(O, rp, nwords * word_cost, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* mw = mp + r * nwords;
         const uint16_t* v = vp + rp[r];
@@ -479,7 +483,7 @@ void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::
 void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const int64_t* rp, int64_t r0,
                  int64_t r1, at::Tensor& dst, int isa) {
   const int64_t ld = dst.size(1);
-  const int64_t nt = n_threads_for((r1 - r0) * nwords * 32 / 4);
+  const int64_t nt = n_threads_for((r1 - r0) * nwords * 32 / 4);  // expansion is ~4x cheaper per column
   const bool bf16 = dst.scalar_type() == at::kBFloat16;
   auto body = [&](int64_t a, int64_t b) {
     if (bf16) {
@@ -589,7 +593,7 @@ at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const 
   const PaddedInput xp = padded_input(x, in, isa);
   const int64_t xs = xp.stride;
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
-  const int64_t nt = n_threads_for(O * in * B / 2);
+  const int64_t nt = n_threads_for(O * in * B);
   if (isa == ISA_AVX512) {
     const uint16_t* xq = static_cast<const uint16_t*>(xp.data);
     parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
@@ -604,16 +608,42 @@ at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const 
     });
   } else {
     const float* xq = static_cast<const float*>(xp.data);
-    parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint16_t* w = wp + r * in;
-        run_tiles(B, r, ow,
-                  [&](int64_t b, float* o) { dense_row_avx2<1>(w, in, xq + b * xs, xs, o); },
-                  [&](int64_t b, float* o) { dense_row_avx2<2>(w, in, xq + b * xs, xs, o); },
-                  [&](int64_t b, float* o) { dense_row_avx2<3>(w, in, xq + b * xs, xs, o); },
-                  [&](int64_t b, float* o) { dense_row_avx2<4>(w, in, xq + b * xs, xs, o); });
-      }
-    });
+    if (in <= DENSE_COL_BLOCK) {
+      parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint16_t* w = wp + r * in;
+          run_tiles(B, r, ow,
+                    [&](int64_t b, float* o) { dense_row_avx2<1>(w, in, xq + b * xs, xs, o); },
+                    [&](int64_t b, float* o) { dense_row_avx2<2>(w, in, xq + b * xs, xs, o); },
+                    [&](int64_t b, float* o) { dense_row_avx2<3>(w, in, xq + b * xs, xs, o); },
+                    [&](int64_t b, float* o) { dense_row_avx2<4>(w, in, xq + b * xs, xs, o); });
+        }
+      });
+    } else {
+      parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
+        std::vector<float> acc(static_cast<size_t>((r1 - r0) * B), 0.0f);  // (row, batch)
+        for (int64_t c0 = 0; c0 < in; c0 += DENSE_COL_BLOCK) {
+          const int64_t n = std::min(DENSE_COL_BLOCK, in - c0);
+          const float* xc = xq + c0;
+          for (int64_t r = r0; r < r1; ++r) {
+            const uint16_t* w = wp + r * in + c0;
+            float* a = acc.data() + (r - r0) * B;
+            float tmp[4];
+            int64_t b0 = 0;
+            for (; b0 + 4 <= B; b0 += 4) {
+              dense_row_avx2<4>(w, n, xc + b0 * xs, xs, tmp);
+              for (int i = 0; i < 4; ++i) a[b0 + i] += tmp[i];
+            }
+            for (; b0 < B; ++b0) {
+              dense_row_avx2<1>(w, n, xc + b0 * xs, xs, tmp);
+              a[b0] += tmp[0];
+            }
+          }
+        }
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t b = 0; b < B; ++b) ow.put(b, r, acc[(r - r0) * B + b]);
+      });
+    }
   }
   return y;
 }

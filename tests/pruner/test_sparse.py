@@ -197,7 +197,7 @@ def test_all_isas_available_here_agree(ops):
         ops.set_isa(best)
 
 
-@pytest.mark.parametrize("shape", [(37, 100), (256, 64), (10, 1000)])
+@pytest.mark.parametrize("shape", [(37, 100), (256, 64), (10, 1000), (7, 9000)])  # 9000: column blocks
 def test_dense_bf16_kernel(ops, shape):
     out, inp = shape
     gen = torch.Generator().manual_seed(4)
@@ -205,10 +205,11 @@ def test_dense_bf16_kernel(ops, shape):
     bias = torch.randn(out, generator=gen).to(torch.bfloat16)
     layer = sparse.DenseBF16Linear(nn.Parameter(w, requires_grad=False), nn.Parameter(bias, requires_grad=False))
     full = torch.ones(out, inp, dtype=torch.bool)
-    for batch in (1, 3, 20):
+    for batch in (1, 3, 5, 20):
         for dt in (torch.bfloat16, torch.float32):
             x = torch.randn(batch, inp, generator=gen).to(dt)
             _check(layer(x), _reference(x, w.float(), full, bias.float()), dt, inp)
+            _check(ops.dense_linear(x, w, bias), _reference(x, w.float(), full, bias.float()), dt, inp)
 
 
 def test_bad_inputs_are_refused(ops):
