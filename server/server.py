@@ -67,6 +67,7 @@ class SubcoderServer(LanguageServer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0  # bumped when settings change what is served: stale loads are dropped
         self._base_loading = False
+        self._queued: set[str] = set()  # other languages whose sub-model was asked for (loaded or queued)
 
     # ------------------------------------------------------------------ messages to the client
 
@@ -137,6 +138,7 @@ class SubcoderServer(LanguageServer):
             self._generation += 1
             self.builds.cancel()
             self.models.clear()
+            self._queued.clear()
             asyncio.ensure_future(self.refresh())
         elif new.languages != old.languages:
             asyncio.ensure_future(self.refresh())
@@ -255,7 +257,8 @@ class SubcoderServer(LanguageServer):
             self.models.set_base(None)  # the base model's memory is no longer needed
         log.info("serving the %s sub-model (%s, %.1f MB, sparse kernel %s)", language, key, size / 2**20,
                  "on" if completer.info and completer.info.sparse_kernel else "off")
-        self.set_state("ready", f"ready: {language}, {settings.sparsity:.0%} sparse", 100)
+        loaded = sorted(self.models.subs, key=lambda lang: (lang != self.dominant, lang))
+        self.set_state("ready", f"ready: {', '.join(loaded)}, {settings.sparsity:.0%} sparse", 100)
         await loop.run_in_executor(None, lambda: self.cache.evict(keep=self.models.keys()))
 
     def _failed(self, text: str) -> None:
@@ -394,11 +397,9 @@ class SubcoderServer(LanguageServer):
                 or language not in self.settings.languages or language in self.models.subs
                 or self.dominant is None):
             return
-        queued = getattr(self, "_queued", set())
-        if language in queued:
+        if language in self._queued:
             return
-        queued.add(language)
-        self._queued = queued
+        self._queued.add(language)
         asyncio.ensure_future(self.ensure_submodel(language))
 
 
@@ -459,6 +460,17 @@ async def on_folders(ls: SubcoderServer, params: types.DidChangeWorkspaceFolders
     await ls.refresh()
 
 
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def on_open(ls: SubcoderServer, params: types.DidOpenTextDocumentParams) -> None:
+    """A document in another enabled language: load its cached sub-model (or queue its build) now, so
+    that it is ready by the first request rather than after it."""
+    try:
+        document = ls.workspace.get_text_document(params.text_document.uri)
+    except Exception:
+        return
+    ls._maybe_queue(ls.language_of(document))
+
+
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def on_close(ls: SubcoderServer, params: types.DidCloseTextDocumentParams) -> None:
     """Forget the document's KV cache."""
@@ -508,6 +520,7 @@ async def rebuild(ls: SubcoderServer, *args) -> dict:
     """Detect again and rebuild the dominant language's sub-model, ignoring the cache."""
     ls.builds.cancel()
     ls._generation += 1
+    ls._queued.clear()
     await ls.refresh(force=True)
     return ls.status()
 

@@ -72,6 +72,11 @@ async def test_build_progress_completions_and_rebuild(tiny_model_dir, py_workspa
         assert rebuilt["state"] in ("building", "detecting")
         await s.wait_state("ready")
         assert len(s.client.progress_reports) == 2, "the rebuild ran a second build"
+        # ...a real one: extraction ran again, layer by layer, rather than reusing the cached entry.
+        second = list(s.client.progress_reports.values())[-1]
+        assert second[0].kind == "begin" and second[-1].kind == "end"
+        assert sum("pruning layer" in (r.message or "") for r in second) >= 2, [r.message for r in second]
+        assert s.log_file.read_text().count("extracted python sub-model") == 2
         assert len(_entries(tmp_path / "cache")) == 1
         assert len((await s.inline(uri, 1, 11)).items) == 1
 

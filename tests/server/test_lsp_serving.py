@@ -1,0 +1,208 @@
+"""End to end, continued: which model serves which document, live settings, TCP, a full disk.
+
+Same setup as test_lsp.py: a real `subcoder serve` process, a tiny random model, builds of seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PY_FILES, SERVE, REPO, Session, capabilities, fast_settings, serve, write_tree
+from lsprotocol import types
+
+PY_DOC = "def add(a, b):\n    return "
+JS_DOC = "function add(a, b) {\n  return "
+JS_FILES = {
+    "web/app.js": "".join(f"function helper{i}(a, b) {{\n  const total = a + b * {i};\n  return total;\n}}\n\n"
+                          for i in range(30)),
+}
+
+
+def _entries(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def _manifest(entry: Path) -> dict:
+    return json.loads((entry / "manifest.json").read_text())
+
+
+def _served_by(log: str) -> list[str]:
+    """The model named by each completion's log line, in order."""
+    return re.findall(r"inlineCompletion: (\w+) model", log)
+
+
+async def test_other_language_served_by_dominant_then_by_its_own(tiny_model_dir, tmp_path):
+    workspace = write_tree(tmp_path / "ws", {**PY_FILES, **JS_FILES})
+    cache = tmp_path / "cache"
+    settings = fast_settings(tiny_model_dir)
+    async with serve(workspace, cache, settings) as s:
+        ready = await s.wait_state("ready")
+        assert ready["language"] == "python"
+        js = s.open("web/new.js", JS_DOC, language_id="javascript")
+        # The first request comes well before the javascript build (a child process importing torch)
+        # can finish: the dominant language's sub-model answers it.
+        assert (await s.inline(js, 1, 9)).items
+        log = s.log_file.read_text()
+        assert _served_by(log) == ["python"] and "serving the javascript sub-model" not in log
+        # ...and opening the document queued the javascript sub-model, which then serves it.
+        await s.wait_for(lambda: "serving the javascript sub-model" in s.log_file.read_text(),
+                         what="the javascript sub-model")
+        assert (await s.inline(js, 1, 9)).items
+        py = s.open("app/new.py", PY_DOC)
+        assert (await s.inline(py, 1, 11)).items
+        assert _served_by(s.log_file.read_text()) == ["python", "javascript", "python"]
+        status = await s.command("subcoder.status")
+        assert status["state"] == "ready" and status["language"] == "python"
+    entries = _entries(cache / "submodels")
+    assert sorted(_manifest(e)["language"] for e in entries) == ["javascript", "python"]
+
+    # A second window on the same cache: the cached javascript sub-model is loaded, not rebuilt.
+    async with serve(workspace, cache, settings) as s:
+        await s.wait_state("ready")
+        js = s.open("web/other.js", JS_DOC, language_id="javascript")
+        await s.wait_for(lambda: "serving the javascript sub-model" in s.log_file.read_text(),
+                         what="the cached javascript sub-model")
+        assert (await s.inline(js, 1, 9)).items
+        log = s.log_file.read_text()
+    assert _served_by(log) == ["javascript"]
+    assert "build started" not in log, "both sub-models came from the cache"
+    assert len(_entries(cache / "submodels")) == 2
+
+
+async def test_disabled_language_is_not_built(tiny_model_dir, tmp_path):
+    """`languages` without javascript: a javascript document is served by the dominant sub-model, nothing is queued."""
+    workspace = write_tree(tmp_path / "ws", {**PY_FILES, **JS_FILES})
+    cache = tmp_path / "cache"
+    async with serve(workspace, cache, fast_settings(tiny_model_dir, languages=["python"])) as s:
+        await s.wait_state("ready")
+        js = s.open("web/new.js", JS_DOC, language_id="javascript")
+        assert (await s.inline(js, 1, 9)).items
+        await asyncio.sleep(1.0)
+        log = s.log_file.read_text()
+    assert _served_by(log) == ["python"] and log.count("build started") == 1
+    assert [_manifest(e)["language"] for e in _entries(cache / "submodels")] == ["python"]
+
+
+async def test_live_configuration_changes_what_is_served(tiny_model_dir, py_workspace, tmp_path):
+    cache = tmp_path / "cache"
+    settings = fast_settings(tiny_model_dir)
+    async with serve(py_workspace, cache, settings, configuration={"subcoder": settings}) as s:
+        first = await s.wait_state("ready")
+        assert first["sparsity"] == 0.5
+        uri = s.open("app/new.py", PY_DOC)
+        assert (await s.inline(uri, 1, 11)).items
+
+        # Settings pushed in the notification: a decoding setting applies at once, without a build.
+        s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"subcoder": {**settings, "maxNewTokens": 1, "completionMode": "multi-line"}}))
+        await asyncio.sleep(0.2)
+        await s.inline(uri, 1, 11)
+        last = re.findall(r"inlineCompletion: .* (\d+) new", s.log_file.read_text())[-1]
+        assert int(last) <= 1
+        assert s.log_file.read_text().count("build started") == 1
+
+        # Settings pulled with workspace/configuration (what VS Code does): a new sparsity is a new build,
+        # swapped in when ready, while completions keep coming.
+        s.statuses.clear()
+        s.client.set_configuration({"subcoder": {**settings, "sparsity": 0.25}})
+        s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+        await s.wait_state("building", "detecting")
+        ready = await s.wait_state("ready")
+        assert ready["sparsity"] == 0.25
+        assert (await s.inline(uri, 1, 11)).items
+        log = s.log_file.read_text()
+    served = re.findall(r"serving the python sub-model \((\S+),", log)
+    assert len(served) == 2 and "u25" in served[-1] and "u50" in served[0]
+    entries = _entries(cache / "submodels")
+    assert sorted(_manifest(e)["sparsity"] for e in entries) == [0.25, 0.5]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_tcp(tiny_model_dir, tmp_path):
+    """`subcoder serve --tcp HOST:PORT`: the same server over a socket (initialize, status, a completion)."""
+    from pytest_lsp import LanguageClient
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cache = tmp_path / "cache"
+    port = _free_port()
+    env = {**os.environ, "SUBCODER_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([*SERVE, "--tcp", f"127.0.0.1:{port}", "--log-file", str(cache / "server.log")],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = LanguageClient()
+    try:
+        for _ in range(600):  # the server imports for a few seconds before it listens
+            try:
+                await client.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the server never listened")
+        s = Session(client, empty)
+        result = await client.initialize_session(types.InitializeParams(
+            capabilities=capabilities(), root_uri=empty.as_uri(), initialization_options=fast_settings(tiny_model_dir)))
+        assert result.capabilities.inline_completion_provider is not None
+        await s.wait_state("base", timeout=60)
+        uri = s.open("x.py", PY_DOC)
+        assert (await s.inline(uri, 1, 11)).items
+        assert (await s.command("subcoder.status"))["state"] == "base"
+        await asyncio.wait_for(client.shutdown_session(), 20)
+    finally:
+        process.kill()
+        process.wait(10)
+        for stream in (process.stdout, process.stderr):
+            stream.close()
+
+
+def test_tcp_bad_address():
+    proc = subprocess.run([*SERVE, "--tcp", "localhost:http"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and "HOST:PORT" in proc.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: smaller than one tiny sub-model. Needs root (CAP_SYS_ADMIN) to mount."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({(proc.stderr or proc.stdout).strip()}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+async def test_full_disk_during_a_build(tiny_model_dir, py_workspace, tmp_path, tiny_disk):
+    """The cache fills up mid-build: the build fails with a message, nothing half-written stays, the
+    server keeps serving the base model and answering."""
+    settings = fast_settings(tiny_model_dir, cacheDir=str(tiny_disk))
+    async with serve(py_workspace, tmp_path / "cache", settings) as s:
+        failed = await s.wait_for(lambda: next((x for x in s.statuses if "failed" in x["message"]), None),
+                                  what="the build failure")
+        assert "space" in failed["message"].lower(), failed["message"]
+        assert failed["state"] in ("base", "error")
+        assert any("space" in m.message.lower() for m in s.client.messages)
+        await s.wait_state("base", timeout=60)
+        uri = s.open("app/new.py", PY_DOC)
+        assert (await s.inline(uri, 1, 11)).items, "the base model still serves"
+        assert (await s.command("subcoder.status"))["state"] == "base"
+        root = tiny_disk / "submodels"
+        leftovers = [p.name for p in root.iterdir() if p.name != ".locks"] if root.is_dir() else []
+        assert leftovers == [], f"left on the full disk: {leftovers}"
