@@ -47,6 +47,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                    help="auto: bfloat16 where the CPU computes it natively, else float32")
     p.add_argument("--no-singleline-exec", action="store_true", help="score single-line tasks by exact match only")
+    p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
     p.add_argument("--out", type=Path, help="results JSON (written after every cell)")
     p.add_argument("--resume", action="store_true", help="keep the cells already in --out and run the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -67,7 +68,9 @@ def run(argv: list[str]) -> int:
     from pruner.errors import SubcoderError
 
     from .report import eval_table
-    from .runner import EvalConfig, evaluate
+    from .runner import EvalConfig, evaluate, set_threads
+
+    set_threads(args.threads)
 
     limits = {m: (args.limit if args.limit else DEFAULT_LIMITS[m]) for m in METRICS}
     cfg = EvalConfig(languages=args.languages, metrics=args.metrics, limits=limits, seed=args.seed,

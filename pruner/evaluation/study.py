@@ -243,9 +243,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-languages", type=_csv(LANGUAGES))
     p.add_argument("--noise-languages", type=_csv(LANGUAGES))
     p.add_argument("--calib-samples", type=_positive, help="calibration windows (default 32 x 512 tokens)")
+    p.add_argument("--calib-seq-len", type=_positive, help="tokens per calibration window (default 512)")
     p.add_argument("--batch-size", type=_positive)
     p.add_argument("--max-new-tokens", type=_positive)
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
     p.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where RESULTS.md and the PNGs go")
     p.add_argument("--work-dir", type=Path, help="per-cell results (default: <cache>/study)")
     return p
@@ -256,6 +258,9 @@ def main(argv: list[str]) -> int:
     from pruner.errors import SubcoderError
 
     args = parser().parse_args(argv)
+    from .runner import set_threads
+
+    set_threads(args.threads)
     plan = Plan.quick_plan() if args.quick else Plan()
     if args.model:
         plan.models = tuple(dict.fromkeys(args.model))
@@ -263,8 +268,13 @@ def main(argv: list[str]) -> int:
                  "batch_size", "max_new_tokens", "seed"):
         if getattr(args, attr) is not None:
             setattr(plan, attr, getattr(args, attr))
+    if args.metrics:
+        plan.noise_metrics = tuple(m for m in plan.noise_metrics if m in plan.metrics) or plan.metrics[:1]
+        plan.sweep_metrics = tuple(m for m in plan.sweep_metrics if m in plan.metrics) or plan.metrics[:1]
     if args.calib_samples:
         plan.calib_samples = args.calib_samples
+    if args.calib_seq_len:
+        plan.calib_seq_len = args.calib_seq_len
     if args.limit:
         plan.limits = {m: args.limit for m in METRICS}
     for m in METRICS:
