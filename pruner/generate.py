@@ -9,6 +9,8 @@ the cursor and gets back the text to insert.
 - The prefix is cut at a line start that stays put while the user types forward, so that consecutive
   prompts of one document share their leading tokens and the KV cache of the previous request can be
   cropped to the common part and extended: typing forward costs only the new tokens.
+- While the user types the text of the last suggestion for a document, the rest of that suggestion is
+  the answer (no decoding), as editors keep showing ghost text that is being typed through.
 - Greedy decoding in a manual loop (one forward per token over `past_key_values`), which is where the
   stop rules and the cancel flag live: `model.generate` could do neither between tokens cheaply.
 """
@@ -46,7 +48,7 @@ class Completion:
     new_tokens: int  # tokens decoded
     reused_tokens: int  # prompt tokens whose KV entries came from the previous request
     seconds: float
-    stop_reason: str = ""  # line | block | suffix | stop-token | length | cached | empty
+    stop_reason: str = ""  # line | block | suffix | stop-token | length | cached | typed-ahead | empty
     mode: str = ""  # the resolved mode: single-line | multi-line
 
 
@@ -275,10 +277,34 @@ class _Session:
     anchor: tuple[int, str] | None = None
 
 
+@dataclass(frozen=True)
+class _Shown:
+    """The last suggestion made for one document, to keep offering its rest while the user types it."""
+
+    prefix: str
+    suffix: str
+    text: str
+    mode: str
+    max_new_tokens: int
+    prompt_tokens: int
+
+    def rest(self, prefix: str, suffix: str, mode: str, max_new_tokens: int) -> str:
+        """What is left of the suggestion when `prefix` is the old prefix plus a beginning of it, else ""."""
+        if (mode != self.mode or max_new_tokens != self.max_new_tokens or len(prefix) <= len(self.prefix)
+                or len(prefix) - len(self.prefix) >= len(self.text) or suffix != self.suffix
+                or not prefix.startswith(self.prefix)):
+            return ""
+        typed = prefix[len(self.prefix):]
+        if not self.text.startswith(typed):
+            return ""
+        return postprocess(self.text[len(typed):], suffix, mode)
+
+
 @dataclass
 class _Stats:
     requests: int = 0
     cache_hits: int = 0
+    typed_ahead: int = 0
     reused_tokens: int = 0
     prompt_tokens: int = 0
 
@@ -287,10 +313,13 @@ class Completer:
     """Completions from one loaded model; thread-safe (one decode at a time).
 
     `complete()` reuses the KV cache of the previous request with the same `key` when the new prompt
-    shares leading tokens with it, and answers repeated prompts from a small result cache.
+    shares leading tokens with it, and answers repeated prompts from a small result cache. With
+    `follow_typing`, a request whose prefix is the previous one's plus the start of the previous
+    suggestion gets the rest of that suggestion without decoding.
     """
 
-    def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, results: int = 64):
+    def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, results: int = 64,
+                 follow_typing: bool = True):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.info = getattr(loaded, "info", None)
@@ -311,6 +340,8 @@ class Completer:
         self._max_sessions = sessions
         self._results: OrderedDict[tuple, Completion] = OrderedDict()
         self._max_results = results
+        self._shown: OrderedDict[str, _Shown] = OrderedDict()
+        self.follow_typing = follow_typing  # False: every request decodes (exact greedy output for its prompt)
 
     @property
     def fim(self) -> bool:
@@ -333,6 +364,7 @@ class Completer:
         """Drop the KV cache kept for `key` (a closed document)."""
         with self._lock:
             self._sessions.pop(key, None)
+            self._shown.pop(key, None)
 
     def complete(
         self,
@@ -348,12 +380,22 @@ class Completer:
         started = time.perf_counter()
         mode = resolve_mode(mode, prefix, suffix)
         with self._lock:
+            shown = self._shown.get(key) if key is not None and self.follow_typing else None
+            if shown is not None and (rest := shown.rest(prefix, suffix, mode, max_new_tokens)):
+                # The user is typing the suggestion: the rest of it stands, as an editor keeps showing it
+                # (greedy decoding over the longer prompt would mostly say the same, at the cost of a decode).
+                self.stats.typed_ahead += 1
+                return Completion(rest, shown.prompt_tokens, 0, shown.prompt_tokens, time.perf_counter() - started,
+                                  "typed-ahead", mode)
             session = self._sessions.get(key) if key is not None else None
             prompt = self.prompts.build(prefix, suffix, anchor=session.anchor if session else None)
             result_key = (prompt.ids, max_new_tokens, mode, prefix[prompt.cut:][-64:], suffix[:256])
             if (hit := self._results.get(result_key)) is not None:
                 self._results.move_to_end(result_key)
                 self.stats.cache_hits += 1
+                if key is not None:
+                    self._remember(key, _Shown(prefix, suffix, hit.text, mode, max_new_tokens, hit.prompt_tokens)
+                                   if hit.text else None)
                 return Completion(hit.text, hit.prompt_tokens, 0, hit.prompt_tokens,
                                   time.perf_counter() - started, "cached", mode)
             text, new_tokens, reused, reason = self._decode(prompt, prefix, suffix, mode, max_new_tokens, cancel, key)
@@ -366,7 +408,16 @@ class Completer:
             self.stats.requests += 1
             self.stats.reused_tokens += reused
             self.stats.prompt_tokens += len(prompt.ids)
+            if key is not None:
+                self._remember(key, _Shown(prefix, suffix, text, mode, max_new_tokens, len(prompt.ids)) if text else None)
             return result
+
+    def _remember(self, key: str, shown: _Shown | None) -> None:
+        self._shown.pop(key, None)
+        if shown is not None:
+            self._shown[key] = shown
+            while len(self._shown) > self._max_sessions:
+                self._shown.popitem(last=False)
 
     @torch.inference_mode()
     def _decode(self, prompt: Prompt, prefix, suffix, mode, max_new_tokens, cancel, key):

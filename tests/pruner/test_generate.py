@@ -139,7 +139,7 @@ def test_greedy_matches_generate(which, request):
 
 
 def test_kv_reuse_gives_the_same_text_as_a_cold_run(loaded):
-    warm = Completer(loaded, context_tokens=1024)
+    warm = Completer(loaded, context_tokens=1024, follow_typing=False)
     prefix = CODE[:1500]  # fits the budget whole, so cold and warm prompts are the same
     first = warm.complete(prefix, "", max_new_tokens=8, mode="multi-line", key="doc")
     assert first.reused_tokens == 0
@@ -151,6 +151,41 @@ def test_kv_reuse_gives_the_same_text_as_a_cold_run(loaded):
         assert got.reused_tokens > got.prompt_tokens // 2, "typing forward reuses most of the prompt"
     other = warm.complete(prefix, "", max_new_tokens=8, key="other-doc")
     assert other.reused_tokens == 0
+
+
+def test_typing_the_suggestion_keeps_its_rest(loaded):
+    completer = Completer(loaded, context_tokens=256)
+    suffix = "\n\nprint(1)\n"
+    for i in range(40):  # a prompt whose (random-model) suggestion is long enough to type into
+        prefix = CODE[: 37 * i] + "def add(a, b):\n    return "
+        first = completer.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
+        if len(first.text.strip()) >= 4 and not first.text[:2].isspace():
+            break
+    else:
+        pytest.skip("the tiny model suggested nothing long enough")
+    got = completer.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line", key="doc")
+    assert got.stop_reason == "typed-ahead" and got.new_tokens == 0
+    assert got.text == postprocess(first.text[2:], suffix, "multi-line")
+    # Further along the same suggestion: still its rest (measured from the suggestion, not the last answer).
+    got = completer.complete(prefix + first.text[:3], suffix, max_new_tokens=8, mode="multi-line", key="doc")
+    assert got.stop_reason == "typed-ahead" and got.text == postprocess(first.text[3:], suffix, "multi-line")
+    # Typing something else, a changed suffix, another document, or after forget(): the model decodes.
+    other = "\x01" if first.text[0] != "\x01" else "\x02"
+    assert completer.complete(prefix + other, suffix, max_new_tokens=8, mode="multi-line",
+                              key="doc").stop_reason != "typed-ahead"
+    completer.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
+    assert completer.complete(prefix + first.text[:2], suffix + "x", max_new_tokens=8, mode="multi-line",
+                              key="doc").stop_reason != "typed-ahead"
+    assert completer.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line",
+                              key="other").stop_reason != "typed-ahead"
+    completer.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
+    completer.forget("doc")
+    assert completer.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line",
+                              key="doc").stop_reason != "typed-ahead"
+    exact = Completer(loaded, context_tokens=256, follow_typing=False)
+    exact.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
+    assert exact.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line",
+                          key="doc").stop_reason != "typed-ahead"
 
 
 def test_result_cache(loaded):
