@@ -44,9 +44,6 @@ constexpr int64_t PREFETCH_VALUES = 512;
 // Work (weight columns x batch rows) below which one thread does the whole product: waking the
 // other threads costs more than it saves (about 10 us of work per thread at least).
 constexpr int64_t MIN_WORK_PER_THREAD = 128 * 1024;
-// Dense rows longer than this are multiplied in column blocks, so that the block of the fp32
-// input (16 KiB) stays in L1 while the rows stream past.
-constexpr int64_t DENSE_COL_BLOCK = 4096;
 
 int detect_isa() {
   __builtin_cpu_init();
@@ -608,42 +605,16 @@ at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const 
     });
   } else {
     const float* xq = static_cast<const float*>(xp.data);
-    if (in <= DENSE_COL_BLOCK) {
-      parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const uint16_t* w = wp + r * in;
-          run_tiles(B, r, ow,
-                    [&](int64_t b, float* o) { dense_row_avx2<1>(w, in, xq + b * xs, xs, o); },
-                    [&](int64_t b, float* o) { dense_row_avx2<2>(w, in, xq + b * xs, xs, o); },
-                    [&](int64_t b, float* o) { dense_row_avx2<3>(w, in, xq + b * xs, xs, o); },
-                    [&](int64_t b, float* o) { dense_row_avx2<4>(w, in, xq + b * xs, xs, o); });
-        }
-      });
-    } else {
-      parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
-        std::vector<float> acc(static_cast<size_t>((r1 - r0) * B), 0.0f);  // (row, batch)
-        for (int64_t c0 = 0; c0 < in; c0 += DENSE_COL_BLOCK) {
-          const int64_t n = std::min(DENSE_COL_BLOCK, in - c0);
-          const float* xc = xq + c0;
-          for (int64_t r = r0; r < r1; ++r) {
-            const uint16_t* w = wp + r * in + c0;
-            float* a = acc.data() + (r - r0) * B;
-            float tmp[4];
-            int64_t b0 = 0;
-            for (; b0 + 4 <= B; b0 += 4) {
-              dense_row_avx2<4>(w, n, xc + b0 * xs, xs, tmp);
-              for (int i = 0; i < 4; ++i) a[b0 + i] += tmp[i];
-            }
-            for (; b0 < B; ++b0) {
-              dense_row_avx2<1>(w, n, xc + b0 * xs, xs, tmp);
-              a[b0] += tmp[0];
-            }
-          }
-        }
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t b = 0; b < B; ++b) ow.put(b, r, acc[(r - r0) * B + b]);
-      });
-    }
+    parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint16_t* w = wp + r * in;
+        run_tiles(B, r, ow,
+                  [&](int64_t b, float* o) { dense_row_avx2<1>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx2<2>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx2<3>(w, in, xq + b * xs, xs, o); },
+                  [&](int64_t b, float* o) { dense_row_avx2<4>(w, in, xq + b * xs, xs, o); });
+      }
+    });
   }
   return y;
 }

@@ -197,7 +197,7 @@ def test_all_isas_available_here_agree(ops):
         ops.set_isa(best)
 
 
-@pytest.mark.parametrize("shape", [(37, 100), (256, 64), (10, 1000), (7, 9000)])  # 9000: column blocks
+@pytest.mark.parametrize("shape", [(37, 100), (256, 64), (10, 1000), (7, 9000)])
 def test_dense_bf16_kernel(ops, shape):
     out, inp = shape
     gen = torch.Generator().manual_seed(4)
