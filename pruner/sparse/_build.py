@@ -118,7 +118,39 @@ def _load() -> tuple[object | None, str]:
     isa = int(ops.best_isa())
     if isa == 0:
         return None, "the CPU has no AVX2+FMA (and no AVX-512 BF16)"
-    return ops, f"{ISA_NAMES.get(isa, isa)} kernel from {lib}"
+    # Correctness first: each SIMD path must reproduce the dense computation on this very CPU before
+    # it is trusted (CI machines may lack AVX-512, so that path can meet its first CPU at a user's).
+    for candidate in range(isa, 0, -1):
+        ops.set_isa(candidate)
+        problem = _self_check(ops)
+        if problem is None:
+            note = "" if candidate == isa else f" ({ISA_NAMES[isa]} failed its self-check: {problem})"
+            return ops, f"{ISA_NAMES.get(candidate, candidate)} kernel from {lib}{note}"
+        log.warning("sparse kernel: %s path failed its self-check (%s)", ISA_NAMES.get(candidate), problem)
+    return None, f"the kernel failed its self-check on this CPU ({problem})"
+
+
+def _self_check(ops) -> str | None:
+    """Compare the kernel with dense torch on a few odd shapes and sparsities; None when all agree."""
+    from .modules import _PAD
+    from .packing import pack_rows, row_offsets
+
+    g = torch.Generator().manual_seed(1234)
+    for out_f, in_f, batch, density in ((7, 37, 1, 0.5), (33, 100, 3, 0.3), (64, 96, 1, 1.0), (5, 64, 2, 0.0)):
+        w = torch.randn(out_f, in_f, generator=g).to(torch.bfloat16)
+        keep = torch.rand(out_f, in_f, generator=g) < density
+        x = torch.randn(batch, in_f, generator=g).to(torch.bfloat16)
+        words, values = pack_rows(w, keep)
+        values = torch.cat([values, torch.zeros(_PAD, dtype=values.dtype)])  # the tail the SIMD loads may touch
+        want = (x.float() @ (w.float() * keep).T)
+        for xin in (x, x.float()):
+            got = ops.sparse_linear(xin, words, values, row_offsets(words), in_f, None, 0).float()
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=2e-2, atol=5e-2):
+                return f"sparse {out_f}x{in_f} batch {batch} {xin.dtype} differs by {float((got - want).abs().max()):.3g}"
+        dense = ops.dense_linear(x, w, None).float()
+        if not torch.allclose(dense, x.float() @ w.float().T, rtol=2e-2, atol=5e-2):
+            return f"dense {out_f}x{in_f} batch {batch} differs"
+    return None
 
 
 def get_ops():

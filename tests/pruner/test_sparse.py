@@ -352,3 +352,13 @@ def test_sparse_linear_survives_dtype_casts(ops):
     x = torch.randn(2, 40).to(torch.bfloat16)
     assert layer(x).dtype == torch.bfloat16
     assert torch.equal(packing.unpack(*layer.packed(), 40, torch.float32), (w * m).to(torch.bfloat16).float())
+
+
+def test_kernel_passes_its_load_time_self_check():
+    """The check that guards every SIMD path on a user's CPU accepts the kernel here."""
+    from pruner.sparse._build import _self_check, get_ops
+
+    ops = get_ops()
+    if ops is None:
+        pytest.skip("no kernel on this machine")
+    assert _self_check(ops) is None
