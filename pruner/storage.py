@@ -21,6 +21,7 @@ import torch
 
 from . import __version__, paths
 from .errors import CorruptError, ModelError
+from .packing import pack_mask, pack_rows, unpack_mask  # noqa: F401  (pack_mask: part of this module's API)
 from .models import MANIFEST, WEIGHTS, LoadedModel, ModelInfo, detect_fim, parse_dtype, sha256_file
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MASK_SUFFIX = ".mask"
 VALUES_SUFFIX = ".values"
-_BITS = 32
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
@@ -36,30 +36,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 # --------------------------------------------------------------------------- packing
 
 
-def pack_mask(keep: torch.Tensor) -> torch.Tensor:
-    """bool (out, in) -> int32 (out, ceil(in/32)); bit j of word k is column 32k+j (LSB first)."""
-    import numpy as np
-
-    out_features, in_features = keep.shape
-    words = -(-in_features // _BITS)
-    padded = np.zeros((out_features, words * _BITS), dtype=bool)
-    padded[:, :in_features] = keep.cpu().numpy()
-    packed = np.packbits(padded, axis=1, bitorder="little")  # (out, words*4) uint8, little-endian bytes
-    return torch.from_numpy(np.ascontiguousarray(packed).view("<i4").copy())
-
-
-def unpack_mask(packed: torch.Tensor, in_features: int) -> torch.Tensor:
-    """int32 (out, words) -> bool (out, in_features)."""
-    import numpy as np
-
-    as_bytes = np.ascontiguousarray(packed.cpu().numpy().astype("<i4")).view(np.uint8)
-    bits = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :in_features]
-    return torch.from_numpy(bits.astype(bool))
-
-
 def pack_weight(weight: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask words, kept values row by row) for one pruned weight."""
-    return pack_mask(keep), weight.detach()[keep.to(weight.device)].contiguous().cpu()
+    """(mask words, kept values row by row, in the weight's dtype) for one pruned weight."""
+    return pack_rows(weight, keep, dtype=None)
 
 
 def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,8 @@ words (bit j of word k = column 32k + j kept, LSB first) and the kept bf16 value
 
 from ._build import kernel_available, kernel_dir
 from .modules import DenseBF16Linear, SparseLinear, SparsifyReport, sparsify
-from .packing import pack_mask, pack_rows, row_offsets, unpack, unpack_mask
+from .. import packing
+from ..packing import pack_mask, pack_rows, row_offsets, unpack, unpack_mask
 
 __all__ = [
     "DenseBF16Linear",

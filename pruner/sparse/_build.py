@@ -133,7 +133,7 @@ def _load() -> tuple[object | None, str]:
 def _self_check(ops) -> str | None:
     """Compare the kernel with dense torch on a few odd shapes and sparsities; None when all agree."""
     from .modules import _PAD
-    from .packing import pack_rows, row_offsets
+    from ..packing import pack_rows, row_offsets
 
     g = torch.Generator().manual_seed(1234)
     for out_f, in_f, batch, density in ((7, 37, 1, 0.5), (33, 100, 3, 0.3), (64, 96, 1, 1.0), (5, 64, 2, 0.0)):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import packing
+from .. import packing
 from ._build import active_ops
 
 log = logging.getLogger("pruner.sparse")
