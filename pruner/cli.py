@@ -75,8 +75,9 @@ def _add_model_args(p, default_help="preset, model directory, .gguf file or hub 
     from .models import DEFAULT_PRESET
 
     p.add_argument("-M", "--model", default=DEFAULT_PRESET, help=f"base model: {default_help} (default: {DEFAULT_PRESET})")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="compute dtype (bfloat16 is 1.5-3x faster on CPUs with AVX-512 BF16)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="compute dtype; auto = bfloat16 on accelerators and CPUs with native bf16 (AVX-512 BF16, AMX), "
+                        "float32 elsewhere, where emulated bf16 is several times slower (default: auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
     p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
 

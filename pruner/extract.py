@@ -28,18 +28,23 @@ class ExtractResult:
     cached: bool = False  # an intact directory with the same key was reused
 
 
-def cache_key(base_hash: str, language: str, config: PruneConfig, calibration_fingerprint: str) -> str:
-    """Names everything that changes the weights, so equal keys mean equal sub-models."""
-    return f"{language}-{config.slug()}-{base_hash[:12]}-{calibration_fingerprint}-v{FORMAT_VERSION}"
+def cache_key(base_hash: str, language: str, config: PruneConfig, calibration_fingerprint: str,
+              compute_dtype: str = "bfloat16") -> str:
+    """Names everything that changes the weights, so equal keys mean equal sub-models.
+
+    The compute dtype is part of it: activations, and so a few mask entries, differ between fp32 and bf16.
+    """
+    short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(compute_dtype, compute_dtype)
+    return f"{language}-{config.slug()}-{short}-{base_hash[:12]}-{calibration_fingerprint}-v{FORMAT_VERSION}"
 
 
 def planned_key(model: str, language: str, config: PruneConfig, calibration: CalibrationSpec | None = None,
-                *, cache_dir=None, progress: ProgressFn | None = None) -> str:
+                *, dtype="auto", device: str = "cpu", cache_dir=None, progress: ProgressFn | None = None) -> str:
     """The cache key `extract` would give these inputs, without loading the weights (a tokenizer load and
     the calibration windows' tokenization: about a second). Lets a caller look in the cache first."""
     from transformers import AutoTokenizer
 
-    from .models import resolve_model, weights_hash
+    from .models import resolve_dtype, resolve_model, weights_hash
 
     calibration = calibration or CalibrationSpec()
     check_language(language, allow_general=calibration.source == "corpus")
@@ -48,7 +53,7 @@ def planned_key(model: str, language: str, config: PruneConfig, calibration: Cal
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # as load_model does: padding ids enter the fingerprint
     calib = build_calibration(tokenizer, language, calibration)
-    return cache_key(weights_hash(directory), language, config, calib.fingerprint)
+    return cache_key(weights_hash(directory), language, config, calib.fingerprint, resolve_dtype(dtype, device))
 
 
 def _reusable(target: Path, key: str) -> ExtractResult | None:
@@ -75,7 +80,7 @@ def extract(
     calibration: CalibrationSpec | None = None,
     out_dir: Path | None = None,
     *,
-    dtype="bfloat16",
+    dtype="auto",
     device: str = "cpu",
     offload: bool = False,
     batch_size: int = 4,
@@ -115,7 +120,8 @@ def extract(
     calib: CalibrationSet = build_calibration(loaded.tokenizer, language, calibration)
     timings["calibration_set_s"] = round(time.perf_counter() - t1, 2)
     log.info("calibration: %s (fingerprint %s)", calib.description, calib.fingerprint)
-    key = cache_key(loaded.info.content_hash, language, config, calib.fingerprint)
+    compute_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    key = cache_key(loaded.info.content_hash, language, config, calib.fingerprint, compute_dtype)
     target = Path(out_dir) if out_dir else paths.submodels_dir(cache_dir) / key
     if not force and (existing := _reusable(target, key)) is not None:
         log.info("sub-model %s is cached at %s", key, target)
@@ -155,6 +161,7 @@ def _write(loaded, result, language, config, calibration, calib, key, timings, t
                         "source": calibration.source, "n_samples": calibration.n_samples,
                         "seq_len": calibration.seq_len, "seed": calibration.seed, "tokens": calib.tokens},
         "cache_key": key,
+        "compute_dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "report": result.report.to_dict(),
         "timings": timings,
     }

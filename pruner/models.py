@@ -114,6 +114,7 @@ class ModelInfo:
     fim: FimTokens | None
     manifest: dict = field(default_factory=dict)  # a sub-model's manifest; {} for base models
     sparse_kernel: bool = False  # pruned layers run on the sparse CPU kernel
+    weights_dtype: str | None = None  # how the checkpoint stores its weights: sub-models keep that precision
 
     @property
     def is_submodel(self) -> bool:
@@ -306,24 +307,59 @@ def detect_fim(tokenizer) -> FimTokens | None:
     return None
 
 
-def parse_dtype(dtype):
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, torch's bf16
+    matrix products are emulated: measured here on an AVX2-only EPYC, a 512-token prefill of a
+    4864x896 layer took 388 ms in bf16 against 94 ms in fp32 (decode, memory-bound, still favours bf16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype="auto", device: str = "cpu") -> str:
+    """`auto` -> bfloat16 on accelerators and on CPUs with native bf16, float32 elsewhere."""
+    if dtype in (None, "auto"):
+        return "bfloat16" if str(device) != "cpu" or native_bf16() else "float32"
+    return dtype
+
+
+def parse_dtype(dtype, device: str = "cpu"):
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
+    dtype = resolve_dtype(dtype, device)
     table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
         from .errors import ConfigError
 
-        raise ConfigError(f"dtype must be bfloat16 or float32, not {dtype!r}")
+        raise ConfigError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
     return table[dtype]
+
+
+def checkpoint_dtype(directory: Path) -> str | None:
+    """The floating dtype the weights are stored in (safetensors header), e.g. 'bfloat16'."""
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(min(size, 1 << 24)))
+        except (OSError, ValueError):
+            return None
+        for key, entry in header.items():
+            if key != "__metadata__" and entry.get("dtype") in names and not key.endswith(".mask"):
+                return names[entry["dtype"]]
+    return None
 
 
 def load_model(
     name: str,
     *,
-    dtype="bfloat16",
+    dtype="auto",
     device: str = "cpu",
     sparse: bool | None = None,
     trust_remote_code: bool = False,
@@ -346,15 +382,15 @@ def load_model(
         content_hash=weights_hash(directory),
         architecture=model.config.architectures[0] if model.config.architectures else type(model).__name__,
         fim=detect_fim(tokenizer),
+        weights_dtype=checkpoint_dtype(directory),
     )
     return LoadedModel(model, tokenizer, info)
 
 
-def load_hf_dir(directory: Path, *, dtype="bfloat16", device="cpu", trust_remote_code=False):
-    import torch
+def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype, device)
     if not list(Path(directory).glob("*.safetensors")):
         raise ModelError(f"{directory} has no safetensors weights (subcoder never loads pickled weights)")
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .models import LoadedModel, ModelInfo, detect_fim, parse_dtype, weights_hash
+from .models import LoadedModel, ModelInfo, checkpoint_dtype, detect_fim, parse_dtype, weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class DiskOffload:
         self.directory = Path(directory)
         self.name = name
         self.dtype = parse_dtype(dtype)
+        self.weights_dtype = checkpoint_dtype(self.directory)
         self.index = self._index()
         parent = paths.ensure_writable(Path(staging_parent or paths.submodels_dir()))
         self.staging = Path(tempfile.mkdtemp(prefix=".offload-", dir=parent))
@@ -78,7 +79,8 @@ class DiskOffload:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
         info = ModelInfo(self.name, self.directory, weights_hash(self.directory),
-                         (config.architectures or [type(model).__name__])[0], detect_fim(tokenizer))
+                         (config.architectures or [type(model).__name__])[0], detect_fim(tokenizer),
+                         weights_dtype=self.weights_dtype)
         return LoadedModel(model, tokenizer, info)
 
     def load_layer(self, index: int, layer: torch.nn.Module) -> None:
@@ -94,7 +96,7 @@ class DiskOffload:
 
         prefix = f"{self.prefix}.{index}."
         items = [(prefix + n, t) for n, t in layer.state_dict().items()]
-        tensors, shapes = encode_tensors(items, masks)
+        tensors, shapes = encode_tensors(items, masks, self.weights_dtype)
         write_weights(self.staging / f"layer-{index:04d}.safetensors", tensors, shapes)
         layer.to("meta")
 

@@ -22,7 +22,7 @@ import torch
 from . import __version__, paths
 from .errors import CorruptError, ModelError
 from .packing import pack_mask, pack_rows, unpack_mask  # noqa: F401  (pack_mask: part of this module's API)
-from .models import MANIFEST, WEIGHTS, LoadedModel, ModelInfo, detect_fim, parse_dtype, sha256_file
+from .models import MANIFEST, WEIGHTS, LoadedModel, ModelInfo, checkpoint_dtype, detect_fim, parse_dtype, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,19 @@ def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[tor
 # --------------------------------------------------------------------------- saving
 
 
-def encode_tensors(items, masks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
-    """Tensors as stored: pruned weights become `.mask` + `.values`, the rest stays dense."""
+def encode_tensors(items, masks: dict[str, torch.Tensor], dtype: str | None = None
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Tensors as stored: pruned weights become `.mask` + `.values`, the rest stays dense.
+
+    `dtype`: the base checkpoint's precision. A bf16 checkpoint pruned in fp32 is stored in bf16 again,
+    which is exact (the values came from bf16) and keeps the compact size bound.
+    """
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
+    target = parse_dtype(dtype) if dtype else None
     for name, tensor in items:
+        if target is not None and tensor.is_floating_point():
+            tensor = tensor.to(target)
         if name in masks:
             words, values = pack_weight(tensor, masks[name])
             tensors[name + MASK_SUFFIX] = words
@@ -94,7 +102,7 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
         with safe_open(str(f), framework="pt") as fh:
             done.update(k.removesuffix(MASK_SUFFIX).removesuffix(VALUES_SUFFIX) for k in fh.keys())
     items = ((n, t) for n, t in model.state_dict().items() if n not in tied and n not in done)
-    tensors, shapes = encode_tensors(items, masks)
+    tensors, shapes = encode_tensors(items, masks, loaded.info.weights_dtype)
     pruned = set(shapes)
     with paths.atomic_dir(Path(target)) as tmp:
         write_weights(tmp / WEIGHTS, tensors, shapes)
@@ -225,7 +233,7 @@ def dense_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, tor
     return state, masks, packed
 
 
-def load_submodel(directory: Path, *, dtype="bfloat16", device="cpu", sparse: bool | None = None, name=None) -> LoadedModel:
+def load_submodel(directory: Path, *, dtype="auto", device="cpu", sparse: bool | None = None, name=None) -> LoadedModel:
     """Rebuild an ordinary transformers model with exactly the pruned weights (bit-exact)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
@@ -233,7 +241,7 @@ def load_submodel(directory: Path, *, dtype="bfloat16", device="cpu", sparse: bo
     directory = Path(directory)
     manifest = verify(directory)
     state, masks, packed = dense_state(directory)
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype, device)
     try:
         config = AutoConfig.from_pretrained(str(directory))
         with no_init_weights():  # every weight is overwritten below: skip the random init
@@ -260,6 +268,7 @@ def load_submodel(directory: Path, *, dtype="bfloat16", device="cpu", sparse: bo
         architecture=(config.architectures or [type(model).__name__])[0],
         fim=detect_fim(tokenizer),
         manifest=manifest,
+        weights_dtype=checkpoint_dtype(directory),
     )
     loaded = LoadedModel(model, tokenizer, info)
     if str(device) == "cpu" and sparse is not False:

@@ -45,7 +45,7 @@ class BuildRequest:
     pattern: str
     method: str
     calibration: dict  # CalibrationSpec fields: source, workspace, mix_ratio, n_samples, seq_len
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     models_cache_dir: str = ""
     force: bool = False  # rebuild even when the cache has the entry
@@ -81,6 +81,7 @@ def compute_key(model: str, language: str, settings, workspace: str | None, *, m
     from pruner.extract import planned_key
 
     return planned_key(model, language, settings.prune_config(), calibration_spec(settings, workspace),
+                       dtype=settings.dtype, device="cpu" if settings.device == "auto" else settings.device,
                        cache_dir=models_cache_dir or None)
 
 

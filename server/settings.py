@@ -30,7 +30,7 @@ class Settings:
     mix_ratio: float = 0.5
     languages: tuple[str, ...] = LANGUAGES  # languages a sub-model may be built for
     device: str = "cpu"  # cpu | cuda | auto
-    dtype: str = "bfloat16"  # bfloat16 | float32
+    dtype: str = "auto"  # auto | bfloat16 | float32 (auto: bf16 only where the CPU has it natively)
     max_new_tokens: int = 48
     completion_mode: str = "auto"  # auto | single-line | multi-line
     cache_dir: str = ""  # "" = the platform's user cache
@@ -118,7 +118,7 @@ _CHECKS = {
     "mix_ratio": _number(float, 0.0, 1.0),
     "languages": _languages,
     "device": _choice(("cpu", "cuda", "auto")),
-    "dtype": _choice(("bfloat16", "float32")),
+    "dtype": _choice(("auto", "bfloat16", "float32")),
     "max_new_tokens": _number(int, 1, 1024),
     "completion_mode": _choice(("auto", "single-line", "multi-line")),
     "cache_dir": _string,

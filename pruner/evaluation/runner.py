@@ -82,15 +82,9 @@ def set_threads(threads: int | None = None) -> int:
 
 def pick_dtype(dtype: str = "auto", device: str = "cpu") -> str:
     """bf16 is 1.5-3x faster than fp32 on CPUs with native bf16, and several times slower on AVX2-only ones."""
-    if dtype != "auto":
-        return dtype
-    if device != "cpu":
-        return "bfloat16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    from ..models import resolve_dtype
+
+    return resolve_dtype(dtype, device)
 
 
 def _atomic_json(path: Path, data: dict) -> None:

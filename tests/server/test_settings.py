@@ -12,7 +12,7 @@ def test_defaults_and_camel_case():
 
 def test_bad_values_fall_back_with_a_message():
     parsed = parse_settings({"sparsity": "lots", "dtype": "int4", "languages": ["python", "cobol"], "device": "cpu"})
-    assert parsed.settings.sparsity == 0.5 and parsed.settings.dtype == "bfloat16"
+    assert parsed.settings.sparsity == 0.5 and parsed.settings.dtype == "auto"
     assert parsed.settings.languages == Settings().languages
     assert len(parsed.problems) == 3 and all("ignored" in p for p in parsed.problems)
     assert parse_settings(["not", "an", "object"]).problems

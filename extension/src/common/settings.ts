@@ -39,7 +39,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     mixRatio: 0.5,
     languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
     device: 'cpu',
-    dtype: 'bfloat16',
+    dtype: 'auto',
     maxNewTokens: 48,
     completionMode: 'auto',
     cacheDir: '',
