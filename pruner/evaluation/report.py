@@ -105,8 +105,10 @@ def verdicts(study: dict) -> list[dict]:
                         p = (own + rivals[best_r]) / 2
                         se = math.sqrt(2 * p * (1 - p) / n) if n else None
                     threshold = max([x for x in (noise, se) if x is not None], default=0.0)
-                    if margin <= 0:
+                    if margin < 0:
                         verdict = "does not hold"
+                    elif margin == 0:
+                        verdict = "tie"
                     elif margin_rel > threshold:
                         verdict = "holds"
                     else:
@@ -227,6 +229,11 @@ def _env(study: dict) -> dict:
     return {}
 
 
+def _device(study: dict) -> str:
+    dtypes = sorted({d.get("dtype") for e in study["models"].values() for d in e["evals"].values() if d.get("dtype")})
+    return f"evaluated on the CPU in {', '.join(dtypes) or 'the default dtype'} (float32 where the CPU has no native bf16)"
+
+
 def write_results(study: dict, docs_dir: Path) -> Path:
     docs_dir = Path(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
@@ -243,13 +250,14 @@ def write_results(study: dict, docs_dir: Path) -> Path:
               "be read as results. Run the full study for numbers worth quoting.", ""]
     L += ["## Setup", "",
           f"- command: `{study['command']}`",
-          f"- started {study['started']}; total wall time {study['wall_s'] / 60:.1f} min "
-          + "; ".join(f"{m}: {e['wall_s'] / 60:.1f} min" for m, e in study["models"].items()),
+          f"- started {study['started']}; total wall time {study['wall_s'] / 60:.1f} min ("
+          + "; ".join(f"{m}: {e['wall_s'] / 60:.1f} min" for m, e in study["models"].items()) + ")",
           f"- versions: subcoder {env.get('subcoder')}, Python {env.get('python')}, torch {env.get('torch')}, "
           f"transformers {env.get('transformers')}",
           f"- machine: {env.get('processor')}, {env.get('cpus')} CPUs ({env.get('threads')} torch threads), "
-          f"{env.get('platform')}; CPU only, bf16; shared with other jobs, so wall times are upper bounds",
-          f"- pruning: 50% unstructured (per-row) and 2:4, every linear layer of every decoder block; calibration "
+          f"{env.get('platform')}; {_device(study)}; shared with other jobs, so wall times are upper bounds",
+          f"- pruning: " + " and ".join("50% unstructured (per-row)" if p == "unstructured" else p for p in plan["patterns"])
+          + f", every linear layer of every decoder block; calibration "
           f"{plan['calib_samples']} × {plan['calib_seq_len']} tokens of the shipped `calibration` split (seed {plan['seed']}); "
           f"`prose` is the general, non-code baseline (the role C4 plays in the Wanda paper); magnitude needs no data",
           f"- evaluation: held-out split only (packages disjoint from calibration); greedy decoding; limits per "
@@ -266,20 +274,21 @@ def write_results(study: dict, docs_dir: Path) -> Path:
         holds = sum(v["verdict"] == "holds" for v in vs)
         weak = sum(v["verdict"] == "within noise" for v in vs)
         no = sum(v["verdict"] == "does not hold" for v in vs)
+        ties = sum(v["verdict"] == "tie" for v in vs)
         prose_beaten = sum(v["beats_prose"] for v in vs)
         L += [f"Claim 1 — *calibrating on a language keeps that language best*. Over {n} (model, pattern, language, "
               f"metric) cells, own-language calibration beat prose calibration in {prose_beaten}, and beat **every** "
               f"other calibration (prose and the other three languages) in {holds + weak}; in {holds} of those the "
               f"margin exceeded the noise (half-vs-half difference, and for rates the binomial standard error of a "
-              f"difference); {weak} are within noise; in {no} another calibration did as well or better.", ""]
+              f"difference); {weak} are within noise; {ties} are ties (mostly rates of 0 on tiny samples: no signal either way); in {no} another calibration did better.", ""]
         by_metric = {}
         for v in vs:
             by_metric.setdefault(v["metric"], []).append(v)
-        L += ["| metric | cells | own wins beyond noise | own wins within noise | does not hold | own beats prose |",
-              "|---|---|---|---|---|---|"]
+        L += ["| metric | cells | own wins beyond noise | own wins within noise | tie | does not hold | own beats prose |",
+              "|---|---|---|---|---|---|---|"]
         for metric, items in by_metric.items():
             L.append(f"| {metric} | {len(items)} | {sum(i['verdict'] == 'holds' for i in items)} | "
-                     f"{sum(i['verdict'] == 'within noise' for i in items)} | "
+                     f"{sum(i['verdict'] == 'within noise' for i in items)} | {sum(i['verdict'] == 'tie' for i in items)} | "
                      f"{sum(i['verdict'] == 'does not hold' for i in items)} | {sum(i['beats_prose'] for i in items)} |")
         L += ["", "Per cell (margin: relative perplexity reduction against the best rival, or points of rate):", "",
               "| model | pattern | language | metric | own | best rival | margin | noise | verdict |",
