@@ -250,14 +250,13 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
                              "textDocument": {"inlineCompletion": {}, "synchronization": {}}}})
         client.notify("initialized", {})
         t0 = time.perf_counter()
-        status = client.wait_state(("ready", "building", "error"), 600)
-        if status["state"] == "building":
-            print("  the server is building the sub-model (its cache key differs from this script's?); waiting",
-                  file=sys.stderr)
         status = client.wait_state(("ready", "error"), 3600)
         if status["state"] != "ready":
             raise RuntimeError(f"the server did not get ready: {status}")
-        print(f"  server ready in {time.perf_counter() - t0:.1f} s: {status['message']}", file=sys.stderr)
+        built = "build started" in (log_dir / "server.log").read_text()
+        print(f"  server ready in {time.perf_counter() - t0:.1f} s: {status['message']}"
+              f"{' (it built the sub-model itself: its cache key differs from this script' + chr(39) + 's)' if built else ''}",
+              file=sys.stderr)
         times: list[tuple[Request, float, str]] = []
         for seg in segments:
             uri = (workspace / f"typing_{seg.requests[0].segment}.py").as_uri()
@@ -286,9 +285,22 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
                 times.append((req, seconds, items[0]["insertText"] if items else ""))
             client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         rss, hwm = rss_mb(client.proc.pid)
-        return {"times": times, "rss_mb": rss, "peak_rss_mb": hwm}
     finally:
         client.close()
+    return {"times": times, "rss_mb": rss, "peak_rss_mb": hwm, "served": parse_log(log_dir / "server.log")}
+
+
+def parse_log(path: Path) -> list[dict]:
+    """The server's own account of each completion (its log line): model, tokens, milliseconds, stop reason."""
+    import re
+
+    pattern = re.compile(r"inlineCompletion: (\w+) model, (\d+) prompt tokens \((\d+) reused\), (\d+) new, "
+                         r"(\d+) ms \(([\w-]+)\)")
+    found = []
+    for m in pattern.finditer(path.read_text() if path.is_file() else ""):
+        found.append({"model": m[1], "prompt": int(m[2]), "reused": int(m[3]), "new": int(m[4]),
+                      "ms": int(m[5]), "reason": m[6]})
+    return found
 
 
 # --------------------------------------------------------------------------- in-process engines
@@ -562,6 +574,20 @@ def main(argv=None) -> int:
                      f"{statistics.median(b['new_tokens'] for b in bare):.0f} tokens decoded); server cold / bare: "
                      f"median {statistics.median(ratios):.2f}x, max {max(ratios):.2f}x.")
         lines.append("")
+    served = extra.get("server", {}).get("served") or []
+    if len(served) == len(kinds):
+        server_times = results["subcoder server"]
+        follow = [t for t, s, k in zip(server_times, served, kinds) if k == "extend" and s["reason"] == "typed-ahead"]
+        decoded = [t for t, s, k in zip(server_times, served, kinds) if k == "extend" and s["reason"] != "typed-ahead"]
+        ext = [s for s, k in zip(served, kinds) if k == "extend" and s["reason"] != "typed-ahead"]
+        lines.append(f"Of the {kinds.count('extend')} extending requests, {len(follow)} were typed through the previous "
+                     f"suggestion and answered with its rest without decoding (p50 {ms(pct(follow, .5))} ms); the other "
+                     f"{len(decoded)} decoded: p50 {ms(pct(decoded, .5))} ms, p95 {ms(pct(decoded, .95))} ms, reusing "
+                     f"a median {statistics.median([s['reused'] for s in ext] or [0]):.0f} of "
+                     f"{statistics.median([s['prompt'] for s in ext] or [0]):.0f} prompt tokens and decoding a median "
+                     f"{statistics.median([s['new'] for s in ext] or [0]):.0f} tokens. Non-empty suggestions: "
+                     f"{sum(1 for _, _, t in extra['server']['times'] if t)} of {len(kinds)}.")
+        lines.append("")
     if "server" in extra:
         lines.append(f"Server memory after the replay: RSS {extra['server']['rss_mb']:.0f} MiB "
                      f"(peak {extra['server']['peak_rss_mb']:.0f} MiB).")
@@ -577,6 +603,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({
             "command": command, "loads": loads, "results": results, "kinds": kinds, "bare": extra.get("bare"),
             "server_text": [t for _, _, t in extra["server"]["times"]] if "server" in extra else None,
+            "served": extra.get("server", {}).get("served"),
         }, indent=1))
     if args.write:
         write_section(Path(args.write), text)
