@@ -109,6 +109,8 @@ def verdicts(study: dict) -> list[dict]:
                         verdict = "does not hold"
                     elif margin == 0:
                         verdict = "tie"
+                    elif noise is None and se is None:
+                        verdict = "no noise control"  # a win, but nothing says it exceeds sampling noise
                     elif margin_rel > threshold:
                         verdict = "holds"
                     else:
@@ -272,7 +274,7 @@ def write_results(study: dict, docs_dir: Path) -> Path:
     if vs:
         n = len(vs)
         holds = sum(v["verdict"] == "holds" for v in vs)
-        weak = sum(v["verdict"] == "within noise" for v in vs)
+        weak = sum(v["verdict"] in ("within noise", "no noise control") for v in vs)
         no = sum(v["verdict"] == "does not hold" for v in vs)
         ties = sum(v["verdict"] == "tie" for v in vs)
         prose_beaten = sum(v["beats_prose"] for v in vs)
@@ -280,15 +282,15 @@ def write_results(study: dict, docs_dir: Path) -> Path:
               f"metric) cells, own-language calibration beat prose calibration in {prose_beaten}, and beat **every** "
               f"other calibration (prose and the other three languages) in {holds + weak}; in {holds} of those the "
               f"margin exceeded the noise (half-vs-half difference, and for rates the binomial standard error of a "
-              f"difference); {weak} are within noise; {ties} are ties (mostly rates of 0 on tiny samples: no signal either way); in {no} another calibration did better.", ""]
+              f"difference); {weak} are within noise or have no noise control for their language; {ties} are ties (mostly rates of 0 on tiny samples: no signal either way); in {no} another calibration did better.", ""]
         by_metric = {}
         for v in vs:
             by_metric.setdefault(v["metric"], []).append(v)
-        L += ["| metric | cells | own wins beyond noise | own wins within noise | tie | does not hold | own beats prose |",
+        L += ["| metric | cells | own wins beyond noise | own wins within or without measured noise | tie | does not hold | own beats prose |",
               "|---|---|---|---|---|---|---|"]
         for metric, items in by_metric.items():
             L.append(f"| {metric} | {len(items)} | {sum(i['verdict'] == 'holds' for i in items)} | "
-                     f"{sum(i['verdict'] == 'within noise' for i in items)} | {sum(i['verdict'] == 'tie' for i in items)} | "
+                     f"{sum(i['verdict'] in ('within noise', 'no noise control') for i in items)} | {sum(i['verdict'] == 'tie' for i in items)} | "
                      f"{sum(i['verdict'] == 'does not hold' for i in items)} | {sum(i['beats_prose'] for i in items)} |")
         L += ["", "Per cell (margin: relative perplexity reduction against the best rival, or points of rate):", "",
               "| model | pattern | language | metric | own | best rival | margin | noise | verdict |",
