@@ -40,9 +40,12 @@ def make_tokenizer(fim: bool = True):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = SPECIALS if fim else SPECIALS[:1]
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    # An ASCII-only alphabet (byte-level names of tab, newline, space and the printable characters):
+    # with all 256 bytes, a random model emits lone high bytes that decode to nothing, and the
+    # completion engine rightly refuses to suggest them.
+    ascii_alphabet = [chr(c) for c in range(0x21, 0x7F)] + ["\u0120", "\u010a", "\u0109"]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, initial_alphabet=ascii_alphabet,
+                                  limit_alphabet=len(ascii_alphabet))
     tok.train_from_iterator([_SAMPLE] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token=None)
 
