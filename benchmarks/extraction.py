@@ -34,12 +34,15 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="auto: bfloat16 where the CPU has native bf16, else float32")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from pruner.models import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     loaded = load_model(args.model, dtype=args.dtype, sparse=False)
     rss_model = rss_peak()
     calib = build_calibration(loaded.tokenizer, args.language,
