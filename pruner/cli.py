@@ -78,7 +78,7 @@ def _add_model_args(p, default_help="preset, model directory, .gguf file or hub 
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="compute dtype; auto = bfloat16 on accelerators and CPUs with native bf16 (AVX-512 BF16, AMX), "
                         "float32 elsewhere, where emulated bf16 is several times slower (default: auto)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (accelerate spreads the layers over the GPUs and CPU that fit them) (default: cpu)")
     p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
 
 

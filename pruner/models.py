@@ -390,13 +390,16 @@ def load_model(
 def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = parse_dtype(dtype, device)
+    # device "auto": accelerate places the layers over the GPUs (and CPU) that fit them; its hooks
+    # move each layer's inputs to where the layer lives, so sequential pruning works unchanged.
+    placement = {"device_map": "auto"} if device == "auto" else {}
+    torch_dtype = parse_dtype(dtype, "cuda" if device == "auto" and _has_cuda() else "cpu" if device == "auto" else device)
     if not list(Path(directory).glob("*.safetensors")):
         raise ModelError(f"{directory} has no safetensors weights (subcoder never loads pickled weights)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            str(directory), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **placement
         )
     except Exception as exc:
         text = str(exc).strip().splitlines()
@@ -404,8 +407,15 @@ def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_cod
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    model.to(device)
+    if not placement:
+        model.to(device)
     return model, tokenizer
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cached_models(cache_dir=None) -> list[dict]:

@@ -152,3 +152,11 @@ def test_planned_key_matches_extract(base_dir, workspace, tmp_path):
     key = planned_key(str(base_dir), "python", PruneConfig(0.5), spec(workspace))
     result = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
     assert key == result.manifest["cache_key"]
+
+
+def test_device_auto_places_through_accelerate(base_dir, workspace, tmp_path):
+    """`device="auto"` loads with accelerate's device map (all on the CPU here) and prunes the same."""
+    a = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "cpu")
+    b = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "auto", device="auto")
+    ma, mb = load_masks(a.path), load_masks(b.path)
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
