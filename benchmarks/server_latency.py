@@ -22,7 +22,7 @@ What it does, in order (never two engines at once: the machine has two cores):
    prompt plus one forward per token the server decoded for it. Cold server latency should stay
    within 1.2x of it.
 5. The same requests (same prompt ids, same stop rules) through plain `model.generate` on the dense
-   bf16 base model (no cache reuse), and through llama.cpp (`llama-cpp-python`, the preset's GGUF,
+   base model (the server's `auto` dtype, no cache reuse), and through llama.cpp (`llama-cpp-python`, the preset's GGUF,
    2 threads, prompt caching: its built-in prefix reuse between consecutive calls plus a
    `LlamaRAMCache`).
 
@@ -348,7 +348,7 @@ class _StopOnRule:
 
 
 def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) -> list[float]:
-    """Plain `model.generate` on the dense bf16 base model: every request from scratch."""
+    """Plain `model.generate` on the dense base model (the `auto` dtype, as the server's): every request from scratch."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -519,6 +519,16 @@ def main(argv=None) -> int:
     results: dict[str, list[float]] = {}
     loads: dict[str, str] = {}
     extra: dict = {}
+
+    def checkpoint() -> None:
+        """Each engine's figures as soon as it is done: a long run cut short keeps what it measured."""
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "command": command, "loads": loads, "results": results, "kinds": kinds, "bare": extra.get("bare"),
+                "server_text": [t for _, _, t in extra["server"]["times"]] if "server" in extra else None,
+                "served": extra.get("server", {}).get("served"),
+                "server_rss_mb": extra.get("server", {}).get("rss_mb"),
+            }, indent=1))
     with tempfile.TemporaryDirectory(prefix="subcoder-latency-") as tmp:
         tmp = Path(tmp)
         workspace = tmp / "ws"
@@ -531,13 +541,16 @@ def main(argv=None) -> int:
             results["subcoder server"] = [t for _, t, _ in got["times"]]
             extra["server"] = got
             loads["subcoder server"] = load_avg()
+            checkpoint()
             bare = bare_costs(sub.path, cold, args.max_new_tokens)
             extra["bare"] = bare
             loads["bare"] = load_avg()
+            checkpoint()
         if "generate" in engines:
             print("model.generate replay ...", file=sys.stderr)
-            results["model.generate (dense bf16)"] = run_generate(args.model, requests, args.max_new_tokens)
-            loads["model.generate (dense bf16)"] = load_avg()
+            results["model.generate (dense)"] = run_generate(args.model, requests, args.max_new_tokens)
+            loads["model.generate (dense)"] = load_avg()
+            checkpoint()
         if "llama" in engines:
             try:
                 import llama_cpp  # noqa: F401
@@ -550,6 +563,7 @@ def main(argv=None) -> int:
                 name = f"llama.cpp ({args.threads} threads, prompt cache)"
                 results[name] = run_llama(gguf, args.model, requests, args.max_new_tokens, args.threads)
                 loads[name] = load_avg()
+                checkpoint()
 
     lines = [SECTION, "",
              f"`{command}` — {len(segments)} held-out Python files, {args.lines} lines typed in each, a request every "
@@ -599,12 +613,7 @@ def main(argv=None) -> int:
                  "; ".join(f"{k}: {v}" for k, v in loads.items()) + ".")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "command": command, "loads": loads, "results": results, "kinds": kinds, "bare": extra.get("bare"),
-            "server_text": [t for _, _, t in extra["server"]["times"]] if "server" in extra else None,
-            "served": extra.get("server", {}).get("served"),
-        }, indent=1))
+    checkpoint()
     if args.write:
         write_section(Path(args.write), text)
     return 0
