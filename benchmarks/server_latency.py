@@ -240,7 +240,8 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-c", "import sys; from server.main import run; sys.exit(run(sys.argv[1:]))",
            "--log-file", str(log_dir / "server.log")]
-    settings = {"model": model, "maxNewTokens": max_new_tokens}
+    # The user's cache is shared with other work: the benchmark's server must not evict anything from it.
+    settings = {"model": model, "maxNewTokens": max_new_tokens, "cacheSizeLimitMB": 1 << 22}
     client = LspClient(cmd, env, settings, log_dir / "server.stderr")
     try:
         client.request("initialize", {
