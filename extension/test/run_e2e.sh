@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the extension in a real VS Code: code-server 4.100.3 in headless Chromium,
 # driven by playwright-core (tests/e2e/vscode/drive.js), with the packaged .vsix installed and
-# `subcoder serve` behind it. Installs what is missing first (scripts/setup_codeserver.sh).
+# `subcoder serve` behind it. Installs what is missing first (extension/test/setup_codeserver.sh).
 #
 # Usage: extension/test/run_e2e.sh [--server real|fake] [--model tiny|PRESET|PATH] [--artifacts DIR]
 #   --server real  the project's server from this checkout (default)
@@ -37,7 +37,7 @@ fi
 say() { echo "[run_e2e] $*"; }
 
 # 1. Tools, extension build, .vsix.
-"$REPO/scripts/setup_codeserver.sh" "$TOOLS"
+"$REPO/extension/test/setup_codeserver.sh" "$TOOLS"
 cd "$EXT"
 [ -d node_modules ] || npm ci --no-audit --no-fund
 npx vsce package --allow-missing-repository -o "$EXT/subcoder.vsix" >/dev/null

@@ -6,7 +6,7 @@
 #             @vscode/vsce 3.9.2 (the .vsix packager; 4.x needs Node 22).
 # Idempotent: each step is skipped when its result is already there.
 #
-# Usage: scripts/setup_codeserver.sh [TOOLS_DIR]
+# Usage: extension/test/setup_codeserver.sh [TOOLS_DIR]
 #   TOOLS_DIR defaults to $SUBCODER_E2E_TOOLS, else ~/.cache/subcoder-e2e.
 # Approach adapted from the project's shared editor-e2e notes (code-server + Chromium + playwright-core).
 set -euo pipefail
