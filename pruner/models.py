@@ -434,10 +434,6 @@ def cached_models(cache_dir=None) -> list[dict]:
     return rows
 
 
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
@@ -446,9 +442,5 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _cleanup_env():
-    # the hub client must not phone home on every offline load
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-_cleanup_env()
+# the hub client must not phone home on every offline load
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

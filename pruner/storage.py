@@ -94,24 +94,22 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     tied = _tied_names(model)
-    staged = sorted(Path(shards).glob("*.safetensors")) if shards else []
-    done = set()
-    for f in staged:
-        from safetensors import safe_open
+    from safetensors import safe_open
 
+    staged = sorted(Path(shards).glob("*.safetensors")) if shards else []
+    done: set[str] = set()  # weights already written layer by layer
+    pruned: set[str] = set()
+    for f in staged:  # one read of each staged header: which tensors it holds, which are pruned
         with safe_open(str(f), framework="pt") as fh:
             done.update(k.removesuffix(MASK_SUFFIX).removesuffix(VALUES_SUFFIX) for k in fh.keys())
+            pruned.update(_pruned_shapes(fh.metadata()))
     items = ((n, t) for n, t in model.state_dict().items() if n not in tied and n not in done)
     tensors, shapes = encode_tensors(items, masks, loaded.info.weights_dtype)
-    pruned = set(shapes)
+    pruned.update(shapes)
     with paths.atomic_dir(Path(target)) as tmp:
         write_weights(tmp / WEIGHTS, tensors, shapes)
         for f in staged:
             shutil.move(str(f), tmp / f.name)
-            from safetensors import safe_open
-
-            with safe_open(str(tmp / f.name), framework="pt") as fh:
-                pruned.update(_pruned_shapes(fh.metadata()))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
