@@ -495,27 +495,46 @@ void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const i
   parallel_rows(r1 - r0, nullptr, 1, nt, body);
 }
 
-// Prefill: expand the weight in row chunks and multiply with the BLAS. Returns fp32 (B, O).
+// Prefill: expand the weight to dense in row chunks and multiply with the BLAS (oneDNN's bf16 GEMM
+// where the CPU multiplies bf16 natively, fp32 elsewhere). Returns (B, O) in the compute dtype.
+// Measured (benchmarks/sparse_kernel.py): expanding a 0.5B-class layer costs 1-3% of the GEMM, so a
+// layer up to WHOLE_LAYER_BYTES is expanded at once and multiplied in one call (full GEMM
+// efficiency); larger layers go in CHUNK_BYTES row chunks into a reused buffer, so the expanded copy
+// stays in cache and is never page-faulted in afresh. Each chunk's product is written straight into
+// its columns of the output (a strided BLAS output, no copy).
+constexpr int64_t WHOLE_LAYER_BYTES = int64_t(16) << 20;
+constexpr int64_t CHUNK_BYTES = int64_t(8) << 20;
+
 at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                               const at::Tensor& roff, int64_t in, int isa) {
   const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
   const int64_t ld = nwords * 32;
-  // bf16 GEMM where the CPU multiplies bf16 natively, fp32 (exact products) elsewhere.
   const auto cdt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
+  const int64_t esize = cdt == at::kBFloat16 ? 2 : 4;
   at::Tensor xc = x.to(cdt).contiguous();
-  const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(O, (int64_t(4) << 20) / (ld * 4)));
-  at::Tensor wbuf = at::empty({chunk, ld}, x.options().dtype(cdt));
-  at::Tensor yt = at::empty({O, B}, x.options().dtype(cdt == at::kFloat ? at::kFloat : cdt));
+  const int64_t chunk = O * ld * esize <= WHOLE_LAYER_BYTES
+                            ? O
+                            : std::max<int64_t>(16, std::min<int64_t>(O, CHUNK_BYTES / (ld * esize)));
+  thread_local at::Tensor wbuf;  // reused across calls and layers: no fresh pages per call
+  if (!wbuf.defined() || wbuf.scalar_type() != cdt || wbuf.numel() < chunk * ld)
+    wbuf = at::empty({chunk * ld}, x.options().dtype(cdt));
+  at::Tensor y = at::empty({B, O}, x.options().dtype(cdt));
   const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
   const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
   const int64_t* rp = roff.data_ptr<int64_t>();
   for (int64_t r0 = 0; r0 < O; r0 += chunk) {
     const int64_t n = std::min(chunk, O - r0);
-    expand_rows(mp, nwords, vp, rp, r0, r0 + n, wbuf, isa);
-    at::Tensor out = yt.narrow(0, r0, n);
-    at::mm_out(out, wbuf.narrow(0, 0, n).narrow(1, 0, in), xc.t());
+    at::Tensor w = wbuf.narrow(0, 0, n * ld).view({n, ld});
+    expand_rows(mp, nwords, vp, rp, r0, r0 + n, w, isa);
+    at::Tensor w_in = w.narrow(1, 0, in);
+    if (n == O) {
+      at::mm_out(y, xc, w_in.t());
+    } else {
+      at::Tensor cols = y.narrow(1, r0, n);
+      at::mm_out(cols, xc, w_in.t());
+    }
   }
-  return yt.t().to(at::kFloat).contiguous();
+  return y;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,8 +572,8 @@ at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const a
   const bool gemm = mode == 2 || (mode == 0 && B >= g_gemm_min_batch.load());
   if (gemm) {
     at::Tensor y = sparse_matmul_gemm(x, mask, values, roff, in, isa);
-    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-    return y.to(x.scalar_type());
+    if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
+    return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
   }
   at::Tensor y = at::empty({B, O}, x.options());
   const OutputWriter ow(y, bias);
