@@ -1,25 +1,42 @@
-"""End-to-end greedy decoding speed: dense bf16 torch against the sparse CPU kernel.
+"""End-to-end greedy decoding of a sub-model: dense bf16 PyTorch, the sparse CPU kernel, llama.cpp.
 
-    python benchmarks/decode.py [--model qwen2.5-coder-0.5b] [--sparsity 0.5] [--tokens 64] [--threads 2]
+    python benchmarks/decode.py [--model qwen2.5-coder-0.5b] [--language python] [--tokens 64]
+                                [--threads 2] [--rounds 3] [--no-llama] [--write docs/PERFORMANCE.md]
 
-Loads the base model (bf16), times prefill of a fixed code prompt and greedy decoding with the KV
-cache, then prunes every decoder linear layer by weight magnitude (per row, the same layout a
-Wanda sub-model has; the speed does not depend on which weights are kept), swaps them for
-SparseLinear (lm_head: DenseBF16Linear, tied to the embedding) and times the same again.
+The sub-model is the preset's 50% Wanda sub-model for `--language`, built with the defaults of
+`subcoder prune` (or taken from the cache). It is timed three ways in one run:
+
+  dense   -- the same sub-model with its pruned weights expanded to dense bf16 and run by eager
+             PyTorch (exactly as fast as the unpruned base model: zeros cost what any weight costs)
+  sparse  -- the pruned linears on the sparse kernel (packed mask + values, no dense copy), lm_head
+             on the dense bf16 matvec kernel, each token through the lean decode step
+             (pruner.sparse.fastdecode); what `subcoder generate` and the server run. Also shown
+             through the model's own forward, so the kernel's and the step's gains read apart
+  llama   -- llama.cpp (llama-cpp-python) on the preset's own GGUF (quantized, not pruned), the
+             engine most local-completion extensions use; skipped when it is not installed
+
+Engines take turns round by round. For each: prefill of a short (~80 token) and a long (~1,000 token) code prompt, and greedy decode
+ms/token after the short one (KV cache on, batch 1), median of --rounds. The dense and sparse paths
+must pick the same greedy tokens (counted); resident bytes of the pruned layers and the whole model
+are reported from the tensors themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
+import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROMPT = '''import json
 from pathlib import Path
@@ -35,49 +52,116 @@ def load_settings(path: Path) -> dict:
 '''
 
 
+def long_prompt(tokenizer, language: str, target: int = 1000) -> list[int]:
+    """About `target` tokens of held-out code in the sub-model's language (never calibration data)."""
+    from pruner.calibration import corpus_documents
+
+    ids: list[int] = []
+    for doc in corpus_documents(language, "heldout"):
+        ids += tokenizer(doc["text"]).input_ids
+        if len(ids) >= target:
+            break
+    return ids[:target]
+
+
+def _cache_arg(model) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
-def time_decode(model, input_ids, new_tokens: int, rounds: int) -> tuple[float, float, list[int]]:
-    """(prefill seconds, decode tokens per second, generated ids): median over rounds."""
-    prefill, per_token, ids = [], [], []
-    for _ in range(rounds):
+def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: int, fast=None) -> dict:
+    """One round: long prefill, short prefill, then greedy decode (through `fast.step` when given)."""
+    from transformers import DynamicCache
+
+    arg = _cache_arg(model)
+    t0 = time.perf_counter()
+    model(input_ids=torch.tensor([long_ids]), use_cache=False, logits_to_keep=1)
+    pre_long = time.perf_counter() - t0
+    cache = DynamicCache()
+    t0 = time.perf_counter()
+    logits = model(input_ids=torch.tensor([short_ids]), use_cache=True, logits_to_keep=1, **{arg: cache}).logits[0, -1]
+    pre_short = time.perf_counter() - t0
+    ids = [int(logits.argmax())]
+    t0 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        if fast is not None:
+            logits = fast.step(ids[-1], cache)
+        else:
+            logits = model(input_ids=torch.tensor([[ids[-1]]]), use_cache=True, logits_to_keep=1,
+                           **{arg: cache}).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    per_token = (time.perf_counter() - t0) / max(1, new_tokens - 1)
+    return {"prefill_short_s": pre_short, "prefill_long_s": pre_long, "ms_per_token": per_token * 1e3, "ids": ids}
+
+
+class LlamaEngine:
+    def __init__(self, gguf: Path, threads: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                         verbose=False)
+
+    def round(self, short_ids: list[int], long_ids: list[int], new_tokens: int) -> dict:
+        llm = self.llm
+        llm.reset()
         t0 = time.perf_counter()
-        out = model(input_ids=input_ids, use_cache=True)
-        t1 = time.perf_counter()
-        past = out.past_key_values
-        tok = out.logits[:, -1:].argmax(-1)
-        ids = [int(tok)]
-        t2 = time.perf_counter()
+        llm.eval(long_ids)
+        pre_long = time.perf_counter() - t0
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(short_ids)
+        pre_short = time.perf_counter() - t0
+        t0 = time.perf_counter()
         for _ in range(new_tokens - 1):
-            out = model(input_ids=tok, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            tok = out.logits[:, -1:].argmax(-1)
-            ids.append(int(tok))
-        t3 = time.perf_counter()
-        prefill.append(t1 - t0)
-        per_token.append((t3 - t2) / max(1, new_tokens - 1))
-    return statistics.median(prefill), 1.0 / statistics.median(per_token), ids
+            llm.eval([llm.sample(top_k=1, temp=0.0)])
+        per_token = (time.perf_counter() - t0) / max(1, new_tokens - 1)
+        return {"prefill_short_s": pre_short, "prefill_long_s": pre_long, "ms_per_token": per_token * 1e3}
 
 
-def magnitude_masks(model, sparsity: float) -> dict[str, torch.Tensor]:
-    masks = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and name != "lm_head" and ".layers." in f".{name}":
-            w = mod.weight.detach().float().abs()
-            k = int(round(sparsity * w.shape[1]))
-            drop = w.argsort(dim=1, stable=True)[:, :k]
-            keep = torch.ones_like(w, dtype=torch.bool)
-            keep.scatter_(1, drop, False)
-            masks[name] = keep
-    return masks
+def median_of(rounds: list[dict]) -> dict:
+    out = {k: statistics.median(r[k] for r in rounds) for k in ("prefill_short_s", "prefill_long_s", "ms_per_token")}
+    if "ids" in rounds[0]:
+        out["ids"] = rounds[-1]["ids"]
+    return out
+
+
+def submodel_dir(model: str, language: str) -> Path:
+    """The cached sub-model `subcoder prune -M model -l language` builds (built now if missing)."""
+    from pruner.calibration import CalibrationSpec
+    from pruner.config import PruneConfig
+    from pruner.extract import extract
+
+    return extract(model, language, PruneConfig(), CalibrationSpec(), dtype="auto").path
+
+
+def pruned_bytes(model) -> tuple[int, int]:
+    """(bytes of the pruned linears as they sit in memory, bytes of every tensor, shared counted once)."""
+    from pruner.sparse import SparseLinear
+    from pruner.sparse.modules import _model_bytes
+
+    layers = sum(m.nbytes() for m in model.modules() if isinstance(m, SparseLinear))
+    return layers, _model_bytes(model)
+
+
+def dense_pruned_bytes(model, names: list[str]) -> int:
+    total = 0
+    for n in names:
+        m = model.get_submodule(n)
+        total += m.weight.numel() * m.weight.element_size()
+        if m.bias is not None:
+            total += m.bias.numel() * m.bias.element_size()
+    return total
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a preset (default: the default preset)")
+    ap.add_argument("--language", default="python")
+    ap.add_argument("--tokens", type=int, default=64, help="greedy tokens decoded after the short prompt")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-llama", action="store_true", help="leave out the llama.cpp column")
+    ap.add_argument("--write", metavar="MD", help="replace the 'End-to-end decode' section of this markdown file")
     args = ap.parse_args(argv)
 
     from pruner import sparse
@@ -85,28 +169,111 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     ok, reason = sparse.kernel_available()
-    print(f"kernel: {reason}")
-    loaded = load_model(args.model, dtype="bfloat16")
-    model, tok = loaded.model.eval(), loaded.tokenizer
-    input_ids = tok(PROMPT, return_tensors="pt").input_ids
-    print(f"model {args.model}, prompt {input_ids.shape[1]} tokens, {args.tokens} new tokens, {args.threads} threads")
+    print(f"kernel: {reason}", flush=True)
+    path = submodel_dir(args.model, args.language)
+    dense = load_model(str(path), dtype="bfloat16", sparse=False)
+    tok = dense.tokenizer
+    short_ids = tok(PROMPT).input_ids
+    long_ids = long_prompt(tok, args.language)
+    print(f"sub-model {path.name}: prompts {len(short_ids)} and {len(long_ids)} tokens, {args.tokens} new tokens, "
+          f"{args.threads} threads", flush=True)
+    fast_model = load_model(str(path), dtype="bfloat16", sparse=True)
+    if not fast_model.info.sparse_kernel:
+        print(f"sparse kernel not in use ({reason}); nothing to compare", file=sys.stderr)
+        return 1
+    from pruner.sparse.fastdecode import FastDecoder
+    from pruner.sparse.modules import _model_bytes
 
-    masks = magnitude_masks(model, args.sparsity)
-    with torch.no_grad():  # the dense reference is the same pruned model, so outputs must agree
-        for name, keep in masks.items():
-            model.get_submodule(name).weight.mul_(keep)
-    pre_d, tps_d, ids_d = time_decode(model, input_ids, args.tokens, args.rounds)
-    print(f"dense torch bf16 : prefill {pre_d * 1e3:8.1f} ms   decode {tps_d:6.2f} tok/s")
+    step = FastDecoder.for_model(fast_model.model)
+    layer_bytes, model_bytes = pruned_bytes(fast_model.model)
+    names = [n for n, m in fast_model.model.named_modules() if isinstance(m, sparse.SparseLinear)]
+    dense_layers, dense_model = dense_pruned_bytes(dense.model, names), _model_bytes(dense.model)
 
-    report = sparse.sparsify(model, masks)
-    print(f"sparsify: {report.summary()}")
-    pre_s, tps_s, ids_s = time_decode(model, input_ids, args.tokens, args.rounds)
-    print(f"sparse kernel    : prefill {pre_s * 1e3:8.1f} ms   decode {tps_s:6.2f} tok/s")
-    same = sum(a == b for a, b in zip(ids_d, ids_s))
-    print(f"speed-up: decode {tps_s / tps_d:.2f}x, prefill {pre_d / pre_s:.2f}x; "
-          f"greedy tokens identical for {same}/{len(ids_d)}")
-    print("sample:", repr(tok.decode(ids_s[:40])))
+    engines = {
+        "dense": lambda: torch_round(dense.model, short_ids, long_ids, args.tokens),
+        "sparse-forward": lambda: torch_round(fast_model.model, short_ids, long_ids, args.tokens),
+    }
+    if step is not None:
+        engines["sparse"] = lambda: torch_round(fast_model.model, short_ids, long_ids, args.tokens, fast=step)
+    else:
+        engines["sparse"] = engines.pop("sparse-forward")
+    llama_note = ""
+    if not args.no_llama:
+        try:
+            import llama_cpp  # noqa: F401
+
+            from server_latency import preset_gguf
+
+            llama = LlamaEngine(preset_gguf(args.model), args.threads)
+            engines["llama"] = lambda: llama.round(short_ids, long_ids, args.tokens)
+        except ImportError as exc:
+            llama_note = f"llama.cpp column skipped: llama-cpp-python is not installed ({exc})"
+            print(llama_note, file=sys.stderr)
+    # Engines take turns round by round, so that load from other processes (memory bandwidth
+    # above all) hits them alike; the figures are medians over rounds.
+    per_engine: dict[str, list[dict]] = {k: [] for k in engines}
+    for r in range(args.rounds):
+        for key, run in engines.items():
+            per_engine[key].append(run())
+            print(f"round {r + 1}/{args.rounds} {key:15s}: {per_engine[key][-1]['ms_per_token']:.1f} ms/token",
+                  flush=True)
+    results = {k: median_of(v) for k, v in per_engine.items()}
+
+    d, s = results["dense"], results["sparse"]
+    same = sum(a == b for a, b in zip(d["ids"], s["ids"]))
+    mib = 1024 * 1024
+    lines = [
+        f"Sub-model `{path.name}` ({args.model}, {args.language}, 50% unstructured Wanda); prompts of "
+        f"{len(short_ids)} and {len(long_ids)} tokens; {args.tokens} greedy tokens; {args.threads} threads; "
+        f"median of {args.rounds} rounds. Kernel: {reason.split(' kernel from')[0]}. "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}.",
+        "",
+        "| engine | prefill short | prefill long | decode ms/token | decode vs dense |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names_ = {"dense": "dense bf16, eager PyTorch", "sparse-forward": "sparse kernel, model's own forward",
+              "sparse": "sparse kernel + lean decode step (subcoder)",
+              "llama": "llama.cpp, same model's GGUF (quantized)"}
+    for key, r in results.items():
+        lines.append(f"| {names_[key]} | {r['prefill_short_s'] * 1e3:.0f} ms | {r['prefill_long_s'] * 1e3:.0f} ms | "
+                     f"{r['ms_per_token']:.1f} | {d['ms_per_token'] / r['ms_per_token']:.2f}x |")
+    lines += [
+        "",
+        f"Greedy tokens, sparse vs dense: {same}/{len(d['ids'])} identical. Pruned linears in memory: "
+        f"{dense_layers / mib:.1f} MiB dense bf16 -> {layer_bytes / mib:.1f} MiB packed "
+        f"({layer_bytes / dense_layers:.3f}x); whole model {dense_model / mib:.1f} -> {model_bytes / mib:.1f} MiB "
+        f"({model_bytes / dense_model:.3f}x; embeddings and lm_head stay dense).",
+    ]
+    if "llama" in results:
+        ll = results["llama"]
+        lines.append(f"Sparse vs llama.cpp: decode {s['ms_per_token'] / ll['ms_per_token']:.2f}x its ms/token; "
+                     f"long prefill {ll['prefill_long_s'] / s['prefill_long_s']:.2f}x faster than llama.cpp.")
+    elif llama_note:
+        lines.append(llama_note + ".")
+    lines.append(f"Sparse vs dense: decode {d['ms_per_token'] / s['ms_per_token']:.2f}x faster, long prefill "
+                 f"{d['prefill_long_s'] / s['prefill_long_s']:.2f}x, short prefill {d['prefill_short_s'] / s['prefill_short_s']:.2f}x.")
+    print("\n".join(lines))
+    if args.write:
+        write_section(Path(args.write), lines, argv)
     return 0
+
+
+BEGIN, END = "<!-- decode:begin (generated by benchmarks/decode.py) -->", "<!-- decode:end -->"
+SECTION = "## End-to-end decode"
+
+
+def write_section(path: Path, lines: list[str], argv) -> None:
+    cmd = ("python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    block = "\n".join([BEGIN, "", f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')})", "", *lines, "", END])
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    elif SECTION in text:
+        at = text.index(SECTION) + len(SECTION)
+        text = text[:at] + "\n\n" + block + "\n" + text[at:]
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":

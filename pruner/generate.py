@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -335,6 +336,7 @@ class Completer:
         from transformers import DynamicCache  # here, not on the decoding thread (lazy imports race)
 
         self._cache_class = DynamicCache
+        self._fast = _fast_decoder(self.model)
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._max_sessions = sessions
@@ -472,11 +474,23 @@ class Completer:
         return self._cache_class(config=self.model.config)
 
     def _forward(self, ids: list[int], cache) -> torch.Tensor:
+        if len(ids) == 1 and self._fast is not None:
+            return self._fast.step(ids[0], cache)
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
         # logits_to_keep=1: the vocabulary projection of every prompt position would cost more than
         # the rest of a 1,000-token prefill for a 49k-vocabulary model.
         out = self.model(input_ids=input_ids, **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
+
+
+def _fast_decoder(model):
+    """The lean batch-1 decode step (pruner.sparse.fastdecode) for CPU models it supports, else None.
+    `SUBCODER_FAST_STEP=0` turns it off (every token then goes through the model's forward)."""
+    if os.environ.get("SUBCODER_FAST_STEP", "").strip() == "0" or model.device.type != "cpu":
+        return None
+    from .sparse.fastdecode import FastDecoder
+
+    return FastDecoder.for_model(model)
 
 
 def cache_len(cache) -> int:

@@ -1,0 +1,127 @@
+"""A lean batch-1 decode step for Llama-family models (Llama, Qwen2, Mistral) on the CPU.
+
+Why: with the linear layers on the sparse kernel, a decoded token of Qwen2.5-Coder-0.5B spends about
+16 ms of its ~45 ms outside them, in the Hugging Face forward's per-call machinery (module calls,
+mask and position bookkeeping, output objects, a flash-attention kernel built for long queries)
+-- measured by timing a step whose linears return zeros. For one new token that machinery does
+little: this module runs the same arithmetic as the model's own forward (RMSNorm in fp32 then cast,
+rotary embedding from the model's own rotary module, grouped-query attention with an fp32 softmax,
+SiLU-gated MLP) with a minimum of tensor operations, reading and writing the very `DynamicCache` the
+model uses, so prefill (the model's forward) and decode steps can be mixed freely.
+
+`FastDecoder.for_model(model)` returns None for anything it does not recognise (other families,
+sliding-window attention, other activations, tensor-parallel Llama); callers then use the model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("pruner.sparse")
+
+FAMILIES = ("llama", "qwen2", "mistral")
+
+
+def _why_not(model: nn.Module) -> str | None:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in FAMILIES:
+        return f"model type {getattr(cfg, 'model_type', None)!r} is not one of {', '.join(FAMILIES)}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} (only silu)"
+    if getattr(cfg, "pretraining_tp", 1) != 1:
+        return "pretraining_tp != 1"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ())):
+        return "sliding-window layers"
+    if cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None):
+        return "sliding-window attention"
+    inner = getattr(model, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or any(not hasattr(inner, n) for n in needed) or not hasattr(model, "lm_head"):
+        return "unexpected module layout"
+    for layer in inner.layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if attn is None or mlp is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return "unexpected attention layout"
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "unexpected MLP layout"
+    return None
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The models' RMSNorm exactly: statistics in fp32, cast back, then scaled by the weight."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = t.shape[-1] // 2
+    rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
+    return t * cos + rotated * sin
+
+
+class FastDecoder:
+    """One token in, the next token's logits out, against the model's own KV cache."""
+
+    def __init__(self, model: nn.Module):
+        cfg = model.config
+        self.model = model
+        self.inner = model.model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.group = self.heads // self.kv_heads
+        self.scaling = self.head_dim ** -0.5
+        self.layers = [
+            (
+                layer.input_layernorm.weight, _eps(layer.input_layernorm),
+                layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm),
+                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj,
+            )
+            for layer in self.inner.layers
+        ]
+        self.norm_weight, self.norm_eps = self.inner.norm.weight, _eps(self.inner.norm)
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> FastDecoder | None:
+        reason = _why_not(model)
+        if reason is not None:
+            log.info("fast decode step off: %s; decoding through the model's forward", reason)
+            return None
+        return cls(model)
+
+    @torch.inference_mode()
+    def step(self, token: int, cache) -> torch.Tensor:
+        """Logits (vocab,) for the token after `token`, which is appended to `cache`."""
+        nh, nkv, d, g = self.heads, self.kv_heads, self.head_dim, self.group
+        pos = int(cache.get_seq_length())
+        x = self.inner.embed_tokens(torch.tensor([[token]]))  # (1, 1, hidden)
+        cos, sin = self.inner.rotary_emb(x, torch.tensor([[pos]]))  # (1, 1, d) each
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: (1, 1, 1, d)
+        for i, (w_in, eps_in, q_proj, k_proj, v_proj, o_proj, w_post, eps_post, gate, up, down) in enumerate(self.layers):
+            h = _rms(x, w_in, eps_in)
+            q = _rope(q_proj(h).view(1, nh, 1, d), cos, sin)  # (1, heads, 1, d)
+            k = _rope(k_proj(h).view(1, nkv, 1, d), cos, sin)
+            v = v_proj(h).view(1, nkv, 1, d)
+            keys, values = cache.update(k, v, i)  # (1, kv_heads, positions, d)
+            # Grouped-query attention for one query: head j reads kv head j // group, so the
+            # queries of one group become the rows of one attention call against their shared kv
+            # head -- no repeated keys. One query sees every cached position: no mask. Measured
+            # (1,000 positions, bf16): 65 us, against 960 us for SDPA's own GQA path and 106 us for
+            # matmul + softmax.
+            attn = F.scaled_dot_product_attention(q.view(1, nkv, g, d), keys, values, scale=self.scaling)
+            attn = attn.reshape(1, 1, nh * d)
+            x = x + o_proj(attn)
+            h = _rms(x, w_post, eps_post)
+            x = x + down(F.silu(gate(h)) * up(h))
+        x = _rms(x, self.norm_weight, self.norm_eps)
+        return self.model.lm_head(x)[0, -1]
+
+
+def _eps(norm: nn.Module) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))

@@ -1,0 +1,72 @@
+"""The lean decode step computes what the model's own forward computes, on the model's own cache."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from pruner.sparse.fastdecode import FastDecoder
+from tiny_models import tiny_model
+
+
+def _cache_kw(model, cache):
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_matches_the_models_forward(family, dtype):
+    model = tiny_model(family, seed=3, dtype=dtype)
+    if family == "qwen2":  # q/k/v biases, as Qwen2 checkpoints have them: make them non-zero
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    fast = FastDecoder.for_model(model)
+    assert fast is not None
+    prompt = torch.randint(0, 257, (1, 11), generator=torch.Generator().manual_seed(0))
+    ref_cache, fast_cache = DynamicCache(), DynamicCache()
+    with torch.no_grad():
+        model(input_ids=prompt, use_cache=True, **_cache_kw(model, ref_cache))
+        model(input_ids=prompt, use_cache=True, **_cache_kw(model, fast_cache))
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        for token in (5, 17, 200, 3, 99, 42):
+            want = model(input_ids=torch.tensor([[token]]), use_cache=True, **_cache_kw(model, ref_cache)).logits[0, -1]
+            got = fast.step(token, fast_cache)
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+            assert fast_cache.get_seq_length() == ref_cache.get_seq_length()
+        # the cache it wrote is the model's: the model continues from it as from its own
+        a = model(input_ids=torch.tensor([[7]]), use_cache=True, **_cache_kw(model, ref_cache)).logits[0, -1]
+        b = model(input_ids=torch.tensor([[7]]), use_cache=True, **_cache_kw(model, fast_cache)).logits[0, -1]
+        torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+def test_other_families_are_declined():
+    assert FastDecoder.for_model(tiny_model("gpt_neox")) is None
+
+
+def test_step_on_the_sparse_kernel_matches_dense():
+    from pruner import sparse
+
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    model = tiny_model("qwen2", seed=1, dtype=torch.bfloat16)
+    masks = {n: torch.rand(m.weight.shape) < 0.5 for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and ".layers." in n}
+    with torch.no_grad():
+        for n, keep in masks.items():
+            model.get_submodule(n).weight.mul_(keep)
+    dense_fast = FastDecoder(model)
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    c1, c2 = DynamicCache(), DynamicCache()
+    with torch.no_grad():
+        model(input_ids=prompt, use_cache=True, **_cache_kw(model, c1))
+        want = dense_fast.step(9, c1)
+        sparse.sparsify(model, masks)
+        model(input_ids=prompt, use_cache=True, **_cache_kw(model, c2))
+        got = FastDecoder(model).step(9, c2)
+    torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
