@@ -108,7 +108,7 @@ def bench_prefill(out, inp, sparsity, repeat, gen, batch=512):
     x = torch.randn(batch, inp, generator=gen).to(torch.bfloat16)
     layer = sparse.SparseLinear(*sparse.pack_rows(w, m), (out, inp))
     with torch.no_grad():
-        r = interleaved_ms({"torch": lambda: F.linear(x, w), "sparse": lambda: layer(x)}, repeat, warmup=1)
+        r = interleaved_ms({"torch": lambda: F.linear(x, w), "sparse": lambda: layer(x)}, repeat, warmup=3)
     return r["torch"], r["sparse"]
 
 

@@ -80,7 +80,6 @@ struct ShuffleTable {
   }
 };
 const ShuffleTable g_shuf;
-std::atomic<int> g_variant{1};  // TEMP
 
 inline int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -207,18 +206,10 @@ __attribute__((target(SC_AVX512))) inline void sparse_row_avx512(
   for (; k + 2 <= nwords; k += 2) {
     const uint32_t m0 = mw[k], m1 = mw[k + 1];
     _mm_prefetch(reinterpret_cast<const char*>(v + PREFETCH_VALUES), _MM_HINT_T0);
-    __m512i w0, w1;
-    if (g_variant) {
-      const uint32_t c0 = _mm_popcnt_u32(m0);
-      w0 = _mm512_maskz_expand_epi16(static_cast<__mmask32>(m0), _mm512_loadu_si512(v));
-      w1 = _mm512_maskz_expand_epi16(static_cast<__mmask32>(m1), _mm512_loadu_si512(v + c0));
-      v += c0 + _mm_popcnt_u32(m1);
-    } else {
-    w0 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m0), v);
+    const __m512i w0 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m0), v);
     v += _mm_popcnt_u32(m0);
-    w1 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m1), v);
+    const __m512i w1 = _mm512_maskz_expandloadu_epi16(static_cast<__mmask32>(m1), v);
     v += _mm_popcnt_u32(m1);
-    }
     for (int b = 0; b < NB; ++b) {
       const uint16_t* xb = x + b * xs + 32 * k;
       acc[b][0] = _mm512_dpbf16_ps(acc[b][0], (__m512bh)w0, (__m512bh)_mm512_loadu_si512(xb));
@@ -693,7 +684,6 @@ TORCH_LIBRARY(subcoder_sparse, m) {
         "ScalarType dtype) -> Tensor",
         &expand);
   m.def("best_isa() -> int", &best_isa);
-  m.def("set_variant(int v) -> int", +[](int64_t v) -> int64_t { return g_variant.exchange(int(v)); });
   m.def("get_isa() -> int", &get_isa);
   m.def("set_isa(int isa) -> int", &set_isa);
   m.def("set_gemm_min_batch(int batch) -> int", &set_gemm_min_batch);
