@@ -184,13 +184,26 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+# Fill-in-the-middle layouts. "psm": <prefix>P<suffix>S<middle>; "spm": <suffix>S<prefix>P<middle>.
+# SPM is the default, by measurement twice over (benchmarks/fim_order.py): on the default preset's
+# Python sub-model it passed 11.0% of 200 HumanEval single-line infilling tasks against 3.0% for PSM,
+# and while the user types, everything before the cursor in an SPM prompt (the suffix, then the
+# prefix) stays the same, so the KV cache covers it and only the newly typed tokens are computed --
+# in PSM the suffix comes after the cursor and is recomputed on every keystroke (~120 tokens).
+FIM_ORDERS = ("spm", "psm")
+
+
 class PromptBuilder:
     """Token ids for a prefix/suffix pair within a budget; pure apart from the tokenizer."""
 
-    def __init__(self, tokenizer, fim=None, *, context_tokens: int = 1024, suffix_share: float = 0.125):
+    def __init__(self, tokenizer, fim=None, *, context_tokens: int = 1024, suffix_share: float = 0.125,
+                 order: str = "spm"):
+        if order not in FIM_ORDERS:
+            raise ValueError(f"FIM order must be one of {', '.join(FIM_ORDERS)}, not {order!r}")
         self.tokenizer = tokenizer
         self.context_tokens = int(context_tokens)
         self.suffix_share = suffix_share
+        self.order = order
         self.fim_ids = self._fim_ids(fim)
         self.lead_ids = self._leading_specials()
 
@@ -225,7 +238,10 @@ class PromptBuilder:
         prefix_ids, cut = self._tail(prefix, budget - len(suffix_ids), anchor)
         if self.fim_ids:
             p, s, m = self.fim_ids
-            ids = (*self.lead_ids, p, *prefix_ids, s, *suffix_ids, m)
+            if self.order == "spm":
+                ids = (*self.lead_ids, s, *suffix_ids, p, *prefix_ids, m)
+            else:
+                ids = (*self.lead_ids, p, *prefix_ids, s, *suffix_ids, m)
         else:
             ids = (*self.lead_ids, *prefix_ids)
         return Prompt(ids, len(prefix_ids), len(suffix_ids), self.fim_ids is not None, cut)

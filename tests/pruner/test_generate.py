@@ -92,8 +92,13 @@ def test_prompt_fim_layout_and_budget(tokenizer):
     vocab = tokenizer.get_vocab()
     prompt = builder.build(CODE, "print(1)\n" * 100)
     assert prompt.fim and len(prompt.ids) <= 128
-    assert prompt.ids[0] == vocab["<|fim_prefix|>"] and prompt.ids[-1] == vocab["<|fim_middle|>"]
+    # SPM (the default): the suffix first, then the prefix, so typing only appends to the prompt
+    assert prompt.ids[0] == vocab["<|fim_suffix|>"] and prompt.ids[-1] == vocab["<|fim_middle|>"]
+    assert prompt.ids[1 + prompt.suffix_tokens] == vocab["<|fim_prefix|>"]
     assert 0 < prompt.suffix_tokens <= 128 // 8
+    psm = PromptBuilder(tokenizer, FIM, context_tokens=128, order="psm").build(CODE, "print(1)\n" * 100)
+    assert psm.ids[0] == vocab["<|fim_prefix|>"] and psm.ids[1 + psm.prefix_tokens] == vocab["<|fim_suffix|>"]
+    assert sorted(psm.ids) == sorted(prompt.ids)
     assert CODE[prompt.cut - 1] == "\n", "the prefix is cut at a line start"
     plain = PromptBuilder(tokenizer, None, context_tokens=128).build("def f(", "x)")
     assert not plain.fim and tokenizer.decode(list(plain.ids)) == "def f("
@@ -106,6 +111,19 @@ def test_prompt_cut_is_stable_while_typing(tokenizer):
     typed = builder.build(CODE + "def g(", "", anchor=anchor)
     assert typed.cut == first.cut
     assert typed.ids[: first.prefix_tokens - 1] == first.ids[: first.prefix_tokens - 1]
+
+
+def test_spm_prompt_grows_only_at_its_end_while_typing(tokenizer):
+    """What makes typing cheap: the previous prompt (less its last token or two, where the newly typed
+    characters merge) is a prefix of the next one, suffix included."""
+    builder = PromptBuilder(tokenizer, FIM, context_tokens=256)
+    suffix = "\n    return total\n\n\nprint(f(3))\n"
+    first = builder.build(CODE + "    total = ", suffix)
+    anchor = (first.cut, (CODE + "    total = ")[: first.cut])
+    typed = builder.build(CODE + "    total = sum(", suffix, anchor=anchor)
+    keep = len(first.ids) - 3  # the <middle> token and the last prefix tokens may change
+    assert typed.ids[:keep] == first.ids[:keep]
+    assert typed.suffix_tokens == first.suffix_tokens > 0
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -141,7 +159,7 @@ def test_greedy_matches_generate(which, request):
 def test_kv_reuse_gives_the_same_text_as_a_cold_run(loaded):
     warm = Completer(loaded, context_tokens=1024, follow_typing=False)
     prefix = CODE[:1500]  # fits the budget whole, so cold and warm prompts are the same
-    first = warm.complete(prefix, "", max_new_tokens=8, mode="multi-line", key="doc")
+    first = warm.complete(prefix, "\n", max_new_tokens=8, mode="multi-line", key="doc")
     assert first.reused_tokens == 0
     for typed in ("d", "de", "def", "def h(x", "def h(x):\n    "):
         got = warm.complete(prefix + typed, "\n", max_new_tokens=8, mode="multi-line", key="doc")
