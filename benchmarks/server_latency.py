@@ -357,7 +357,7 @@ def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) 
     from pruner.models import load_model
 
     loaded = load_model(model_name, sparse=False)
-    helper = Completer(loaded)  # prompt building and stop tokens only
+    helper = Completer(loaded, fim_order=fim_order)  # prompt building and stop tokens only
     model = loaded.model
     times = []
     for req in requests:
@@ -406,15 +406,18 @@ def preset_gguf(name: str, keep_dir: Path | None = None) -> Path:
     return target
 
 
-def run_llama(gguf: Path, model_name: str, requests: list[Request], max_new_tokens: int, threads: int) -> list[float]:
-    """llama.cpp through llama-cpp-python: same prompt ids and stop rules, prompt caching on."""
+def run_llama(gguf: Path, model_name: str, requests: list[Request], max_new_tokens: int, threads: int,
+              fim_order: str = "psm") -> list[float]:
+    """llama.cpp through llama-cpp-python: the same stop rules, prompt caching on. Prompts in
+    `fim_order`: PSM by default, the layout llama.cpp's own infill endpoint builds (what llama.vscode
+    users run); with "spm" the prompt ids are the server's exactly."""
     from llama_cpp import Llama, LlamaRAMCache
 
     from pruner.generate import Completer, StopRule, resolve_mode
     from pruner.models import load_model
 
     loaded = load_model(model_name, sparse=False)
-    helper = Completer(loaded)  # prompt building (the same ids: the tokenizer was converted from this GGUF)
+    helper = Completer(loaded, fim_order=fim_order)  # prompt building (the same ids: the tokenizer was converted from this GGUF)
     tokenizer = loaded.tokenizer
     del loaded
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
@@ -488,6 +491,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=48, help="as the server's default setting")
     p.add_argument("--engines", default="server,generate,llama")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--llama-fim-order", choices=("psm", "spm"), default="psm",
+                   help="FIM layout for llama.cpp's prompts (default psm: what its infill endpoint builds)")
     p.add_argument("--gguf", help="the model's GGUF file for llama.cpp (default: the preset's, assembled once)")
     p.add_argument("--write", metavar="MD", help="replace the 'Completion latency' section of this file")
     p.add_argument("--json", metavar="FILE", help="write every request's figures here")
@@ -561,8 +566,9 @@ def main(argv=None) -> int:
             else:
                 gguf = Path(args.gguf) if args.gguf else preset_gguf(args.model)
                 print(f"llama.cpp replay ({gguf.name}) ...", file=sys.stderr)
-                name = f"llama.cpp ({args.threads} threads, prompt cache)"
-                results[name] = run_llama(gguf, args.model, requests, args.max_new_tokens, args.threads)
+                name = f"llama.cpp ({args.threads} threads, prompt cache, {args.llama_fim_order.upper()})"
+                results[name] = run_llama(gguf, args.model, requests, args.max_new_tokens, args.threads,
+                                          args.llama_fim_order)
                 loads[name] = load_avg()
                 checkpoint()
 

@@ -336,14 +336,15 @@ class Completer:
     """
 
     def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, results: int = 64,
-                 follow_typing: bool = True):
+                 follow_typing: bool = True, fim_order: str = "spm"):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.info = getattr(loaded, "info", None)
         self.model.eval()
         max_pos = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         self.context_tokens = int(min(context_tokens, max_pos - 256))
-        self.prompts = PromptBuilder(self.tokenizer, getattr(self.info, "fim", None), context_tokens=self.context_tokens)
+        self.prompts = PromptBuilder(self.tokenizer, getattr(self.info, "fim", None), context_tokens=self.context_tokens,
+                                     order=fim_order)
         self.stop_ids = self._stop_ids()
         # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes away).
         params = inspect.signature(self.model.forward).parameters

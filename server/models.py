@@ -64,7 +64,8 @@ class ModelSet:
             return self.base if allow_base else None
 
 
-def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_tokens: int, cache_dir=None) -> Completer:
+def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_tokens: int, cache_dir=None,
+                   fim_order: str = "spm") -> Completer:
     """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError."""
     import torch
 
@@ -73,4 +74,4 @@ def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_model(name, dtype=dtype, device=device, sparse=None if sparse else False, cache_dir=cache_dir or None)
-    return Completer(loaded, context_tokens=context_tokens)
+    return Completer(loaded, context_tokens=context_tokens, fim_order=fim_order)

@@ -171,7 +171,7 @@ class SubcoderServer(LanguageServer):
             try:
                 completer = load_completer(settings.model, dtype=settings.dtype, device=settings.device,
                                            sparse=False, context_tokens=settings.context_tokens,
-                                           cache_dir=settings.cache_dir)
+                                           cache_dir=settings.cache_dir, fim_order=settings.fim_order)
                 return Served(completer, None)
             except SubcoderError as exc:
                 return exc
@@ -242,7 +242,7 @@ class SubcoderServer(LanguageServer):
         try:
             completer = await loop.run_in_executor(self._background, lambda: load_completer(
                 path, dtype=settings.dtype, device=settings.device, sparse=settings.sparse_kernel,
-                context_tokens=settings.context_tokens))
+                context_tokens=settings.context_tokens, fim_order=settings.fim_order))
         except SubcoderError as exc:
             # A corrupt or unreadable entry: delete it so the next attempt rebuilds.
             log.warning("sub-model %s did not load (%s): removing the cache entry", key, exc)

@@ -33,6 +33,7 @@ class Settings:
     dtype: str = "auto"  # auto | bfloat16 | float32 (auto: bf16 only where the CPU has it natively)
     max_new_tokens: int = 48
     completion_mode: str = "auto"  # auto | single-line | multi-line
+    fim_order: str = "spm"  # spm | psm: fill-in-the-middle prompt layout (pruner.generate.FIM_ORDERS)
     cache_dir: str = ""  # "" = the platform's user cache
     cache_size_limit_mb: int = 4096
     log_level: str = "info"
@@ -52,7 +53,7 @@ class Settings:
 
     def model_fields(self) -> tuple:
         """The settings that change how the models are loaded."""
-        return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir)
+        return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir, self.fim_order)
 
 
 def _camel(name: str) -> str:
@@ -121,6 +122,7 @@ _CHECKS = {
     "dtype": _choice(("auto", "bfloat16", "float32")),
     "max_new_tokens": _number(int, 1, 1024),
     "completion_mode": _choice(("auto", "single-line", "multi-line")),
+    "fim_order": _choice(("spm", "psm")),
     "cache_dir": _string,
     "cache_size_limit_mb": _number(int, 16, 1 << 22),
     "log_level": _choice(LOG_LEVELS),

@@ -20,6 +20,7 @@ export interface ServerSettings {
     dtype: string;
     maxNewTokens: number;
     completionMode: string;
+    fimOrder: string;
     cacheDir: string;
     cacheSizeLimitMB: number;
     logLevel: string;
@@ -42,6 +43,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     dtype: 'auto',
     maxNewTokens: 48,
     completionMode: 'auto',
+    fimOrder: 'spm',
     cacheDir: '',
     cacheSizeLimitMB: 4096,
     logLevel: 'info',

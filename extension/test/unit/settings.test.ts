@@ -20,7 +20,7 @@ test('defaults follow the LSP contract', () => {
         model: '', sparsity: 0.5, pattern: 'unstructured', method: 'wanda',
         calibration: 'corpus', mixRatio: 0.5,
         languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
-        device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', cacheDir: '',
+        device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'spm', cacheDir: '',
         cacheSizeLimitMB: 4096, logLevel: 'info', sparseKernel: true, serveBaseModelWhileBuilding: true,
         contextTokens: 1024, calibrationSamples: 32, calibrationSeqLen: 512,
     });
