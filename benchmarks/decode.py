@@ -263,17 +263,10 @@ SECTION = "## End-to-end decode"
 
 
 def write_section(path: Path, lines: list[str], argv) -> None:
+    from _report import write_block
+
     cmd = ("python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-    block = "\n".join([BEGIN, "", f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')})", "", *lines, "", END])
-    text = path.read_text() if path.exists() else "# Performance\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    elif SECTION in text:
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + "\n\n" + block + "\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(text)
+    write_block(path, SECTION, BEGIN, END, [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')})", "", *lines])
 
 
 if __name__ == "__main__":

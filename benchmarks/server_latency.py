@@ -357,7 +357,7 @@ def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) 
     from pruner.models import load_model
 
     loaded = load_model(model_name, sparse=False)
-    helper = Completer(loaded, fim_order=fim_order)  # prompt building and stop tokens only
+    helper = Completer(loaded)  # prompt building and stop tokens only (the server's layout)
     model = loaded.model
     times = []
     for req in requests:
