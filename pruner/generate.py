@@ -488,7 +488,9 @@ class Completer:
             raise
 
     def _new_cache(self):
-        return self._cache_class(config=self.model.config)
+        from .kvcache import new_cache
+
+        return new_cache(self.model.config)
 
     def _forward(self, ids: list[int], cache) -> torch.Tensor:
         if len(ids) == 1 and self._fast is not None:

@@ -86,6 +86,11 @@ class FastDecoder:
             for layer in self.inner.layers
         ]
         self.norm_weight, self.norm_eps = self.inner.norm.weight, _eps(self.inner.norm)
+        from ._build import active_ops
+
+        ops = active_ops()  # fused RMSNorm and rotary ops when the kernel library is loaded
+        self._rms = ops.rms_norm if ops is not None else _rms
+        self._rope = ops.rope if ops is not None else _rope
 
     @classmethod
     def for_model(cls, model: nn.Module) -> FastDecoder | None:
@@ -103,10 +108,11 @@ class FastDecoder:
         x = self.inner.embed_tokens(torch.tensor([[token]]))  # (1, 1, hidden)
         cos, sin = self.inner.rotary_emb(x, torch.tensor([[pos]]))  # (1, 1, d) each
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: (1, 1, 1, d)
+        rms, rope = self._rms, self._rope
         for i, (w_in, eps_in, q_proj, k_proj, v_proj, o_proj, w_post, eps_post, gate, up, down) in enumerate(self.layers):
-            h = _rms(x, w_in, eps_in)
-            q = _rope(q_proj(h).view(1, nh, 1, d), cos, sin)  # (1, heads, 1, d)
-            k = _rope(k_proj(h).view(1, nkv, 1, d), cos, sin)
+            h = rms(x, w_in, eps_in)
+            q = rope(q_proj(h).view(1, nh, 1, d), cos, sin)  # (1, heads, 1, d)
+            k = rope(k_proj(h).view(1, nkv, 1, d), cos, sin)
             v = v_proj(h).view(1, nkv, 1, d)
             keys, values = cache.update(k, v, i)  # (1, kv_heads, positions, d)
             # Grouped-query attention for one query: head j reads kv head j // group, so the
@@ -117,9 +123,9 @@ class FastDecoder:
             attn = F.scaled_dot_product_attention(q.view(1, nkv, g, d), keys, values, scale=self.scaling)
             attn = attn.reshape(1, 1, nh * d)
             x = x + o_proj(attn)
-            h = _rms(x, w_post, eps_post)
+            h = rms(x, w_post, eps_post)
             x = x + down(F.silu(gate(h)) * up(h))
-        x = _rms(x, self.norm_weight, self.norm_eps)
+        x = rms(x, self.norm_weight, self.norm_eps)
         return self.model.lm_head(x)[0, -1]
 
 

@@ -26,6 +26,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -672,6 +673,87 @@ int64_t set_isa(int64_t isa) {
 }
 int64_t set_gemm_min_batch(int64_t b) { return g_gemm_min_batch.exchange(std::max<int64_t>(1, b)); }
 
+// ---------------------------------------------------------------------------------------------
+// Decode-step helpers (pruner/sparse/fastdecode.py): one fused call where the model's code makes
+// 6-8 tiny tensor operations, each rounding exactly where the model's own code rounds, so results
+// match the eager forward. A decoded token of a 24-layer model makes ~800 such operations, ~2 us
+// of dispatch each.
+// ---------------------------------------------------------------------------------------------
+
+inline float bf16_round(float v) { return static_cast<float>(c10::BFloat16(v)); }
+
+// Llama/Qwen RMSNorm: statistics in fp32, normalised value cast back to the input dtype, then
+// multiplied by the weight (a bf16 x bf16 product rounds to bf16, as torch's does).
+at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& weight_in, double eps) {
+  TORCH_CHECK(x_in.is_cpu() && (x_in.scalar_type() == at::kBFloat16 || x_in.scalar_type() == at::kFloat),
+              "subcoder_sparse: rms_norm input must be a CPU bf16 or fp32 tensor");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t H = x.size(-1), rows = x.numel() / std::max<int64_t>(H, 1);
+  TORCH_CHECK(weight_in.numel() == H, "subcoder_sparse: rms_norm weight has ", weight_in.numel(), " entries, expected ", H);
+  const at::Tensor w = weight_in.to(at::kFloat).contiguous();
+  const bool w_bf16 = weight_in.scalar_type() == at::kBFloat16;
+  const bool x_bf16 = x.scalar_type() == at::kBFloat16;
+  // torch promotes weight * hidden: bf16 * bf16 -> bf16, fp32 anywhere -> fp32
+  const bool out_bf16 = x_bf16 && w_bf16;
+  at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
+  const float* wp = w.data_ptr<float>();
+  std::vector<float> row(H);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (x_bf16) {
+      const c10::BFloat16* xp = x.data_ptr<c10::BFloat16>() + r * H;
+      for (int64_t i = 0; i < H; ++i) row[i] = static_cast<float>(xp[i]);
+    } else {
+      std::memcpy(row.data(), x.data_ptr<float>() + r * H, H * 4);
+    }
+    float ss = 0.f;
+    for (int64_t i = 0; i < H; ++i) ss += row[i] * row[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(H) + static_cast<float>(eps));
+    if (out_bf16) {
+      c10::BFloat16* yp = y.data_ptr<c10::BFloat16>() + r * H;
+      for (int64_t i = 0; i < H; ++i) yp[i] = c10::BFloat16(wp[i] * bf16_round(row[i] * inv));
+    } else {
+      float* yp = y.data_ptr<float>() + r * H;
+      for (int64_t i = 0; i < H; ++i) {
+        const float n = x_bf16 ? bf16_round(row[i] * inv) : row[i] * inv;
+        yp[i] = wp[i] * n;
+      }
+    }
+  }
+  return y;
+}
+
+// Rotary embedding of (..., d) rows in place of the model's `t * cos + rotate_half(t) * sin`:
+// cos and sin hold d values shared by every row; bf16 inputs round after each product and the sum.
+at::Tensor rope(const at::Tensor& t_in, const at::Tensor& cos_in, const at::Tensor& sin_in) {
+  TORCH_CHECK(t_in.is_cpu() && (t_in.scalar_type() == at::kBFloat16 || t_in.scalar_type() == at::kFloat),
+              "subcoder_sparse: rope input must be a CPU bf16 or fp32 tensor");
+  const at::Tensor t = t_in.contiguous();
+  const int64_t d = t.size(-1), rows = t.numel() / std::max<int64_t>(d, 1), half = d / 2;
+  TORCH_CHECK(d % 2 == 0 && cos_in.numel() == d && sin_in.numel() == d, "subcoder_sparse: rope needs d even and cos/sin of d values");
+  const at::Tensor c = cos_in.to(at::kFloat).contiguous(), sn = sin_in.to(at::kFloat).contiguous();
+  const float* cp = c.data_ptr<float>();
+  const float* sp = sn.data_ptr<float>();
+  at::Tensor y = at::empty_like(t);
+  const bool bf = t.scalar_type() == at::kBFloat16;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < d; ++i) {
+      float v, rot;
+      if (bf) {
+        const c10::BFloat16* tp = t.data_ptr<c10::BFloat16>() + r * d;
+        v = static_cast<float>(tp[i]);
+        rot = i < half ? -static_cast<float>(tp[i + half]) : static_cast<float>(tp[i - half]);
+        y.data_ptr<c10::BFloat16>()[r * d + i] = c10::BFloat16(bf16_round(v * cp[i]) + bf16_round(rot * sp[i]));
+      } else {
+        const float* tp = t.data_ptr<float>() + r * d;
+        v = tp[i];
+        rot = i < half ? -tp[i + half] : tp[i - half];
+        y.data_ptr<float>()[r * d + i] = v * cp[i] + rot * sp[i];
+      }
+    }
+  }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(subcoder_sparse, m) {
@@ -683,6 +765,8 @@ TORCH_LIBRARY(subcoder_sparse, m) {
   m.def("expand(Tensor mask, Tensor values, Tensor row_offsets, int in_features, int r0, int r1, "
         "ScalarType dtype) -> Tensor",
         &expand);
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm);
+  m.def("rope(Tensor t, Tensor cos, Tensor sin) -> Tensor", &rope);
   m.def("best_isa() -> int", &best_isa);
   m.def("get_isa() -> int", &get_isa);
   m.def("set_isa(int isa) -> int", &set_isa);

@@ -70,3 +70,65 @@ def test_step_on_the_sparse_kernel_matches_dense():
         model(input_ids=prompt, use_cache=True, **_cache_kw(model, c2))
         got = FastDecoder(model).step(9, c2)
     torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_growing_cache_matches_the_dynamic_cache_through_crops():
+    """Prefill, single steps (fast path and model), a crop back into the prompt, then more tokens:
+    the growing cache's logits match transformers' own DynamicCache at every step."""
+    from pruner.kvcache import GrowingLayer, new_cache
+
+    model = tiny_model("qwen2", seed=5)
+    fast = FastDecoder(model)
+    ref, grow = DynamicCache(), new_cache(model.config)
+    assert all(isinstance(layer, GrowingLayer) for layer in grow.layers)
+    prompt = torch.randint(0, 257, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for cache in (ref, grow):
+            model(input_ids=prompt, use_cache=True, **_cache_kw(model, cache))
+        for step, token in enumerate([3, 9, 27, 81] * 70):  # past the first capacity (256 positions)
+            if step == 100:
+                ref.crop(-30)
+                grow.crop(-30)
+            a = model(input_ids=torch.tensor([[token]]), use_cache=True, **_cache_kw(model, ref)).logits[0, -1]
+            b = fast.step(token, grow) if step % 2 else \
+                model(input_ids=torch.tensor([[token]]), use_cache=True, **_cache_kw(model, grow)).logits[0, -1]
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+            assert grow.get_seq_length() == ref.get_seq_length()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_norm_and_rotary_match_the_models_arithmetic(dtype):
+    """The kernel library's rms_norm/rope round where the model's eager code rounds."""
+    from pruner import sparse
+    from pruner.sparse._build import active_ops
+    from pruner.sparse.fastdecode import _rms, _rope
+
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    ops = active_ops()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 896, generator=g) * 4).to(dtype)
+    w = (torch.randn(896, generator=g)).to(dtype)
+    want, got = _rms(x, w, 1e-6), ops.rms_norm(x, w, 1e-6)
+    assert got.dtype == want.dtype
+    # the sum of squares may be added up in another order: at most one rounding step apart
+    torch.testing.assert_close(got.float(), want.float(), atol=0, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+    t = torch.randn(1, 14, 1, 64, generator=g).to(dtype)
+    cos, sin = torch.randn(1, 1, 1, 64, generator=g).to(dtype), torch.randn(1, 1, 1, 64, generator=g).to(dtype)
+    assert torch.equal(ops.rope(t, cos, sin), _rope(t, cos, sin))
+
+
+def test_step_without_the_kernel_library(monkeypatch):
+    """SUBCODER_SPARSE=0: the step falls back to plain torch operations and still matches."""
+    monkeypatch.setenv("SUBCODER_SPARSE", "0")
+    model = tiny_model("llama", seed=2)
+    fast = FastDecoder(model)
+    prompt = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    c1, c2 = DynamicCache(), DynamicCache()
+    with torch.no_grad():
+        model(input_ids=prompt, use_cache=True, **_cache_kw(model, c1))
+        model(input_ids=prompt, use_cache=True, **_cache_kw(model, c2))
+        want = model(input_ids=torch.tensor([[7]]), use_cache=True, **_cache_kw(model, c1)).logits[0, -1]
+        got = fast.step(7, c2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
