@@ -350,9 +350,9 @@ class Completer:
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.stats = _Stats()
-        from transformers import DynamicCache  # here, not on the decoding thread (lazy imports race)
+        from .kvcache import new_cache  # here, not on the decoding thread (lazy imports race)
 
-        self._cache_class = DynamicCache
+        self._cache_factory = new_cache
         self._fast = _fast_decoder(self.model)
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
@@ -488,9 +488,7 @@ class Completer:
             raise
 
     def _new_cache(self):
-        from .kvcache import new_cache
-
-        return new_cache(self.model.config)
+        return self._cache_factory(self.model.config)
 
     def _forward(self, ids: list[int], cache) -> torch.Tensor:
         if len(ids) == 1 and self._fast is not None:
