@@ -10,7 +10,8 @@ The sub-model is the preset's 50% Wanda sub-model for `--language`, built with t
              PyTorch (exactly as fast as the unpruned base model: zeros cost what any weight costs)
   sparse  -- the pruned linears on the sparse kernel (packed mask + values, no dense copy), lm_head
              on the dense bf16 matvec kernel, each token through the lean decode step
-             (pruner.sparse.fastdecode); what `subcoder generate` and the server run. Also shown
+             (pruner.sparse.fastdecode) on the growing KV cache (pruner.kvcache); what
+             `subcoder generate` and the server run. Also shown
              through the model's own forward, so the kernel's and the step's gains read apart
   llama   -- llama.cpp (llama-cpp-python) on the preset's own GGUF (quantized, not pruned), the
              engine most local-completion extensions use; skipped when it is not installed
@@ -73,11 +74,14 @@ def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: in
     """One round: long prefill, short prefill, then greedy decode (through `fast.step` when given)."""
     from transformers import DynamicCache
 
+    from pruner.kvcache import new_cache
+
     arg = _cache_arg(model)
     t0 = time.perf_counter()
     model(input_ids=torch.tensor([long_ids]), use_cache=False, logits_to_keep=1)
     pre_long = time.perf_counter() - t0
-    cache = DynamicCache()
+    # the lean step runs with the cache the Completer gives it; the model's own forward with its own
+    cache = new_cache(model.config) if fast is not None else DynamicCache()
     t0 = time.perf_counter()
     logits = model(input_ids=torch.tensor([short_ids]), use_cache=True, logits_to_keep=1, **{arg: cache}).logits[0, -1]
     pre_short = time.perf_counter() - t0
