@@ -185,11 +185,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 # Fill-in-the-middle layouts. "psm": <prefix>P<suffix>S<middle>; "spm": <suffix>S<prefix>P<middle>.
-# SPM is the default, by measurement twice over (benchmarks/fim_order.py): on the default preset's
-# Python sub-model it passed 11.0% of 200 HumanEval single-line infilling tasks against 3.0% for PSM,
-# and while the user types, everything before the cursor in an SPM prompt (the suffix, then the
-# prefix) stays the same, so the KV cache covers it and only the newly typed tokens are computed --
-# in PSM the suffix comes after the cursor and is recomputed on every keystroke (~120 tokens).
+# SPM is the default (benchmarks/fim_order.py, docs/PERFORMANCE.md): on the default preset's Python
+# sub-model -- what the server serves -- it passed 11.0% of 200 HumanEval single-line infilling tasks
+# against 3.0% for PSM (the dense base ranks them the other way: 5.0% vs 12.5%), and while the user
+# types, everything before the cursor in an SPM prompt (the suffix, then the prefix) stays the same,
+# so the KV cache covers it and only the newly typed tokens are computed; in PSM the suffix comes
+# after the cursor and is recomputed on every keystroke (~120 tokens).
 FIM_ORDERS = ("spm", "psm")
 
 
