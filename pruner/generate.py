@@ -325,6 +325,8 @@ class _Stats:
     typed_ahead: int = 0
     reused_tokens: int = 0
     prompt_tokens: int = 0
+    drafted: int = 0  # speculative draft tokens verified
+    accepted: int = 0  # of which the model confirmed
 
 
 class Completer:
@@ -337,7 +339,7 @@ class Completer:
     """
 
     def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, results: int = 64,
-                 follow_typing: bool = True, fim_order: str = "spm"):
+                 follow_typing: bool = True, fim_order: str = "spm", speculate: bool | None = None):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.info = getattr(loaded, "info", None)
@@ -355,6 +357,11 @@ class Completer:
 
         self._cache_factory = new_cache
         self._fast = _fast_decoder(self.model)
+        if speculate is None:
+            speculate = os.environ.get("SUBCODER_SPECULATE", "").strip() != "0"
+        # Draft tokens from the context, verified several at a time (pruner.speculate): the same
+        # greedy tokens, fewer passes over the weights. Needs the fused decode step to verify.
+        self.speculate = bool(speculate) and self._fast is not None and self._fast.fused
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._max_sessions = sessions
@@ -468,8 +475,17 @@ class Completer:
             stop = StopRule(mode, prefix, suffix)
             generated: list[int] = []
             text, reason = "", "length"
-            for _ in range(max_new_tokens):
-                token = int(torch.argmax(logits))
+            lookup = None
+            if self.speculate:
+                from .speculate import PromptLookup
+
+                previous = session.ids[max(0, reused - 8):] if session is not None else ()
+                lookup = PromptLookup(ids, previous)
+            # Tokens known to come next, in order: all but the last are already in the cache
+            # (confirmed drafts); the last is the argmax after them, not yet fed.
+            confirmed = [int(torch.argmax(logits))]
+            while True:
+                token = confirmed.pop(0)
                 if token in self.stop_ids:
                     reason = "stop-token"
                     break
@@ -478,15 +494,44 @@ class Completer:
                 if (keep := stop.check(text)) is not None:
                     text, reason = text[:keep], ("line" if mode == "single-line" else "block")
                     break
+                if len(generated) >= max_new_tokens:
+                    break
+                if confirmed:
+                    continue  # a confirmed draft: in the cache already, and its successor is known
                 _check(cancel)
-                logits = self._forward([token], cache)
-                fed.append(token)
+                draft = []
+                if lookup is not None:
+                    lookup.extend([token])
+                    draft = lookup.propose()[: max_new_tokens - len(generated)]
+                if draft:
+                    confirmed = self._verify(token, draft, cache, fed, lookup)
+                else:
+                    logits = self._forward([token], cache)
+                    fed.append(token)
+                    confirmed = [int(torch.argmax(logits))]
             return text, len(generated), reused, reason
         except BaseException:
             # The cache holds exactly `fed`; anything else (an exception mid-forward) leaves it unknown.
             if cache_len(cache) != len(fed):
                 self._sessions.pop(key, None)
             raise
+
+    def _verify(self, token: int, draft: list[int], cache, fed: list[int], lookup) -> list[int]:
+        """Feed `token` and the draft in one pass; keep the draft's confirmed prefix in the cache.
+        Returns the confirmed draft tokens followed by the model's own next token."""
+        logits = self._fast.verify([token, *draft], cache)
+        best = torch.argmax(logits, dim=-1).tolist()  # best[j]: the greedy token after draft[:j]
+        j = 0
+        while j < len(draft) and best[j] == draft[j]:
+            j += 1
+        _crop(cache, len(fed) + 1 + j)  # drop the refuted draft tokens' keys and values
+        fed.append(token)
+        fed.extend(draft[:j])
+        lookup.extend(draft[:j])
+        lookup.feedback(len(draft), j)
+        self.stats.drafted += len(draft)
+        self.stats.accepted += j
+        return [*draft[:j], best[j]]
 
     def _new_cache(self):
         return self._cache_factory(self.model.config)

@@ -33,21 +33,39 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = self.get_seq_length()
         t = key_states.shape[-2]
-        if not self._is_view_of_buffer() or n + t > self._k.shape[-2] or self._k.dtype != key_states.dtype:
+        k, v = self._room(n, t, key_states, value_states)
+        k[:, :, n : n + t].copy_(key_states)
+        v[:, :, n : n + t].copy_(value_states)
+        self.advance(t)
+        return self.keys, self.values
+
+    def _room(self, n: int, t: int, like_k: torch.Tensor, like_v: torch.Tensor):
+        """The buffers, grown (doubling) when `n + t` positions would not fit or were never buffers."""
+        if not self._is_view_of_buffer() or n + t > self._k.shape[-2] or self._k.dtype != like_k.dtype:
             # (Re)allocate: first use, full, or the views were replaced from outside (batch ops).
-            b, h, _, d = key_states.shape
+            b, h, _, d = like_k.shape
             cap = max(MIN_CAPACITY, 2 * (n + t))
-            k = key_states.new_empty((b, h, cap, d))
-            v = value_states.new_empty((b, h, cap, value_states.shape[-1]))
+            k = like_k.new_empty((b, h, cap, d))
+            v = like_v.new_empty((b, h, cap, like_v.shape[-1]))
             if n:
                 k[:, :, :n].copy_(self.keys)
                 v[:, :, :n].copy_(self.values)
             self._k, self._v = k, v
-        self._k[:, :, n : n + t].copy_(key_states)
-        self._v[:, :, n : n + t].copy_(value_states)
-        self.keys = self._k[:, :, : n + t]
-        self.values = self._v[:, :, : n + t]
-        return self.keys, self.values
+            self.keys, self.values = k[:, :, :n], v[:, :, :n]
+        return self._k, self._v
+
+    def reserve(self, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Buffers with room for `t` more positions, for a caller that writes them itself and then
+        calls `advance(t)` (the fused decode step); None before the layer has seen any keys."""
+        if not self.is_initialized or self.keys is None or self.keys.dim() != 4:
+            return None
+        return self._room(self.get_seq_length(), t, self.keys, self.values)
+
+    def advance(self, t: int) -> None:
+        """Take `t` more buffered positions into the cache (they were written at its end)."""
+        n = self.keys.shape[-2] + t
+        self.keys = self._k[:, :, :n]
+        self.values = self._v[:, :, :n]
 
     def reset(self) -> None:
         self._k = self._v = None

@@ -9,6 +9,11 @@ rotary embedding from the model's own rotary module, grouped-query attention wit
 SiLU-gated MLP) with a minimum of tensor operations, reading and writing the very `DynamicCache` the
 model uses, so prefill (the model's forward) and decode steps can be mixed freely.
 
+Where the kernel library is loaded and the cache is a `pruner.kvcache` growing cache, the whole
+stack of layers runs as one C++ call (`decode_layers` in kernel.cpp: the same operators in the same
+order, so bit-identical results) -- the Python interpreter between ~15 tiny operators per layer was
+a third of the step. `SUBCODER_FUSED_STEP=0` keeps the per-operator Python loop.
+
 `FastDecoder.for_model(model)` returns None for anything it does not recognise (other families,
 sliding-window attention, other activations, tensor-parallel Llama); callers then use the model.
 """
@@ -16,10 +21,13 @@ sliding-window attention, other activations, tensor-parallel Llama); callers the
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._build import active_ops
 
 log = logging.getLogger("pruner.sparse")
 
@@ -86,11 +94,13 @@ class FastDecoder:
             for layer in self.inner.layers
         ]
         self.norm_weight, self.norm_eps = self.inner.norm.weight, _eps(self.inner.norm)
-        from ._build import active_ops
-
         ops = active_ops()  # fused RMSNorm and rotary ops when the kernel library is loaded
         self._rms = ops.rms_norm if ops is not None else _rms
         self._rope = ops.rope if ops is not None else _rope
+        self._fused = _fused_plan(self.layers) if ops is not None and hasattr(ops, "decode_layers") else None
+        if self._fused is not None and os.environ.get("SUBCODER_FUSED_STEP", "").strip() == "0":
+            self._fused = None
+        self._ops = ops
 
     @classmethod
     def for_model(cls, model: nn.Module) -> FastDecoder | None:
@@ -99,6 +109,34 @@ class FastDecoder:
             log.info("fast decode step off: %s; decoding through the model's forward", reason)
             return None
         return cls(model)
+
+    @property
+    def fused(self) -> bool:
+        """Whether steps (and `verify`) run as one C++ call when the cache allows it."""
+        return self._fused is not None and active_ops() is not None
+
+    @torch.inference_mode()
+    def verify(self, tokens: list[int], cache) -> torch.Tensor | None:
+        """Logits (len(tokens), vocab) after each of `tokens`, all appended to `cache` in one pass
+        (draft verification for speculative decoding); None when the fused step cannot run here."""
+        pos = int(cache.get_seq_length())
+        x = self.inner.embed_tokens(torch.tensor([tokens]))  # (1, T, hidden)
+        cos, sin = self.inner.rotary_emb(x, torch.arange(pos, pos + len(tokens)).unsqueeze(0))  # (1, T, d)
+        return self._fused_run(tokens, x, cos, sin, pos, cache)
+
+    def _fused_run(self, tokens, x, cos, sin, pos, cache) -> torch.Tensor | None:
+        buffers = self._fused and active_ops() is not None and _kv_buffers(cache, len(self.layers), len(tokens))
+        if not buffers:
+            return None
+        params, kinds, eps = self._fused
+        t = len(tokens)
+        x = self._ops.decode_layers(x.reshape(t, -1), params, kinds, buffers[0], buffers[1], pos,
+                                    cos.reshape(t, -1), sin.reshape(t, -1), self.heads, self.kv_heads, eps,
+                                    self.scaling)
+        for layer in cache.layers:
+            layer.advance(t)
+        x = self._rms(x.view(1, t, -1), self.norm_weight, self.norm_eps)
+        return self.model.lm_head(x)[0]
 
     @torch.inference_mode()
     def step(self, token: int, cache) -> torch.Tensor:
@@ -109,6 +147,8 @@ class FastDecoder:
         cos, sin = self.inner.rotary_emb(x, torch.tensor([[pos]]))  # (1, 1, d) each
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: (1, 1, 1, d)
         rms, rope = self._rms, self._rope
+        if (logits := self._fused_run([token], x, cos, sin, pos, cache)) is not None:
+            return logits[0]
         for i, (w_in, eps_in, q_proj, k_proj, v_proj, o_proj, w_post, eps_post, gate, up, down) in enumerate(self.layers):
             h = rms(x, w_in, eps_in)
             q = rope(q_proj(h).view(1, nh, 1, d), cos, sin)  # (1, heads, 1, d)
@@ -131,3 +171,55 @@ class FastDecoder:
 
 def _eps(norm: nn.Module) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+def _linear_parts(linear: nn.Module) -> tuple[int, list[torch.Tensor]] | None:
+    """(kind, [weight-or-mask, values, row offsets, bias]) as `decode_layers` takes a linear; None if unknown."""
+    from .modules import DenseBF16Linear, SparseLinear
+
+    empty = torch.empty(0)
+    bias = linear.bias if linear.bias is not None else empty
+    if isinstance(linear, SparseLinear):
+        return 0, [linear.mask, linear.values, linear.row_offsets, bias]
+    if isinstance(linear, DenseBF16Linear):
+        if linear.weight.dtype != torch.bfloat16 or not linear.weight.is_contiguous():
+            return None
+        return 1, [linear.weight, empty, empty, bias]
+    if type(linear) is nn.Linear:
+        return 2, [linear.weight, empty, empty, bias]
+    return None
+
+
+def _fused_plan(layers) -> tuple[list[torch.Tensor], list[int], list[float]] | None:
+    params: list[torch.Tensor] = []
+    kinds: list[int] = []
+    eps: list[float] = []
+    for w_in, eps_in, q, k, v, o, w_post, eps_post, gate, up, down in layers:
+        params += [w_in, w_post]
+        eps += [eps_in, eps_post]
+        for linear in (q, k, v, o, gate, up, down):
+            parts = _linear_parts(linear)
+            if parts is None:
+                log.info("fused decode step off: %s layers are not supported", type(linear).__name__)
+                return None
+            kinds.append(parts[0])
+            params += parts[1]
+    return params, kinds, eps
+
+
+def _kv_buffers(cache, n_layers: int, t: int = 1) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """Every layer's KV buffers with room for `t` more positions, or None (the cache is not a
+    growing one, or not yet filled by a prefill): the step then runs operator by operator."""
+    from ..kvcache import GrowingLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or len(layers) != n_layers:
+        return None
+    ks, vs = [], []
+    for layer in layers:
+        room = layer.reserve(t) if type(layer) is GrowingLayer else None
+        if room is None:
+            return None
+        ks.append(room[0])
+        vs.append(room[1])
+    return ks, vs

@@ -132,3 +132,79 @@ def test_step_without_the_kernel_library(monkeypatch):
         want = model(input_ids=torch.tensor([[7]]), use_cache=True, **_cache_kw(model, c1)).logits[0, -1]
         got = fast.step(7, c2)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sparse_layers", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_layers, dtype):
+    """The one-call C++ step (decode_layers) runs the operator loop's operators in its order: the
+    logits and the KV cache it writes are exactly equal, across a crop and past a buffer regrowth."""
+    from pruner import sparse
+    from pruner.kvcache import new_cache
+
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    model = tiny_model("qwen2", seed=4, dtype=dtype)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.5)
+    if sparse_layers:
+        masks = {n: torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(7)) < 0.5
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+        sparse.sparsify(model, masks)
+    fused = FastDecoder(model)
+    assert fused._fused is not None
+    monkeypatch.setenv("SUBCODER_FUSED_STEP", "0")
+    loop = FastDecoder(model)
+    assert loop._fused is None
+    prompt = torch.randint(0, 257, (1, 200), generator=torch.Generator().manual_seed(2))
+    c1, c2 = new_cache(model.config), new_cache(model.config)
+    with torch.no_grad():
+        for c in (c1, c2):
+            model(input_ids=prompt, use_cache=True, **_cache_kw(model, c))
+        for step, token in enumerate([3, 9, 27, 81, 200] * 24):  # 320 positions: the 256 buffer regrows
+            if step == 30:
+                c1.crop(-12)
+                c2.crop(-12)
+            a, b = loop.step(token, c1), fused.step(token, c2)
+            assert torch.equal(a, b), f"step {step}: {float((a.float() - b.float()).abs().max())}"
+        for l1, l2 in zip(c1.layers, c2.layers):
+            assert torch.equal(l1.keys, l2.keys) and torch.equal(l1.values, l2.values)
+
+
+@pytest.mark.parametrize("sparse_layers", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_verify_matches_one_step_per_token(sparse_layers, dtype):
+    """`verify` (T tokens in one pass, causal among themselves) gives the logits and the cache that T
+    single steps give: what makes speculative decoding produce plain greedy decoding's tokens."""
+    from pruner import sparse
+    from pruner.kvcache import new_cache
+
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    model = tiny_model("qwen2", seed=6, dtype=dtype)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    if sparse_layers:
+        masks = {n: torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+        sparse.sparsify(model, masks)
+    fast = FastDecoder(model)
+    prompt = torch.randint(0, 257, (1, 50), generator=torch.Generator().manual_seed(4))
+    c1, c2 = new_cache(model.config), new_cache(model.config)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.no_grad():
+        for c in (c1, c2):
+            model(input_ids=prompt, use_cache=True, **_cache_kw(model, c))
+        for tokens in ([5, 6, 7, 8], [9], [1, 2], [250, 3, 3, 3, 3, 3, 7]):
+            want = torch.stack([fast.step(t, c1) for t in tokens])
+            got = fast.verify(tokens, c2)
+            assert got.shape == want.shape and c2.get_seq_length() == c1.get_seq_length()
+            torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+            if dtype == torch.float32:
+                assert torch.equal(got.argmax(-1), want.argmax(-1))
+        for l1, l2 in zip(c1.layers, c2.layers):
+            torch.testing.assert_close(l1.keys.float(), l2.keys.float(), atol=tol, rtol=tol)

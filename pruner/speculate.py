@@ -1,0 +1,73 @@
+"""Draft tokens for speculative greedy decoding, looked up in the context (no draft model).
+
+Decoding one token reads every weight of the model once; verifying a few guessed tokens in one pass
+reads them once too and costs little more (measured on Qwen2.5-Coder-0.5B's sub-model, ~800
+positions: one token 28 ms, two 31-36 ms, four ~50 ms). The guesses cost nothing when they come from
+text that is already there: code repeats its identifiers and idioms, and an editor asks again and
+again at nearly the same place, so the previous suggestion usually says what comes next. Verified
+guesses keep exactly the tokens plain greedy decoding produces (the model's own argmax decides);
+wrong guesses cost the extra rows of one pass.
+
+`PromptLookup` proposes the tokens that followed the latest earlier occurrence of the last n tokens
+(n from `n_max` down to `n_min`), preferring the previous request's text for this document and then
+the live sequence, and sizes the draft by how the last ones fared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PromptLookup:
+    """n-gram index over a token sequence that grows as tokens are decoded, plus an older sequence."""
+
+    def __init__(self, live: Sequence[int], previous: Sequence[int] = (), *, n_min: int = 2, n_max: int = 4,
+                 max_draft: int = 6):
+        self.n_min, self.n_max, self.max_draft = n_min, n_max, max_draft
+        self.live: list[int] = list(live)
+        self.previous: list[int] = list(previous)
+        self._prev_index = self._build(self.previous, len(self.previous))
+        # live n-grams ending strictly before the last position: the tail's own occurrence is not a match
+        self._live_index = self._build(self.live, len(self.live) - 1)
+        self.draft_len = 2  # adapted: grows while drafts are accepted in full, shrinks on a miss
+        self.proposed = self.accepted = 0
+
+    def _build(self, seq: list[int], upto: int) -> dict[tuple[int, ...], int]:
+        index: dict[tuple[int, ...], int] = {}
+        for end in range(1, upto + 1):
+            self._add(index, seq, end)
+        return index
+
+    def _add(self, index: dict, seq: list[int], end: int) -> None:
+        """Record the n-grams ending at `end` (exclusive): the latest occurrence wins."""
+        for n in range(self.n_min, self.n_max + 1):
+            if end - n >= 0:
+                index[tuple(seq[end - n:end])] = end
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for t in tokens:
+            self.live.append(t)
+            self._add(self._live_index, self.live, len(self.live) - 1)
+
+    def propose(self) -> list[int]:
+        """Up to `draft_len` tokens expected after the live sequence (empty: no match)."""
+        for n in range(min(self.n_max, len(self.live)), self.n_min - 1, -1):
+            key = tuple(self.live[-n:])
+            for seq, index, room in ((self.previous, self._prev_index, self.max_draft),
+                                     (self.live, self._live_index, self.draft_len)):
+                end = index.get(key)
+                if end is not None and end < len(seq):
+                    # the previous request's text earns a longer draft: it is the model's own output
+                    # (or the document) at nearly the same place
+                    k = max(self.draft_len, room if seq is self.previous else self.draft_len)
+                    return seq[end:end + k]
+        return []
+
+    def feedback(self, proposed: int, accepted: int) -> None:
+        """How many of the last draft's tokens the model confirmed: all of them lengthens the next draft."""
+        self.proposed += proposed
+        self.accepted += accepted
+        if accepted == proposed:
+            self.draft_len = min(self.max_draft, self.draft_len + 1)
+        else:
+            self.draft_len = max(1, accepted)
