@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .runner import LANGUAGES, METRICS, headline, summary
+from .study import metrics_for
 
 LOWER_IS_BETTER = {"ppl"}
 METRIC_TITLE = {"ppl": "held-out perplexity (lower is better)", "nextline": "next-line exact match, %",
@@ -80,7 +81,7 @@ def verdicts(study: dict) -> list[dict]:
         for pattern in plan["patterns"]:
             shape = _shape(pattern, 0.5 if pattern == "2:4" else plan["sparsity"])
             for lang in plan["languages"]:
-                for metric in plan["metrics"]:
+                for metric in metrics_for(plan, pattern):
                     if metric == "infill" and lang != "python":
                         continue
                     own = value(ev, f"{lang}@{shape}", lang, metric)
@@ -327,7 +328,11 @@ def write_results(study: dict, docs_dir: Path) -> Path:
         L += [f"## {model}", ""]
         for pattern in plan["patterns"]:
             L += [f"### {pattern}" + (" (50%)" if pattern == "unstructured" else ""), ""]
-            for metric in plan["metrics"]:
+            skipped = [m for m in plan["metrics"] if m not in metrics_for(plan, pattern)]
+            if skipped:
+                L += [f"Not evaluated at {pattern} in this run: {', '.join(skipped)} (the plan's `pattern_metrics`; "
+                      f"`--pattern-metrics {pattern}=all` adds them).", ""]
+            for metric in metrics_for(plan, pattern):
                 L += _matrix(study, model, pattern, metric, None, METRIC_TITLE[metric])
                 if metric in EXTRA:
                     field, title = EXTRA[metric]
