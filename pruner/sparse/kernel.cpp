@@ -794,7 +794,8 @@ at::Tensor rope_rows(const at::Tensor& t, const at::Tensor& cos, const at::Tenso
 
 // x: (T, hidden), the hidden states of T new tokens at positions pos .. pos + T - 1; cos/sin hold
 // one row of d values per position. T == 1 is the decode step; T > 1 verifies draft tokens
-// (speculative decoding): each new token attends to the cache and to the new tokens before it.
+// (speculative decoding): each new token attends to the cache and to the new tokens before it,
+// and every row comes out bit-identical to what T single steps would compute.
 at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntArrayRef kinds,
                          at::TensorList k_cache, at::TensorList v_cache, int64_t pos, const at::Tensor& cos,
                          const at::Tensor& sin, int64_t heads, int64_t kv_heads, at::ArrayRef<double> eps,
@@ -808,16 +809,11 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
               "subcoder_sparse: decode_layers input must be (tokens, hidden)");
   at::NoGradGuard no_grad;
   const int64_t T = x_in.size(0), group = heads / kv_heads;
-  at::Tensor cos_r, sin_r, mask;
+  at::Tensor cos_r, sin_r;
   if (T > 1) {
     const int64_t d = cos.size(-1);
     cos_r = cos.reshape({1, 1, T, d});
     sin_r = sin.reshape({1, 1, T, d});
-    // Row r of a kv head's query block is token r % T (heads of one group are stacked): it sees
-    // the cache and the new tokens up to itself.
-    at::Tensor cols = at::arange(pos + T, x_in.options().dtype(at::kLong));
-    at::Tensor last = at::arange(T, x_in.options().dtype(at::kLong)).repeat({group}) + pos;
-    mask = cols.unsqueeze(0).le(last.unsqueeze(1));
   }
   at::Tensor x = x_in;
   for (int64_t i = 0; i < L; ++i) {
@@ -841,18 +837,23 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
     }
     kb.narrow(2, pos, T).copy_(k);
     vb.narrow(2, pos, T).copy_(v);
-    const at::Tensor keys = kb.narrow(2, 0, pos + T), values = vb.narrow(2, 0, pos + T);
+    // One attention call per new token, exactly the single-token call (no mask: token t sees the
+    // positions up to its own): a masked call over all T queries rounds differently and flipped a
+    // near-tie in the latency replay, while per-token calls keep verification bit-identical to steps.
     at::Tensor attn;
     if (T == 1) {
-      attn = at::scaled_dot_product_attention(q.view({1, kv_heads, group, d}), keys, values, c10::nullopt, 0.0,
-                                              false, scaling)
+      attn = at::scaled_dot_product_attention(q.view({1, kv_heads, group, d}), kb.narrow(2, 0, pos + 1),
+                                              vb.narrow(2, 0, pos + 1), c10::nullopt, 0.0, false, scaling)
                  .reshape({1, heads * d});
     } else {
-      attn = at::scaled_dot_product_attention(q.contiguous().view({1, kv_heads, group * T, d}), keys, values, mask,
-                                              0.0, false, scaling)
-                 .view({1, heads, T, d})
-                 .transpose(1, 2)
-                 .reshape({T, heads * d});
+      attn = at::empty({T, heads * d}, x.options());
+      for (int64_t t = 0; t < T; ++t) {
+        const at::Tensor qt = q.select(2, t).contiguous().view({1, kv_heads, group, d});
+        attn.select(0, t).copy_(at::scaled_dot_product_attention(qt, kb.narrow(2, 0, pos + t + 1),
+                                                                 vb.narrow(2, 0, pos + t + 1), c10::nullopt, 0.0,
+                                                                 false, scaling)
+                                    .reshape({heads * d}));
+      }
     }
     x = x + step_linear(attn, p.slice(14, 4), kd[3]);
     h = rms_norm(x, p[1], eps[2 * i + 1]);
