@@ -296,11 +296,12 @@ def parse_log(path: Path) -> list[dict]:
     import re
 
     pattern = re.compile(r"inlineCompletion: (\w+) model, (\d+) prompt tokens \((\d+) reused\), (\d+) new, "
-                         r"(\d+) ms \(([\w-]+)\)")
+                         r"(\d+) ms \(([\w-]+)(?:; (\d+) decode passes)?\)")
     found = []
     for m in pattern.finditer(path.read_text() if path.is_file() else ""):
         found.append({"model": m[1], "prompt": int(m[2]), "reused": int(m[3]), "new": int(m[4]),
-                      "ms": int(m[5]), "reason": m[6]})
+                      "ms": int(m[5]), "reason": m[6],
+                      "passes": int(m[7]) if m[7] is not None else None})
     return found
 
 
@@ -443,6 +444,15 @@ def run_llama(gguf: Path, model_name: str, requests: list[Request], max_new_toke
 
 
 # --------------------------------------------------------------------------- report
+
+
+def _passes(served: list[dict]) -> str:
+    """How far speculative decoding cut the forward passes (the server logs them per request)."""
+    pairs = [(s["new"], s["passes"]) for s in served if s.get("passes") is not None]
+    if not pairs:
+        return ""
+    new, passes = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return f" ({new} tokens in {passes} decode passes over these requests: {new / max(passes, 1):.2f} per pass)"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -606,7 +616,7 @@ def main(argv=None) -> int:
                      f"{len(decoded)} decoded: p50 {ms(pct(decoded, .5))} ms, p95 {ms(pct(decoded, .95))} ms, reusing "
                      f"a median {statistics.median([s['reused'] for s in ext] or [0]):.0f} of "
                      f"{statistics.median([s['prompt'] for s in ext] or [0]):.0f} prompt tokens and decoding a median "
-                     f"{statistics.median([s['new'] for s in ext] or [0]):.0f} tokens. Non-empty suggestions: "
+                     f"{statistics.median([s['new'] for s in ext] or [0]):.0f} tokens{_passes(ext)}. Non-empty suggestions: "
                      f"{sum(1 for _, _, t in extra['server']['times'] if t)} of {len(kinds)}.")
         lines.append("")
     if "server" in extra:

@@ -116,15 +116,16 @@ class FastDecoder:
         return self._fused is not None and active_ops() is not None
 
     @torch.inference_mode()
-    def verify(self, tokens: list[int], cache) -> torch.Tensor | None:
+    def verify(self, tokens: list[int], cache, *, last_only: bool = False) -> torch.Tensor | None:
         """Logits (len(tokens), vocab) after each of `tokens`, all appended to `cache` in one pass
-        (draft verification for speculative decoding); None when the fused step cannot run here."""
+        (draft verification for speculative decoding; with `last_only`, (1, vocab) after the last:
+        a short prompt extension); None when the fused step cannot run here."""
         pos = int(cache.get_seq_length())
         x = self.inner.embed_tokens(torch.tensor([tokens]))  # (1, T, hidden)
         cos, sin = self.inner.rotary_emb(x, torch.arange(pos, pos + len(tokens)).unsqueeze(0))  # (1, T, d)
-        return self._fused_run(tokens, x, cos, sin, pos, cache)
+        return self._fused_run(tokens, x, cos, sin, pos, cache, last_only)
 
-    def _fused_run(self, tokens, x, cos, sin, pos, cache) -> torch.Tensor | None:
+    def _fused_run(self, tokens, x, cos, sin, pos, cache, last_only: bool = False) -> torch.Tensor | None:
         buffers = self._fused and active_ops() is not None and _kv_buffers(cache, len(self.layers), len(tokens))
         if not buffers:
             return None
@@ -135,6 +136,8 @@ class FastDecoder:
                                     self.scaling)
         for layer in cache.layers:
             layer.advance(t)
+        if last_only:
+            x, t = x[-1:], 1
         x = self._rms(x.view(1, t, -1), self.norm_weight, self.norm_eps)
         return self.model.lm_head(x)[0]
 
