@@ -296,12 +296,13 @@ def parse_log(path: Path) -> list[dict]:
     import re
 
     pattern = re.compile(r"inlineCompletion: (\w+) model, (\d+) prompt tokens \((\d+) reused\), (\d+) new, "
-                         r"(\d+) ms \(([\w-]+)(?:; (\d+) decode passes)?\)")
+                         r"(\d+) ms \(([\w-]+)(?:; (\d+) decode passes(?:, (\d+) ms in the model)?)?\)")
     found = []
     for m in pattern.finditer(path.read_text() if path.is_file() else ""):
         found.append({"model": m[1], "prompt": int(m[2]), "reused": int(m[3]), "new": int(m[4]),
                       "ms": int(m[5]), "reason": m[6],
-                      "passes": int(m[7]) if m[7] is not None else None})
+                      "passes": int(m[7]) if m[7] is not None else None,
+                      "model_ms": int(m[8]) if m[8] is not None else None})
     return found
 
 

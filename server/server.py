@@ -375,9 +375,10 @@ class SubcoderServer(LanguageServer):
         finally:
             if self._inflight.get(uri) is flag:
                 del self._inflight[uri]
-        log.info("%s: %s model, %d prompt tokens (%d reused), %d new, %.0f ms (%s; %d decode passes)", request,
-                 served.language or "base", result.prompt_tokens, result.reused_tokens, result.new_tokens,
-                 (time.perf_counter() - started) * 1000, result.stop_reason, result.passes)
+        log.info("%s: %s model, %d prompt tokens (%d reused), %d new, %.0f ms (%s; %d decode passes, %.0f ms in the "
+                 "model)", request, served.language or "base", result.prompt_tokens, result.reused_tokens,
+                 result.new_tokens, (time.perf_counter() - started) * 1000, result.stop_reason, result.passes,
+                 result.seconds * 1000)
         if not result.text:
             return None
         return result.text, _WORD.search(prefix.rsplit("\n", 1)[-1]).group(0)
