@@ -54,10 +54,10 @@ class Plan:
     calib_samples: int = 32
     calib_seq_len: int = 512
     noise_languages: tuple[str, ...] = LANGUAGES
-    noise_metrics: tuple[str, ...] = ("ppl", "nextline")
+    noise_metrics: tuple[str, ...] = ("ppl",)
     sweep_sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
     sweep_languages: tuple[str, ...] = ("python",)
-    sweep_metrics: tuple[str, ...] = ("ppl", "nextline")
+    sweep_metrics: tuple[str, ...] = ("ppl",)
     quick: bool = False
 
     @classmethod
