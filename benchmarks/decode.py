@@ -4,15 +4,18 @@
                                 [--threads 2] [--rounds 3] [--no-llama] [--write docs/PERFORMANCE.md]
 
 The sub-model is the preset's 50% Wanda sub-model for `--language`, built with the defaults of
-`subcoder prune` (or taken from the cache). It is timed three ways in one run:
+`subcoder prune` (or taken from the cache). It is timed these ways in one run:
 
   dense   -- the same sub-model with its pruned weights expanded to dense bf16 and run by eager
              PyTorch (exactly as fast as the unpruned base model: zeros cost what any weight costs)
   sparse  -- the pruned linears on the sparse kernel (packed mask + values, no dense copy), lm_head
              on the dense bf16 matvec kernel, each token through the lean decode step
-             (pruner.sparse.fastdecode) on the growing KV cache (pruner.kvcache); what
-             `subcoder generate` and the server run. Also shown
-             through the model's own forward, so the kernel's and the step's gains read apart
+             (pruner.sparse.fastdecode: the layer stack as one C++ call) on the growing KV cache
+             (pruner.kvcache). Also shown through the model's own forward, so the kernel's and
+             the step's gains read apart
+  speculative -- the same step plus drafts looked up in the context and verified several tokens
+             per pass (pruner.speculate), exactly what `subcoder generate` and the server run;
+             the same greedy tokens
   llama   -- llama.cpp (llama-cpp-python) on the preset's own GGUF (quantized, not pruned), the
              engine most local-completion extensions use; skipped when it is not installed
 
@@ -98,6 +101,37 @@ def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: in
     return {"prefill_short_s": pre_short, "prefill_long_s": pre_long, "ms_per_token": per_token * 1e3, "ids": ids}
 
 
+@torch.no_grad()
+def speculative_round(model, fast, short_ids: list[int], long_ids: list[int], new_tokens: int) -> dict:
+    """As `torch_round` with the lean step, decoding through `pruner.speculate.Decoding` with drafts
+    looked up in the prompt and the text so far -- the Completer's decode loop, without stop rules."""
+    from pruner.generate import _crop
+    from pruner.kvcache import new_cache
+    from pruner.speculate import Decoding, PromptLookup
+
+    arg = _cache_arg(model)
+    t0 = time.perf_counter()
+    model(input_ids=torch.tensor([long_ids]), use_cache=False, logits_to_keep=1)
+    pre_long = time.perf_counter() - t0
+    cache = new_cache(model.config)
+    t0 = time.perf_counter()
+    logits = model(input_ids=torch.tensor([short_ids]), use_cache=True, logits_to_keep=1, **{arg: cache}).logits[0, -1]
+    pre_short = time.perf_counter() - t0
+    fed = list(short_ids)
+    decoding = Decoding(logits, step=lambda t: fast.step(t, cache), fed=fed, budget=new_tokens,
+                        verify=lambda toks: fast.verify(toks, cache), crop=lambda n: _crop(cache, n),
+                        lookup=PromptLookup(short_ids))
+    ids: list[int] = []
+    t0 = time.perf_counter()
+    for token in decoding.tokens():
+        ids.append(token)
+        if len(ids) >= new_tokens:
+            break
+    per_token = (time.perf_counter() - t0) / max(1, new_tokens - 1)
+    return {"prefill_short_s": pre_short, "prefill_long_s": pre_long, "ms_per_token": per_token * 1e3, "ids": ids,
+            "passes": decoding.passes}
+
+
 class LlamaEngine:
     def __init__(self, gguf: Path, threads: int):
         from llama_cpp import Llama
@@ -124,8 +158,9 @@ class LlamaEngine:
 
 def median_of(rounds: list[dict]) -> dict:
     out = {k: statistics.median(r[k] for r in rounds) for k in ("prefill_short_s", "prefill_long_s", "ms_per_token")}
-    if "ids" in rounds[0]:
-        out["ids"] = rounds[-1]["ids"]
+    for key in ("ids", "passes"):
+        if key in rounds[0]:
+            out[key] = rounds[-1][key]
     return out
 
 
@@ -199,6 +234,8 @@ def main(argv=None) -> int:
     }
     if step is not None:
         engines["sparse"] = lambda: torch_round(fast_model.model, short_ids, long_ids, args.tokens, fast=step)
+        if step.fused:
+            engines["speculative"] = lambda: speculative_round(fast_model.model, step, short_ids, long_ids, args.tokens)
     else:
         engines["sparse"] = engines.pop("sparse-forward")
     llama_note = ""
@@ -236,7 +273,8 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|---:|",
     ]
     names_ = {"dense": "dense bf16, eager PyTorch", "sparse-forward": "sparse kernel, model's own forward",
-              "sparse": "sparse kernel + lean decode step (subcoder)",
+              "sparse": "sparse kernel + fused decode step",
+              "speculative": "+ drafts from the context, verified in one pass (subcoder)",
               "llama": "llama.cpp, same model's GGUF (quantized)"}
     for key, r in results.items():
         lines.append(f"| {names_[key]} | {r['prefill_short_s'] * 1e3:.0f} ms | {r['prefill_long_s'] * 1e3:.0f} ms | "
@@ -248,6 +286,14 @@ def main(argv=None) -> int:
         f"({layer_bytes / dense_layers:.3f}x); whole model {dense_model / mib:.1f} -> {model_bytes / mib:.1f} MiB "
         f"({model_bytes / dense_model:.3f}x; embeddings and lm_head stay dense).",
     ]
+    if "speculative" in results:
+        sp = results["speculative"]
+        same_sp = sum(a == b for a, b in zip(d["ids"], sp["ids"]))
+        lines.append(f"Speculative decoding: {len(sp['ids'])} tokens in {sp['passes']} passes over the weights; greedy "
+                     f"tokens vs dense {same_sp}/{len(d['ids'])} identical (vs the plain sparse step "
+                     f"{sum(a == b for a, b in zip(s['ids'], sp['ids']))}/{len(s['ids'])}). How much it saves depends on "
+                     f"the text: this prompt is a short function, the editor replay (Completion latency) is the "
+                     f"measure that counts.")
     if "llama" in results:
         ll = results["llama"]
         lines.append(f"Sparse vs llama.cpp: decode {s['ms_per_token'] / ll['ms_per_token']:.2f}x its ms/token; "

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import Cancelled
+from .speculate import Decoding, PromptLookup
 
 log = logging.getLogger(__name__)
 
@@ -480,63 +481,34 @@ class Completer:
             text, reason = "", "length"
             lookup = None
             if self.speculate:
-                from .speculate import PromptLookup
-
                 previous = session.ids[max(0, reused - 8):] if session is not None else ()
                 lookup = PromptLookup(ids, previous)
-            # Tokens known to come next, in order: all but the last are already in the cache
-            # (confirmed drafts); the last is the argmax after them, not yet fed.
-            confirmed = [int(torch.argmax(logits))]
-            passes = 0
-            while True:
-                token = confirmed.pop(0)
-                if token in self.stop_ids:
-                    reason = "stop-token"
-                    break
-                generated.append(token)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                if (keep := stop.check(text)) is not None:
-                    text, reason = text[:keep], ("line" if mode == "single-line" else "block")
-                    break
-                if len(generated) >= max_new_tokens:
-                    break
-                if confirmed:
-                    continue  # a confirmed draft: in the cache already, and its successor is known
-                _check(cancel)
-                passes += 1
-                draft = []
-                if lookup is not None:
-                    lookup.extend([token])
-                    draft = lookup.propose()[: max_new_tokens - len(generated)]
-                if draft:
-                    confirmed = self._verify(token, draft, cache, fed, lookup)
-                else:
-                    logits = self._forward([token], cache)
-                    fed.append(token)
-                    confirmed = [int(torch.argmax(logits))]
+            decoding = Decoding(logits, step=lambda t: self._forward([t], cache), fed=fed, budget=max_new_tokens,
+                                verify=lambda toks: self._fast.verify(toks, cache), crop=lambda n: _crop(cache, n),
+                                lookup=lookup)
+            try:
+                for token in decoding.tokens():
+                    if token in self.stop_ids:
+                        reason = "stop-token"
+                        break
+                    generated.append(token)
+                    text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                    if (keep := stop.check(text)) is not None:
+                        text, reason = text[:keep], ("line" if mode == "single-line" else "block")
+                        break
+                    if len(generated) >= max_new_tokens:
+                        break
+                    _check(cancel)
+            finally:
+                self.stats.drafted += decoding.drafted
+                self.stats.accepted += decoding.accepted
+            passes = decoding.passes
             return text, len(generated), reused, reason, passes
         except BaseException:
             # The cache holds exactly `fed`; anything else (an exception mid-forward) leaves it unknown.
             if cache_len(cache) != len(fed):
                 self._sessions.pop(key, None)
             raise
-
-    def _verify(self, token: int, draft: list[int], cache, fed: list[int], lookup) -> list[int]:
-        """Feed `token` and the draft in one pass; keep the draft's confirmed prefix in the cache.
-        Returns the confirmed draft tokens followed by the model's own next token."""
-        logits = self._fast.verify([token, *draft], cache)
-        best = torch.argmax(logits, dim=-1).tolist()  # best[j]: the greedy token after draft[:j]
-        j = 0
-        while j < len(draft) and best[j] == draft[j]:
-            j += 1
-        _crop(cache, len(fed) + 1 + j)  # drop the refuted draft tokens' keys and values
-        fed.append(token)
-        fed.extend(draft[:j])
-        lookup.extend(draft[:j])
-        lookup.feedback(len(draft), j)
-        self.stats.drafted += len(draft)
-        self.stats.accepted += j
-        return [*draft[:j], best[j]]
 
     def _new_cache(self):
         return self._cache_factory(self.model.config)

@@ -71,3 +71,60 @@ class PromptLookup:
             self.draft_len = min(self.max_draft, self.draft_len + 1)
         else:
             self.draft_len = max(1, accepted)
+
+
+class Decoding:
+    """Greedy tokens one at a time, with draft verification when a lookup and `verify` are given.
+
+    `tokens()` yields each next greedy token. Asking for the one after it feeds it to the model
+    (`step`: one token -> logits of the next) -- or, when the lookup has a draft, feeds it with the
+    draft in one pass (`verify`: tokens -> logits after each) and keeps the draft's confirmed
+    prefix, whose tokens then come out without another pass. `fed` is kept equal to what the cache
+    holds (`crop(n)` cuts the cache to n positions); `passes` counts forward passes.
+    """
+
+    def __init__(self, first_logits, *, step, fed: list[int], budget: int, verify=None, crop=None,
+                 lookup: PromptLookup | None = None):
+        self.step, self.verify, self.crop = step, verify, crop
+        self.fed, self.budget = fed, budget
+        self.lookup = lookup if verify is not None and crop is not None else None
+        self.passes = self.drafted = self.accepted = 0
+        self._first = int(first_logits.argmax())
+
+    def tokens(self):
+        # Known next tokens, in order: all but the last are in the cache (confirmed drafts); the
+        # last is the model's argmax after them, not yet fed.
+        confirmed = [self._first]
+        yielded = 0
+        while True:
+            token = confirmed.pop(0)
+            yield token
+            yielded += 1
+            if confirmed:
+                continue  # a confirmed draft: in the cache already, and its successor is known
+            self.passes += 1
+            draft = []
+            if self.lookup is not None:
+                self.lookup.extend([token])
+                draft = self.lookup.propose()[: self.budget - yielded]
+            if draft:
+                confirmed = self._verify(token, draft)
+            else:
+                logits = self.step(token)
+                self.fed.append(token)
+                confirmed = [int(logits.argmax())]
+
+    def _verify(self, token: int, draft: list[int]) -> list[int]:
+        logits = self.verify([token, *draft])
+        best = logits.argmax(dim=-1).tolist()  # best[j]: the greedy token after draft[:j]
+        j = 0
+        while j < len(draft) and best[j] == draft[j]:
+            j += 1
+        self.crop(len(self.fed) + 1 + j)  # drop the refuted draft tokens' keys and values
+        self.fed.append(token)
+        self.fed.extend(draft[:j])
+        self.lookup.extend(draft[:j])
+        self.lookup.feedback(len(draft), j)
+        self.drafted += len(draft)
+        self.accepted += j
+        return [*draft[:j], best[j]]
