@@ -134,25 +134,35 @@ def test_step_without_the_kernel_library(monkeypatch):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def _kernel_qwen(seed: int, dtype, sparse_layers: bool):
+    """A tiny Qwen2 with non-zero q/k/v biases, its decoder linears 50% sparse on the kernel when
+    `sparse_layers` (skips the test where the kernel library cannot run)."""
+    from pruner import sparse
+
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    model = tiny_model("qwen2", seed=seed, dtype=dtype)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    if sparse_layers:
+        g = torch.Generator().manual_seed(seed + 1)
+        masks = {n: torch.rand(m.weight.shape, generator=g) < 0.5
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+        sparse.sparsify(model, masks)
+    return model
+
+
 @pytest.mark.parametrize("sparse_layers", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_layers, dtype):
     """The one-call C++ step (decode_layers) runs the operator loop's operators in its order: the
     logits and the KV cache it writes are exactly equal, across a crop and past a buffer regrowth."""
-    from pruner import sparse
     from pruner.kvcache import new_cache
 
-    ok, reason = sparse.kernel_available()
-    if not ok:
-        pytest.skip(reason)
-    model = tiny_model("qwen2", seed=4, dtype=dtype)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.bias.normal_(0, 0.5)
-    if sparse_layers:
-        masks = {n: torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(7)) < 0.5
-                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
-        sparse.sparsify(model, masks)
+    model = _kernel_qwen(4, dtype, sparse_layers)
     fused = FastDecoder(model)
     assert fused._fused is not None
     monkeypatch.setenv("SUBCODER_FUSED_STEP", "0")
@@ -178,20 +188,9 @@ def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_la
 def test_verify_matches_one_step_per_token(sparse_layers, dtype):
     """`verify` (T tokens in one pass, causal among themselves) gives exactly the logits and the cache
     that T single steps give: what makes speculative decoding produce plain greedy decoding's tokens."""
-    from pruner import sparse
     from pruner.kvcache import new_cache
 
-    ok, reason = sparse.kernel_available()
-    if not ok:
-        pytest.skip(reason)
-    model = tiny_model("qwen2", seed=6, dtype=dtype)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.k_proj.bias.normal_(0, 0.5)
-    if sparse_layers:
-        masks = {n: torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(3)) < 0.5
-                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
-        sparse.sparsify(model, masks)
+    model = _kernel_qwen(6, dtype, sparse_layers)
     fast = FastDecoder(model)
     prompt = torch.randint(0, 257, (1, 50), generator=torch.Generator().manual_seed(4))
     c1, c2 = new_cache(model.config), new_cache(model.config)
