@@ -90,18 +90,25 @@ class Variant:
 
 
 def variants(plan: Plan) -> dict[str, list[Variant]]:
-    """Groups: main (per pattern), noise (halves), sweep."""
-    groups: dict[str, list[Variant]] = {"dense": [Variant("dense")]}
+    """Groups, in the order they run: dense, the main matrix at the first pattern (50% unstructured),
+    its noise control and sparsity sweep, then the other patterns -- so that a run cut short has
+    answered both claims at the paper's main setting first."""
+    mains: dict[str, list[Variant]] = {}
     for pattern in plan.patterns:
         sp = 0.5 if pattern == "2:4" else plan.sparsity
         rows = [Variant("magnitude", "magnitude", "prose", pattern, sp), Variant("prose", "wanda", "prose", pattern, sp)]
         rows += [Variant(lang, "wanda", lang, pattern, sp) for lang in plan.languages]
-        groups[f"main:{pattern}"] = rows
+        mains[f"main:{pattern}"] = rows
+    first = next(iter(mains), None)
+    groups: dict[str, list[Variant]] = {"dense": [Variant("dense")]}
+    if first is not None:
+        groups[first] = mains.pop(first)
     groups["noise"] = [Variant(f"{lang}/h{h}", "wanda", lang, "unstructured", plan.sparsity, h)
                        for lang in plan.noise_languages for h in (0, 1)]
     groups["sweep"] = [Variant(name, "wanda", name, "unstructured", s)
                        for s in plan.sweep_sparsities if abs(s - plan.sparsity) > 1e-9
                        for name in dict.fromkeys(("prose", *plan.sweep_languages))]
+    groups.update(mains)
     return groups
 
 
