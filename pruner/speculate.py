@@ -30,7 +30,6 @@ class PromptLookup:
         # live n-grams ending strictly before the last position: the tail's own occurrence is not a match
         self._live_index = self._build(self.live, len(self.live) - 1)
         self.draft_len = 2  # adapted: grows while drafts are accepted in full, shrinks on a miss
-        self.proposed = self.accepted = 0
 
     def _build(self, seq: list[int], upto: int) -> dict[tuple[int, ...], int]:
         index: dict[tuple[int, ...], int] = {}
@@ -65,8 +64,6 @@ class PromptLookup:
 
     def feedback(self, proposed: int, accepted: int) -> None:
         """How many of the last draft's tokens the model confirmed: all of them lengthens the next draft."""
-        self.proposed += proposed
-        self.accepted += accepted
         if accepted == proposed:
             self.draft_len = min(self.max_draft, self.draft_len + 1)
         else:

@@ -97,9 +97,8 @@ class FastDecoder:
         ops = active_ops()  # fused RMSNorm and rotary ops when the kernel library is loaded
         self._rms = ops.rms_norm if ops is not None else _rms
         self._rope = ops.rope if ops is not None else _rope
-        self._fused = _fused_plan(self.layers) if ops is not None and hasattr(ops, "decode_layers") else None
-        if self._fused is not None and os.environ.get("SUBCODER_FUSED_STEP", "").strip() == "0":
-            self._fused = None
+        wanted = os.environ.get("SUBCODER_FUSED_STEP", "").strip() != "0"
+        self._fused = _fused_plan(self.layers) if wanted and ops is not None and hasattr(ops, "decode_layers") else None
         self._ops = ops
 
     @classmethod
