@@ -13,7 +13,10 @@ The sub-model is the preset's 50% Wanda sub-model for `--language`, built with t
              (pruner.sparse.fastdecode: the layer stack as one C++ call) on the growing KV cache
              (pruner.kvcache). Also shown through the model's own forward, so the kernel's and
              the step's gains read apart
-  speculative -- the same step plus drafts looked up in the context and verified several tokens
+  greedy-head -- the same step, the next token found by pruner.sparse.greedy_head (an int8 copy
+             of lm_head screens the vocabulary, the few rows that can win are recomputed exactly:
+             the same argmax without reading the bf16 lm_head)
+  speculative -- the same step and head plus drafts looked up in the context and verified several tokens
              per pass (pruner.speculate), exactly what `subcoder generate` and the server run;
              the same greedy tokens
   llama   -- llama.cpp (llama-cpp-python) on the preset's own GGUF (quantized, not pruned), the
@@ -73,8 +76,10 @@ def _cache_arg(model) -> str:
 
 
 @torch.no_grad()
-def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: int, fast=None) -> dict:
-    """One round: long prefill, short prefill, then greedy decode (through `fast.step` when given)."""
+def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: int, fast=None,
+                greedy_head: bool = False) -> dict:
+    """One round: long prefill, short prefill, then greedy decode (through `fast.step` when given,
+    or with `greedy_head` through `fast.next_tokens`, which finds the argmax without every logit)."""
     from transformers import DynamicCache
 
     from pruner.kvcache import new_cache
@@ -91,6 +96,9 @@ def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: in
     ids = [int(logits.argmax())]
     t0 = time.perf_counter()
     for _ in range(new_tokens - 1):
+        if fast is not None and greedy_head:
+            ids.append(fast.next_tokens([ids[-1]], cache)[0])
+            continue
         if fast is not None:
             logits = fast.step(ids[-1], cache)
         else:
@@ -118,9 +126,9 @@ def speculative_round(model, fast, short_ids: list[int], long_ids: list[int], ne
     logits = model(input_ids=torch.tensor([short_ids]), use_cache=True, logits_to_keep=1, **{arg: cache}).logits[0, -1]
     pre_short = time.perf_counter() - t0
     fed = list(short_ids)
-    decoding = Decoding(logits, step=lambda t: fast.step(t, cache), fed=fed, budget=new_tokens,
-                        verify=lambda toks: fast.verify(toks, cache), crop=lambda n: _crop(cache, n),
-                        lookup=PromptLookup(short_ids))
+    decoding = Decoding(int(logits.argmax()), step=lambda t: fast.next_tokens([t], cache)[0], fed=fed,
+                        budget=new_tokens, verify=lambda toks: fast.next_tokens(toks, cache),
+                        crop=lambda n: _crop(cache, n), lookup=PromptLookup(short_ids))
     ids: list[int] = []
     t0 = time.perf_counter()
     for token in decoding.tokens():
@@ -234,6 +242,9 @@ def main(argv=None) -> int:
     }
     if step is not None:
         engines["sparse"] = lambda: torch_round(fast_model.model, short_ids, long_ids, args.tokens, fast=step)
+        if step.head.screened:
+            engines["greedy-head"] = lambda: torch_round(fast_model.model, short_ids, long_ids, args.tokens,
+                                                         fast=step, greedy_head=True)
         if step.fused:
             engines["speculative"] = lambda: speculative_round(fast_model.model, step, short_ids, long_ids, args.tokens)
     else:
@@ -274,6 +285,7 @@ def main(argv=None) -> int:
     ]
     names_ = {"dense": "dense bf16, eager PyTorch", "sparse-forward": "sparse kernel, model's own forward",
               "sparse": "sparse kernel + fused decode step",
+              "greedy-head": "+ greedy head (int8 screen of lm_head, exact argmax)",
               "speculative": "+ drafts from the context, verified in one pass (subcoder)",
               "llama": "llama.cpp, same model's GGUF (quantized)"}
     for key, r in results.items():
@@ -286,6 +298,11 @@ def main(argv=None) -> int:
         f"({layer_bytes / dense_layers:.3f}x); whole model {dense_model / mib:.1f} -> {model_bytes / mib:.1f} MiB "
         f"({model_bytes / dense_model:.3f}x; embeddings and lm_head stay dense).",
     ]
+    if "greedy-head" in results:
+        gh = results["greedy-head"]
+        lines.append(f"Greedy head: tokens vs the fused step's full logits {sum(a == b for a, b in zip(s['ids'], gh['ids']))}"
+                     f"/{len(s['ids'])} identical; its int8 copy of lm_head adds "
+                     f"{step.head.rows.nbytes / mib:.0f} MiB.")
     if "speculative" in results:
         sp = results["speculative"]
         same_sp = sum(a == b for a, b in zip(d["ids"], sp["ids"]))

@@ -325,10 +325,10 @@ def bare_costs(sub_path: Path, requests: list[Request], max_new_tokens: int) -> 
         cache = completer._new_cache()
         with torch.inference_mode():
             t0 = time.perf_counter()
-            logits = completer._forward(list(prompt.ids), cache)
+            token = completer._feed(list(prompt.ids), cache)
             t1 = time.perf_counter()
             for _ in range(got.new_tokens):
-                logits = completer._forward([int(torch.argmax(logits))], cache)
+                token = completer._feed([token], cache)
             t2 = time.perf_counter()
         out.append({"prompt_tokens": len(prompt.ids), "new_tokens": got.new_tokens,
                     "prefill_s": t1 - t0, "decode_s": t2 - t1, "bare_s": t2 - t0, "inprocess_s": got.seconds})

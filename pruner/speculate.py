@@ -15,7 +15,7 @@ the live sequence, and sizes the draft by how the last ones fared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class PromptLookup:
@@ -73,20 +73,23 @@ class PromptLookup:
 class Decoding:
     """Greedy tokens one at a time, with draft verification when a lookup and `verify` are given.
 
-    `tokens()` yields each next greedy token. Asking for the one after it feeds it to the model
-    (`step`: one token -> logits of the next) -- or, when the lookup has a draft, feeds it with the
-    draft in one pass (`verify`: tokens -> logits after each) and keeps the draft's confirmed
-    prefix, whose tokens then come out without another pass. `fed` is kept equal to what the cache
-    holds (`crop(n)` cuts the cache to n positions); `passes` counts forward passes.
+    `first` is the greedy token after the prompt. `tokens()` yields each next greedy token. Asking
+    for the one after it feeds it to the model (`step`: one token -> the greedy token after it) --
+    or, when the lookup has a draft, feeds it with the draft in one pass (`verify`: tokens -> the
+    greedy token after each) and keeps the draft's confirmed prefix, whose tokens then come out
+    without another pass. `fed` is kept equal to what the cache holds (`crop(n)` cuts the cache to
+    n positions); `passes` counts forward passes. Only greedy tokens cross this interface, never
+    logits: the model side may find the argmax without computing every logit (GreedyHead).
     """
 
-    def __init__(self, first_logits, *, step, fed: list[int], budget: int, verify=None, crop=None,
+    def __init__(self, first: int, *, step: Callable[[int], int], fed: list[int], budget: int,
+                 verify: Callable[[list[int]], Sequence[int]] | None = None, crop=None,
                  lookup: PromptLookup | None = None):
         self.step, self.verify, self.crop = step, verify, crop
         self.fed, self.budget = fed, budget
         self.lookup = lookup if verify is not None and crop is not None else None
         self.passes = self.drafted = self.accepted = 0
-        self._first = int(first_logits.argmax())
+        self._first = int(first)
 
     def tokens(self):
         # Known next tokens, in order: all but the last are in the cache (confirmed drafts); the
@@ -107,13 +110,12 @@ class Decoding:
             if draft:
                 confirmed = self._verify(token, draft)
             else:
-                logits = self.step(token)
+                nxt = self.step(token)
                 self.fed.append(token)
-                confirmed = [int(logits.argmax())]
+                confirmed = [int(nxt)]
 
     def _verify(self, token: int, draft: list[int]) -> list[int]:
-        logits = self.verify([token, *draft])
-        best = logits.argmax(dim=-1).tolist()  # best[j]: the greedy token after draft[:j]
+        best = [int(t) for t in self.verify([token, *draft])]  # best[j]: the greedy token after draft[:j]
         j = 0
         while j < len(draft) and best[j] == draft[j]:
             j += 1

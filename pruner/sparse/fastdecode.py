@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._build import active_ops
+from .greedy_head import GreedyHead
 
 log = logging.getLogger("pruner.sparse")
 
@@ -100,6 +101,7 @@ class FastDecoder:
         wanted = os.environ.get("SUBCODER_FUSED_STEP", "").strip() != "0"
         self._fused = _fused_plan(self.layers) if wanted and ops is not None and hasattr(ops, "decode_layers") else None
         self._ops = ops
+        self.head = GreedyHead.for_head(model.lm_head)  # the argmax of the logits, often without them
 
     @classmethod
     def for_model(cls, model: nn.Module) -> FastDecoder | None:
@@ -117,14 +119,29 @@ class FastDecoder:
     @torch.inference_mode()
     def verify(self, tokens: list[int], cache, *, last_only: bool = False) -> torch.Tensor | None:
         """Logits (len(tokens), vocab) after each of `tokens`, all appended to `cache` in one pass
-        (draft verification for speculative decoding; with `last_only`, (1, vocab) after the last:
-        a short prompt extension); None when the fused step cannot run here."""
+        (with `last_only`, (1, vocab) after the last); None when the fused step cannot run here."""
+        h = self._hidden(tokens, cache, last_only)
+        return None if h is None else self.model.lm_head(h)[0]
+
+    @torch.inference_mode()
+    def next_tokens(self, tokens: list[int], cache, *, last_only: bool = False) -> list[int] | None:
+        """The greedy token after each of `tokens` (all appended to `cache` in one pass): draft
+        verification for speculative decoding, or with `last_only` just the one after the last (a
+        short prompt extension). Exactly the argmax of `verify`'s logits. None when the fused step
+        cannot run here, except for a single token, which then takes the step's operator loop."""
+        h = self._hidden(tokens, cache, last_only)
+        if h is None:
+            return [int(self.step(tokens[0], cache).argmax())] if len(tokens) == 1 else None
+        return self.head(h[0]).tolist()
+
+    def _hidden(self, tokens, cache, last_only: bool) -> torch.Tensor | None:
         pos = int(cache.get_seq_length())
         x = self.inner.embed_tokens(torch.tensor([tokens]))  # (1, T, hidden)
         cos, sin = self.inner.rotary_emb(x, torch.arange(pos, pos + len(tokens)).unsqueeze(0))  # (1, T, d)
         return self._fused_run(tokens, x, cos, sin, pos, cache, last_only)
 
     def _fused_run(self, tokens, x, cos, sin, pos, cache, last_only: bool = False) -> torch.Tensor | None:
+        """The final-norm hidden states (1, T or 1, hidden) after `tokens`, or None (no fused step)."""
         buffers = self._fused and active_ops() is not None and _kv_buffers(cache, len(self.layers), len(tokens))
         if not buffers:
             return None
@@ -137,8 +154,7 @@ class FastDecoder:
             layer.advance(t)
         if last_only:
             x, t = x[-1:], 1
-        x = self._rms(x.view(1, t, -1), self.norm_weight, self.norm_eps)
-        return self.model.lm_head(x)[0]
+        return self._rms(x.view(1, t, -1), self.norm_weight, self.norm_eps)
 
     @torch.inference_mode()
     def step(self, token: int, cache) -> torch.Tensor:
@@ -149,8 +165,8 @@ class FastDecoder:
         cos, sin = self.inner.rotary_emb(x, torch.tensor([[pos]]))  # (1, 1, d) each
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: (1, 1, 1, d)
         rms, rope = self._rms, self._rope
-        if (logits := self._fused_run([token], x, cos, sin, pos, cache)) is not None:
-            return logits[0]
+        if (h := self._fused_run([token], x, cos, sin, pos, cache)) is not None:
+            return self.model.lm_head(h)[0, 0]
         for i, (w_in, eps_in, q_proj, k_proj, v_proj, o_proj, w_post, eps_post, gate, up, down) in enumerate(self.layers):
             h = rms(x, w_in, eps_in)
             q = rope(q_proj(h).view(1, nh, 1, d), cos, sin)  # (1, heads, 1, d)

@@ -96,8 +96,8 @@ def test_confirmed_and_refuted_drafts_keep_greedy_tokens_and_an_exact_cache(load
              (CODE[:950], CODE[950:], "single-line", 40)]
     for prefix, suffix, mode, limit in cases:
         fed: list[int] = []
-        real_forward = plain._forward
-        monkeypatch.setattr(plain, "_forward", lambda ids, cache: (fed.extend(ids), real_forward(ids, cache))[1])
+        real_feed = plain._feed
+        monkeypatch.setattr(plain, "_feed", lambda ids, cache: (fed.extend(ids), real_feed(ids, cache))[1])
         want = plain.complete(prefix, suffix, max_new_tokens=limit, mode=mode)
         monkeypatch.undo()
         prompt_len = want.prompt_tokens
