@@ -519,7 +519,7 @@ class Completer:
             # One token is a decode step; a few (typed since the last request) one fused pass (~40
             # ms for 3 tokens on the default sub-model) instead of the model's forward (~75 ms,
             # mostly per-call overhead). Both find the argmax without every logit where they can.
-            got = self._fast.next_tokens(ids, cache, last_only=True)
+            got = self._fast.next_tokens(ids, cache, len(ids) - 1)
             if got is not None:
                 return got[-1]
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)

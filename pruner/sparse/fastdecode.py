@@ -117,31 +117,31 @@ class FastDecoder:
         return self._fused is not None and active_ops() is not None
 
     @torch.inference_mode()
-    def verify(self, tokens: list[int], cache, *, last_only: bool = False) -> torch.Tensor | None:
-        """Logits (len(tokens), vocab) after each of `tokens`, all appended to `cache` in one pass
-        (with `last_only`, (1, vocab) after the last); None when the fused step cannot run here."""
-        h = self._hidden(tokens, cache, last_only)
+    def verify(self, tokens: list[int], cache, first_row: int = 0) -> torch.Tensor | None:
+        """Logits (len(tokens) - first_row, vocab) after each of tokens[first_row:], all of `tokens`
+        appended to `cache` in one pass; None when the fused step cannot run here."""
+        h = self._hidden(tokens, cache, first_row)
         return None if h is None else self.model.lm_head(h)[0]
 
     @torch.inference_mode()
-    def next_tokens(self, tokens: list[int], cache, *, last_only: bool = False) -> list[int] | None:
-        """The greedy token after each of `tokens` (all appended to `cache` in one pass): draft
-        verification for speculative decoding, or with `last_only` just the one after the last (a
-        short prompt extension). Exactly the argmax of `verify`'s logits. None when the fused step
-        cannot run here, except for a single token, which then takes the step's operator loop."""
-        h = self._hidden(tokens, cache, last_only)
+    def next_tokens(self, tokens: list[int], cache, first_row: int = 0) -> list[int] | None:
+        """The greedy token after each of tokens[first_row:], all of `tokens` appended to `cache` in
+        one pass: draft verification, or with first_row = len(tokens) - 1 a short prompt extension.
+        Exactly the argmax of `verify`'s logits. None when the fused step cannot run here, except
+        for a single token, which then takes the step's operator loop."""
+        h = self._hidden(tokens, cache, first_row)
         if h is None:
             return [int(self.step(tokens[0], cache).argmax())] if len(tokens) == 1 else None
         return self.head(h[0]).tolist()
 
-    def _hidden(self, tokens, cache, last_only: bool) -> torch.Tensor | None:
+    def _hidden(self, tokens, cache, first_row: int) -> torch.Tensor | None:
         pos = int(cache.get_seq_length())
         x = self.inner.embed_tokens(torch.tensor([tokens]))  # (1, T, hidden)
         cos, sin = self.inner.rotary_emb(x, torch.arange(pos, pos + len(tokens)).unsqueeze(0))  # (1, T, d)
-        return self._fused_run(tokens, x, cos, sin, pos, cache, last_only)
+        return self._fused_run(tokens, x, cos, sin, pos, cache, first_row)
 
-    def _fused_run(self, tokens, x, cos, sin, pos, cache, last_only: bool = False) -> torch.Tensor | None:
-        """The final-norm hidden states (1, T or 1, hidden) after `tokens`, or None (no fused step)."""
+    def _fused_run(self, tokens, x, cos, sin, pos, cache, first_row: int = 0) -> torch.Tensor | None:
+        """The final-norm hidden states (1, T - first_row, hidden) after tokens[first_row:], or None."""
         buffers = self._fused and active_ops() is not None and _kv_buffers(cache, len(self.layers), len(tokens))
         if not buffers:
             return None
@@ -152,8 +152,8 @@ class FastDecoder:
                                     self.scaling)
         for layer in cache.layers:
             layer.advance(t)
-        if last_only:
-            x, t = x[-1:], 1
+        if first_row:
+            x, t = x[first_row:], t - first_row
         return self._rms(x.view(1, t, -1), self.norm_weight, self.norm_eps)
 
     @torch.inference_mode()
