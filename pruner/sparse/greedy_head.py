@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._build import active_ops
-from .modules import DENSE_KERNEL_MAX_BATCH
+from .modules import DENSE_KERNEL_MAX_BATCH, DenseBF16Linear
 
 log = logging.getLogger("pruner.sparse")
 
@@ -100,8 +100,6 @@ class GreedyHead:
 
 
 def _why_not(lm_head: nn.Module) -> str | None:
-    from .modules import DenseBF16Linear
-
     if os.environ.get(ENV_SWITCH, "").strip() == "0":
         return f"disabled by {ENV_SWITCH}=0"
     if not isinstance(lm_head, DenseBF16Linear):
