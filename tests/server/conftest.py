@@ -19,6 +19,7 @@ from tinymodel import save_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-c", "import sys; from server.main import run; sys.exit(run(sys.argv[1:]))"]
+WAIT_S = 300.0  # seconds a test waits for a server state before it fails
 
 PY_FILES = {
     "app/main.py": "import os\n\n\ndef main():\n    print(os.getcwd())\n\n\nif __name__ == '__main__':\n    main()\n",
@@ -78,7 +79,9 @@ class Session:
         def _status(params):
             self.statuses.append(_plain(params))
 
-    async def wait_state(self, *states: str, timeout: float = 120.0) -> dict:
+    # Generous limits: a build starts a process that imports torch and may compile the kernel, which
+    # took over two minutes when a CI run shared the machine's two cores and its disk with other work.
+    async def wait_state(self, *states: str, timeout: float = WAIT_S) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for status in self.statuses:
@@ -89,7 +92,7 @@ class Session:
             await asyncio.sleep(0.05)
         raise AssertionError(f"no status in {states} within {timeout}s; got {[s.get('state') for s in self.statuses]}")
 
-    async def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition"):
+    async def wait_for(self, predicate, timeout: float = WAIT_S, what: str = "condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (got := predicate()):
