@@ -56,9 +56,12 @@ class Settings:
         return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir, self.fim_order)
 
 
+_ACRONYMS = {"mb": "MB"}  # cache_size_limit_mb -> cacheSizeLimitMB, as the extension and docs spell it
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+    return head + "".join(_ACRONYMS.get(part, part.title()) for part in rest)
 
 
 def _choice(options):

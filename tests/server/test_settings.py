@@ -1,6 +1,10 @@
 """server.settings: camelCase parsing, invalid values fall back with a message, partial updates."""
 
-from server.settings import Settings, parse_settings
+import dataclasses
+import json
+from pathlib import Path
+
+from server.settings import Settings, _camel, parse_settings
 
 
 def test_defaults_and_camel_case():
@@ -27,3 +31,13 @@ def test_update_keeps_unmentioned_values():
     first = parse_settings({"maxNewTokens": 10}).settings
     second = parse_settings({"dtype": "float32"}, first).settings
     assert second.max_new_tokens == 10 and second.dtype == "float32"
+
+
+def test_every_setting_the_extension_declares_is_read():
+    """The names clients send (extension/package.json) are the names the server reads."""
+    manifest = json.loads((Path(__file__).resolve().parents[2] / "extension" / "package.json").read_text())
+    declared = {k.split(".", 1)[1] for k in manifest["contributes"]["configuration"]["properties"]}
+    assert parse_settings({"cacheSizeLimitMB": 123}).settings.cache_size_limit_mb == 123
+    read = {_camel(f.name) for f in dataclasses.fields(Settings)}
+    # every server setting is declared (extension-only ones, such as the server command, may be extra)
+    assert read <= declared, read - declared
