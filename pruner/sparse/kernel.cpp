@@ -894,10 +894,14 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
 
 #define SC_VNNI "avx512f,avx512bw,avx512vnni,avx512vbmi2,avx512bf16,avx2,fma,popcnt"
 
-bool has_vnni() {
+bool detect_vnni() {
   __builtin_cpu_init();
   return g_best_isa == ISA_AVX512 && __builtin_cpu_supports("avx512vnni");
 }
+
+const bool g_has_vnni = detect_vnni();
+
+bool has_vnni() { return g_has_vnni; }
 
 // Per input row: p + 128 as bytes (zero-padded columns are p = 0, i.e. 128), the scale t and |x|_1.
 struct QuantizedInput {
