@@ -1089,8 +1089,11 @@ at::Tensor greedy_head(const at::Tensor& x_in, const at::Tensor& weight, const c
   const int64_t B = x_in.size(0);
   at::Tensor result = at::empty({B}, x_in.options().dtype(at::kLong));
   if (B == 0) return result;
-  at::Tensor y = at::empty({1, V}, x_in.options());  // only for OutputWriter's bias handling
-  const OutputWriter ow(y, bias);
+  at::Tensor bias_f;  // fp32, as OutputWriter adds it to a logit
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == V, "subcoder_sparse: bias has ", bias->numel(), " entries, expected ", V);
+    bias_f = bias->to(at::kFloat).contiguous();
+  }
   const PaddedInput xp = padded_input(x_in, in, ISA_AVX512);
   const QuantizedInput qi = quantize_input(static_cast<const uint16_t*>(xp.data), B, xp.stride, in, q.size(1));
   thread_local std::vector<float> ub_storage;  // reused: a fresh 4 MB per pass is page-faulted in anew
@@ -1101,7 +1104,8 @@ at::Tensor greedy_head(const at::Tensor& x_in, const at::Tensor& weight, const c
     c2[b] = 0.5001f * qi.t[b];
   }
   const Screen s{q.data_ptr<int8_t>(), q.size(1), q.size(1) / 64, V, B, in, scale.data_ptr<float>(),
-                 qsum.data_ptr<int32_t>(), qabs.data_ptr<float>(), ow.bias, qi.u.data(), qi.t.data(), c1.data(),
+                 qsum.data_ptr<int32_t>(), qabs.data_ptr<float>(),
+                 bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, qi.u.data(), qi.t.data(), c1.data(),
                  c2.data(), ub_storage.data(), reinterpret_cast<const uint16_t*>(weight.data_ptr()),
                  static_cast<const uint16_t*>(xp.data), xp.stride, x_in.scalar_type() == at::kBFloat16};
   // Threads split the rows in blocks of 16 (each keeps its maxima in its own memory: shared ones,
