@@ -584,7 +584,7 @@ def main(argv=None) -> int:
                 checkpoint()
 
     lines = [SECTION, "",
-             f"`{command}` — {len(segments)} held-out Python files, {args.lines} lines typed in each, a request every "
+             f"`{command}` — {len(segments)} held-out Python files, {args.lines} line{'s' if args.lines != 1 else ''} typed in each, a request every "
              f"{args.every} characters and at each line end: {len(requests)} `textDocument/inlineCompletion` requests "
              f"({len(cold)} cold, {len(requests) - len(cold)} extending the previous prompt), ~1,000-token prompts, "
              f"max {args.max_new_tokens} new tokens. Model: `{args.model}`, its {args.sparsity:.0%} Python sub-model "
