@@ -160,7 +160,7 @@ def sweep_plot(study: dict, model: str, path: Path) -> Path | None:
     langs = plan["sweep_languages"]
     if not metrics or not langs:
         return None
-    fig, axes = plt.subplots(len(metrics), len(langs), figsize=(3.4 * len(langs), 2.9 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), len(langs), figsize=(max(3.4 * len(langs), 4.8), 2.9 * len(metrics) + 0.4), squeeze=False)
     for mi, metric in enumerate(metrics):
         for li, lang in enumerate(langs):
             ax = axes[mi][li]
@@ -179,7 +179,8 @@ def sweep_plot(study: dict, model: str, path: Path) -> Path | None:
             ax.set_ylabel("perplexity" if metric == "ppl" else "next-line EM, %", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
-    fig.suptitle(f"{model}: own-language vs prose calibration, in the language itself", fontsize=10)
+    # two lines: with one language the figure is narrower than the title
+    fig.suptitle(f"{model}\nown-language vs prose calibration, in the language itself", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -237,6 +238,15 @@ def _device(study: dict) -> str:
     return f"evaluated on the CPU in {', '.join(dtypes) or 'the default dtype'} (float32 where the CPU has no native bf16)"
 
 
+def _recorded_s(entry: dict) -> float:
+    """Seconds a model's part of the study costs without any cache: every sub-model's recorded build
+    time plus every evaluation cell's own time (a re-run that reuses both takes minutes)."""
+    build = sum(c.get("extract_s") or 0 for k, c in entry.get("costs", {}).items() if k != "dense")
+    cells = sum(res.get("seconds") or 0 for data in entry.get("evals", {}).values()
+                for cells in data.get("results", {}).values() for res in cells.values())
+    return build + cells
+
+
 def write_results(study: dict, docs_dir: Path) -> Path:
     docs_dir = Path(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +264,9 @@ def write_results(study: dict, docs_dir: Path) -> Path:
     L += ["## Setup", "",
           f"- command: `{study['command']}`",
           f"- started {study['started']}; total wall time {study['wall_s'] / 60:.1f} min ("
-          + "; ".join(f"{m}: {e['wall_s'] / 60:.1f} min" for m, e in study["models"].items()) + ")",
+          + "; ".join(f"{m}: {e['wall_s'] / 60:.1f} min" for m, e in study["models"].items()) + "); "
+          + "from nothing, the recorded build and evaluation times add up to "
+          + "; ".join(f"{m}: {_recorded_s(e) / 60:.0f} min" for m, e in study["models"].items()),
           f"- versions: subcoder {env.get('subcoder')}, Python {env.get('python')}, torch {env.get('torch')}, "
           f"transformers {env.get('transformers')}",
           f"- machine: {env.get('processor')}, {env.get('cpus')} CPUs ({env.get('threads')} torch threads), "
@@ -283,7 +295,9 @@ def write_results(study: dict, docs_dir: Path) -> Path:
               f"metric) cells, own-language calibration beat prose calibration in {prose_beaten}, and beat **every** "
               f"other calibration (prose and the other three languages) in {holds + weak}; in {holds} of those the "
               f"margin exceeded the noise (half-vs-half difference, and for rates the binomial standard error of a "
-              f"difference); {weak} are within noise or have no noise control for their language; {ties} are ties (mostly rates of 0 on tiny samples: no signal either way); in {no} another calibration did better.", ""]
+              f"difference); {weak} {'is' if weak == 1 else 'are'} within noise or {'has' if weak == 1 else 'have'} no noise control "
+              f"for {'its' if weak == 1 else 'their'} language; {ties} {'is a tie' if ties == 1 else 'are ties'} (mostly rates of 0 "
+              f"on tiny samples: no signal either way); in {no} another calibration did better.", ""]
         by_metric = {}
         for v in vs:
             by_metric.setdefault(v["metric"], []).append(v)
@@ -390,11 +404,12 @@ def write_results(study: dict, docs_dir: Path) -> Path:
                             fmt(metric, value(entry["evals"], f"{calib}@u{round(100 * s)}", lang, metric)) for s in sps) + " |")
                 L.append("")
         # costs
-        L += ["### Cost", "", "Sub-model extraction (wall seconds; cached = reused from the sub-model cache):", "",
+        L += ["### Cost", "", "Sub-model extraction (seconds the build took, as recorded in its manifest; cached = reused from the "
+              "sub-model cache in this run):", "",
               "| sub-model | extraction s | cached now |", "|---|---|---|"]
         for k, c in entry["costs"].items():
             if k != "dense":
-                L.append(f"| {k} | {c.get('extract_s') or '–'} | {'yes' if c.get('cached') else 'no'} |")
+                L.append(f"| {k} | {'–' if c.get('extract_s') is None else c['extract_s']} | {'yes' if c.get('cached') else 'no'} |")
         per_cell: dict[tuple, list] = {}
         for data in entry["evals"].values():
             for lang, cells in data.get("results", {}).items():

@@ -26,3 +26,6 @@ def test_study_on_a_tiny_model(tmp_path):
     # a second run reuses every sub-model and every finished cell
     again = run_study(plan, work_dir=tmp_path / "work", docs_dir=docs, command="again")
     assert all(c["cached"] for c in again["models"][model]["costs"].values())
+    # ... and still reports what each sub-model cost to build, from its manifest
+    assert all(c["extract_s"] is not None for k, c in again["models"][model]["costs"].items() if k != "dense")
+    assert "recorded build and evaluation times add up to" in (docs / "RESULTS.md").read_text()
