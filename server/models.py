@@ -7,6 +7,7 @@ so a completion in flight keeps the model it started with.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
@@ -74,4 +75,8 @@ def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_model(name, dtype=dtype, device=device, sparse=None if sparse else False, cache_dir=cache_dir or None)
-    return Completer(loaded, context_tokens=context_tokens, fim_order=fim_order)
+    completer = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order)
+    # Here, on the loader thread, so that the first request does not pay the model's first-call costs.
+    if os.environ.get("SUBCODER_WARM_UP", "").strip() != "0":
+        log.info("warmed up %s in %.2f s", name, completer.warm_up())
+    return completer

@@ -236,3 +236,15 @@ def test_undecodable_bytes_are_never_suggested():
 
     assert postprocess("x = 1\ufffd\ufffd", "", "single-line") == "x = 1"
     assert postprocess("\ufffdabc", "", "single-line") == ""
+
+
+def test_warm_up_leaves_nothing_behind(loaded):
+    completer = Completer(loaded, context_tokens=256)
+    cold = completer.complete("def add(a, b):\n    return", "", max_new_tokens=6, key="doc")
+    fresh = Completer(loaded, context_tokens=256)
+    assert fresh.warm_up() > 0
+    assert not fresh._sessions and not fresh._results and not fresh._shown
+    assert fresh.stats.requests == 0
+    # a warmed-up completer answers exactly as a cold one
+    again = fresh.complete("def add(a, b):\n    return", "", max_new_tokens=6, key="doc")
+    assert (again.text, again.reused_tokens) == (cold.text, 0)
