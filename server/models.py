@@ -78,5 +78,8 @@ def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_
     completer = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order)
     # Here, on the loader thread, so that the first request does not pay the model's first-call costs.
     if os.environ.get("SUBCODER_WARM_UP", "").strip() != "0":
-        log.info("warmed up %s in %.2f s", name, completer.warm_up())
+        try:
+            log.info("warmed up %s in %.2f s", name, completer.warm_up())
+        except Exception:  # noqa: BLE001 - a failed warm-up only costs the first request its speed
+            log.warning("warming up %s failed; serving it anyway", name, exc_info=True)
     return completer
