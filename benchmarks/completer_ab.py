@@ -1,6 +1,6 @@
 """Two ways of decoding compared on the editor replay, paired request by request in one process.
 
-    python benchmarks/completer_ab.py [--compare head|speculate|thread] [--files 2] [--lines 3]
+    python benchmarks/completer_ab.py [--compare head|speculate|thread|attention] [--files 2] [--lines 3]
 
 The requests are those of benchmarks/server_latency.py (typing replayed through held-out Python).
 Both candidates are `pruner.generate.Completer`s on one loaded sub-model, each with its own KV
@@ -12,6 +12,7 @@ B / A, and whether every suggestion came out the same.
   head       A: full logits (SUBCODER_HEAD_SCREEN=0)   B: the greedy head (int8 screen + exact re-check)
   speculate  A: plain greedy (SUBCODER_SPECULATE=0)   B: drafts verified several tokens per pass
   thread     A: called on the main thread             B: called on a worker thread, as the server does
+  attention  A: torch's SDPA kernel per query          B: the kernel library's decode attention
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SWITCHES = {"head": "SUBCODER_HEAD_SCREEN", "speculate": "SUBCODER_SPECULATE"}
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--compare", choices=("head", "speculate", "thread"), default="head")
+    p.add_argument("--compare", choices=("head", "speculate", "thread", "attention"), default="head")
     p.add_argument("--model", default="qwen2.5-coder-0.5b")
     p.add_argument("--files", type=int, default=2)
     p.add_argument("--lines", type=int, default=3)
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     from pruner.extract import extract
     from pruner.generate import Completer
     from pruner.models import load_model
+    from pruner.sparse._build import active_ops
     from server_latency import make_segment, pick_files, plan_requests
 
     loaded = load_model(str(extract(args.model, "python", PruneConfig(0.5)).path))
@@ -61,7 +63,11 @@ def main(argv=None) -> int:
     if switch:
         os.environ.pop(switch)
 
+    ops = active_ops()
+
     def call(name, req):
+        if args.compare == "attention":
+            ops.set_decode_attention(int(name == "B"))
         run = lambda: completers[name].complete(req.prefix, req.suffix, max_new_tokens=args.max_new_tokens,
                                                 key=f"seg{req.segment}")
         return pool.submit(run).result() if args.compare == "thread" and name == "B" else run()

@@ -164,7 +164,7 @@ class FastDecoder:
         x = self.inner.embed_tokens(torch.tensor([[token]]))  # (1, 1, hidden)
         cos, sin = self.inner.rotary_emb(x, torch.tensor([[pos]]))  # (1, 1, d) each
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: (1, 1, 1, d)
-        rms, rope = self._rms, self._rope
+        rms, rope, ops = self._rms, self._rope, self._ops
         if (h := self._fused_run([token], x, cos, sin, pos, cache)) is not None:
             return self.model.lm_head(h)[0, 0]
         for i, (w_in, eps_in, q_proj, k_proj, v_proj, o_proj, w_post, eps_post, gate, up, down) in enumerate(self.layers):
@@ -173,13 +173,16 @@ class FastDecoder:
             k = rope(k_proj(h).view(1, nkv, 1, d), cos, sin)
             v = v_proj(h).view(1, nkv, 1, d)
             keys, values = cache.update(k, v, i)  # (1, kv_heads, positions, d)
-            # Grouped-query attention for one query: head j reads kv head j // group, so the
-            # queries of one group become the rows of one attention call against their shared kv
-            # head -- no repeated keys. One query sees every cached position: no mask. Measured
-            # (1,000 positions, bf16): 65 us, against 960 us for SDPA's own GQA path and 106 us for
-            # matmul + softmax.
-            attn = F.scaled_dot_product_attention(q.view(1, nkv, g, d), keys, values, scale=self.scaling)
-            attn = attn.reshape(1, 1, nh * d)
+            if ops is not None:  # the fused step's own attention, so the two stay bit-identical
+                attn = ops.decode_attention(q, keys, values, keys.shape[2], self.scaling).view(1, 1, nh * d)
+            else:
+                # Grouped-query attention for one query: head j reads kv head j // group, so the
+                # queries of one group become the rows of one attention call against their shared
+                # kv head -- no repeated keys. One query sees every cached position: no mask.
+                # Measured (1,000 positions, bf16): 65 us, against 960 us for SDPA's own GQA path
+                # and 106 us for matmul + softmax.
+                attn = F.scaled_dot_product_attention(q.view(1, nkv, g, d), keys, values, scale=self.scaling)
+                attn = attn.reshape(1, 1, nh * d)
             x = x + o_proj(attn)
             h = rms(x, w_post, eps_post)
             x = x + down(F.silu(gate(h)) * up(h))

@@ -755,6 +755,217 @@ at::Tensor rope(const at::Tensor& t_in, const at::Tensor& cos_in, const at::Tens
 
 
 // ---------------------------------------------------------------------------------------------
+// Decode attention: T new queries (T = 1 for a step, a few when verifying a draft) against the KV
+// cache, query t seeing the first `first_len + t` positions. Why not SDPA: its CPU flash kernel is
+// built for long queries; for one query against ~800 keys it took ~150 us per layer (3.5 ms of a
+// 27 ms step, measured with torch.profiler), several times its arithmetic. This loop does the
+// same maths (scores in fp32, fp32 softmax, fp32 weighted sum of the values, one rounding to the
+// output dtype) in ~10-20 us, and each (query, kv head) is computed by the same code whatever T is,
+// so a verification pass stays bit-identical to single steps.
+// ---------------------------------------------------------------------------------------------
+
+// exp(x) for x <= 0 (softmax after subtracting the maximum): x = n ln2 + r with |r| <= ln2 / 2,
+// exp(r) by its degree-6 Taylor polynomial (relative error ~1e-7, an ulp), scaled by 2^n with
+// vscalefps. Inputs below -87 give 0, as expf's underflow would.
+__attribute__((target(SC_AVX512))) inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2, high part
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);  // ln2, low part
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(p, n));
+}
+
+// d consecutive values as fp32, 16 at a time.
+template <typename T>
+__attribute__((target(SC_AVX512))) inline __m512 load16_f32(const T* p);
+template <>
+__attribute__((target(SC_AVX512))) inline __m512 load16_f32<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+__attribute__((target(SC_AVX512))) inline __m512 load16_f32<uint16_t>(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(uint16_t v) { return c10::BFloat16(v, c10::BFloat16::from_bits()); }
+inline void from_f32(float v, float* o) { *o = v; }
+inline void from_f32(float v, uint16_t* o) { *o = c10::BFloat16(v).x; }
+
+// Lane j of the result = the sum of the 16 lanes of v[j]: a transpose-and-add tree (46 shuffles
+// and adds for 16 sums, against ~128 for 16 separate horizontal reductions).
+__attribute__((target(SC_AVX512))) inline __m512 sum16x16(const __m512* v) {
+  __m512 w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i)  // lanes 0-7: v[2i]'s halves added, lanes 8-15: v[2i+1]'s
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 128-bit block b: 4 partial sums of v[4i + b]
+    x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // block b: 2 partials of v[8i + b], then 2 of v[8i + 4 + b]
+    y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+  // block b: the sums of v[b], v[4 + b], v[8 + b], v[12 + b]
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, z);
+}
+
+// One kv head's `g` query heads (q: g rows of d = 16 * DV, stride qs) against n cached positions
+// (k, v: rows of d, stride ks); out: g rows, stride os.
+template <typename T, int DV>
+__attribute__((target(SC_AVX512))) void attend_group(const T* q, int64_t qs, int64_t g, const T* k, const T* v,
+                                                     int64_t ks, int64_t n, float scale, T* out, int64_t os,
+                                                     std::vector<float>& scratch) {
+  constexpr int64_t d = 16 * DV;
+  constexpr int64_t HB = DV >= 16 ? 1 : 16 / DV;  // heads per pass over the values: HB * DV accumulators
+  const int64_t n16 = (n + 15) / 16 * 16;
+  scratch.resize(static_cast<size_t>(g * n16 + g * d + n16 * d));
+  float* s = scratch.data();  // g rows of n16 scores
+  float* qf = s + g * n16;    // the queries in fp32, pre-scaled
+  float* vf = qf + g * d;     // the values in fp32
+  for (int64_t h = 0; h < g; ++h)
+    for (int64_t c = 0; c < d; ++c) qf[h * d + c] = to_f32(q[h * qs + c]) * scale;
+  // Scores, 16 keys at a time: per key and head a 16-lane partial dot product, then one tree turns
+  // 16 partials into 16 scores. Keys past n (the last block's padding) read as zeros.
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t nb = std::min<int64_t>(16, n - j0);
+    __m512 kj[16][DV];
+    for (int64_t j = 0; j < 16; ++j)
+      for (int c = 0; c < DV; ++c)
+        kj[j][c] = j < nb ? load16_f32<T>(k + (j0 + j) * ks + 16 * c) : _mm512_setzero_ps();
+    for (int64_t h = 0; h < g; ++h) {
+      __m512 qh[DV], part[16];
+      for (int c = 0; c < DV; ++c) qh[c] = _mm512_loadu_ps(qf + h * d + 16 * c);
+      for (int64_t j = 0; j < 16; ++j) {
+        __m512 acc = _mm512_mul_ps(kj[j][0], qh[0]);
+        for (int c = 1; c < DV; ++c) acc = _mm512_fmadd_ps(kj[j][c], qh[c], acc);
+        part[j] = acc;
+      }
+      _mm512_storeu_ps(s + h * n16 + j0, sum16x16(part));
+    }
+  }
+  // Softmax numerators in place; qf[h] keeps head h's denominator (its query is no longer needed).
+  const __mmask16 tail = n % 16 ? static_cast<__mmask16>((1u << (n % 16)) - 1) : static_cast<__mmask16>(0xFFFF);
+  for (int64_t h = 0; h < g; ++h) {
+    float* sh = s + h * n16;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n16; j += 16) {
+      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
+      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(sh + j));
+    }
+    const __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n16; j += 16) {
+      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
+      const __m512 e = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
+      _mm512_storeu_ps(sh + j, e);  // padding keys get weight 0
+      sum = _mm512_add_ps(sum, e);
+    }
+    qf[h] = _mm512_reduce_add_ps(sum);
+  }
+  // Weighted sum of the values: converted to fp32 once, then HB heads per pass over them.
+  for (int64_t j = 0; j < n; ++j)
+    for (int c = 0; c < DV; ++c) _mm512_storeu_ps(vf + j * d + 16 * c, load16_f32<T>(v + j * ks + 16 * c));
+  for (int64_t h0 = 0; h0 < g; h0 += HB) {
+    const int64_t hb = std::min<int64_t>(HB, g - h0);
+    __m512 acc[HB][DV];
+    for (int64_t h = 0; h < HB; ++h)
+      for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      __m512 vj[DV];
+      for (int c = 0; c < DV; ++c) vj[c] = _mm512_loadu_ps(vf + j * d + 16 * c);
+      for (int64_t h = 0; h < HB; ++h) {
+        if (h >= hb) break;
+        const __m512 p = _mm512_set1_ps(s[(h0 + h) * n16 + j]);
+        for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_fmadd_ps(p, vj[c], acc[h][c]);
+      }
+    }
+    for (int64_t h = 0; h < hb; ++h) {
+      const __m512 inv = _mm512_set1_ps(1.0f / qf[h0 + h]);
+      float tmp[16];
+      for (int c = 0; c < DV; ++c) {
+        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[h][c], inv));
+        for (int i = 0; i < 16; ++i) from_f32(tmp[i], out + (h0 + h) * os + 16 * c + i);
+      }
+    }
+  }
+}
+
+// Whether decode_attention may use its own loop (set_decode_attention: benchmarks and tests compare
+// it with torch's kernel).
+std::atomic<bool> g_own_attention{true};
+
+int64_t set_decode_attention(int64_t own) { return g_own_attention.exchange(own != 0) ? 1 : 0; }
+
+// q (1, heads, T, d) after the rotary embedding; keys/values (1, kv_heads, >= first_len + T - 1, d),
+// rows contiguous. Returns (T, heads * d) in q's dtype.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                            int64_t first_len, double scaling) {
+  TORCH_CHECK(q.dim() == 4 && keys.dim() == 4 && values.dim() == 4 && q.size(0) == 1 && keys.size(0) == 1,
+              "subcoder_sparse: decode_attention takes (1, heads, T, d) queries and (1, kv, n, d) keys/values");
+  const int64_t heads = q.size(1), T = q.size(2), d = q.size(3), kv = keys.size(1);
+  TORCH_CHECK(kv > 0 && heads % kv == 0 && keys.size(3) == d && values.sizes() == keys.sizes() &&
+                  first_len >= 1 && first_len + T - 1 <= keys.size(2),
+              "subcoder_sparse: decode_attention got inconsistent shapes");
+  const int64_t g = heads / kv;
+  const auto dt = q.scalar_type();
+  const bool fast = g_own_attention.load(std::memory_order_relaxed) && g_isa.load(std::memory_order_relaxed) == ISA_AVX512 && (d == 16 || d == 32 || d == 64 || d == 128) &&
+                    (dt == at::kBFloat16 || dt == at::kFloat) && keys.scalar_type() == dt &&
+                    values.scalar_type() == dt && keys.stride(3) == 1 && values.stride(3) == 1 &&
+                    keys.stride(2) == d && values.stride(2) == d && keys.stride(1) == values.stride(1);
+  at::Tensor out = at::empty({T, heads * d}, q.options());
+  if (!fast) {  // torch's kernel, one call per query (no mask: query t sees first_len + t positions)
+    for (int64_t t = 0; t < T; ++t) {
+      const at::Tensor qt = q.select(2, t).contiguous().view({1, kv, g, d});
+      out.select(0, t).copy_(at::scaled_dot_product_attention(qt, keys.narrow(2, 0, first_len + t),
+                                                              values.narrow(2, 0, first_len + t), c10::nullopt,
+                                                              0.0, false, scaling)
+                                 .reshape({heads * d}));
+    }
+    return out;
+  }
+  const at::Tensor qc = q.contiguous();  // (1, heads, T, d)
+  const int64_t hs = keys.stride(1);
+  const float scale = static_cast<float>(scaling);
+  const int64_t tasks = T * kv;
+  const int64_t work = (first_len + T) * heads * d * T;
+  const int64_t grain = work >= 64 * 1024 ? 1 : tasks;  // short caches: one thread, no wake-up
+  auto run = [&](auto tag) {
+    using E = decltype(tag);
+    const E* qp = static_cast<const E*>(qc.data_ptr());
+    const E* kp = static_cast<const E*>(keys.data_ptr());
+    const E* vp = static_cast<const E*>(values.data_ptr());
+    E* op = static_cast<E*>(out.data_ptr());
+    at::parallel_for(0, tasks, grain, [&](int64_t a, int64_t b) {
+      thread_local std::vector<float> scratch;
+      for (int64_t task = a; task < b; ++task) {
+        const int64_t t = task / kv, h = task % kv;
+        const E* qh = qp + (h * g * T + t) * d;
+        E* oh = op + t * heads * d + h * g * d;
+        const int64_t n = first_len + t;
+        if (d == 16) attend_group<E, 1>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        else if (d == 32) attend_group<E, 2>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        else if (d == 64) attend_group<E, 4>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        else attend_group<E, 8>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+      }
+    });
+  };
+  if (dt == at::kBFloat16) run(uint16_t{});
+  else run(float{});
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // A whole decode step for one token (pruner/sparse/fastdecode.py): every decoder layer of a
 // Llama-family model in one call. The same ATen operators the lean Python step calls, in the same
 // order with the same dtypes, so the results are bit-identical to it; what goes away is the Python
@@ -807,7 +1018,7 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
   TORCH_CHECK(x_in.dim() == 2 && x_in.size(0) >= 1 && heads % kv_heads == 0,
               "subcoder_sparse: decode_layers input must be (tokens, hidden)");
   at::NoGradGuard no_grad;
-  const int64_t T = x_in.size(0), group = heads / kv_heads;
+  const int64_t T = x_in.size(0);
   at::Tensor cos_r, sin_r;
   if (T > 1) {
     const int64_t d = cos.size(-1);
@@ -836,24 +1047,7 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
     }
     kb.narrow(2, pos, T).copy_(k);
     vb.narrow(2, pos, T).copy_(v);
-    // One attention call per new token, exactly the single-token call (no mask: token t sees the
-    // positions up to its own): a masked call over all T queries rounds differently and flipped a
-    // near-tie in the latency replay, while per-token calls keep verification bit-identical to steps.
-    at::Tensor attn;
-    if (T == 1) {
-      attn = at::scaled_dot_product_attention(q.view({1, kv_heads, group, d}), kb.narrow(2, 0, pos + 1),
-                                              vb.narrow(2, 0, pos + 1), c10::nullopt, 0.0, false, scaling)
-                 .reshape({1, heads * d});
-    } else {
-      attn = at::empty({T, heads * d}, x.options());
-      for (int64_t t = 0; t < T; ++t) {
-        const at::Tensor qt = q.select(2, t).contiguous().view({1, kv_heads, group, d});
-        attn.select(0, t).copy_(at::scaled_dot_product_attention(qt, kb.narrow(2, 0, pos + t + 1),
-                                                                 vb.narrow(2, 0, pos + t + 1), c10::nullopt, 0.0,
-                                                                 false, scaling)
-                                    .reshape({heads * d}));
-      }
-    }
+    const at::Tensor attn = decode_attention(q, kb, vb, pos + 1, scaling);
     x = x + step_linear(attn, p.slice(14, 4), kd[3]);
     h = rms_norm(x, p[1], eps[2 * i + 1]);
     at::Tensor gate = step_linear(h, p.slice(18, 4), kd[4]);
@@ -1167,6 +1361,9 @@ TORCH_LIBRARY(subcoder_sparse, m) {
         &expand);
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm);
   m.def("rope(Tensor t, Tensor cos, Tensor sin) -> Tensor", &rope);
+  m.def("decode_attention(Tensor q, Tensor keys, Tensor values, int first_len, float scaling) -> Tensor",
+        &decode_attention);
+  m.def("set_decode_attention(int own) -> int", &set_decode_attention);
   m.def("decode_layers(Tensor x, Tensor[] params, int[] kinds, Tensor[] k_cache, Tensor[] v_cache, int pos, "
         "Tensor cos, Tensor sin, int heads, int kv_heads, float[] eps, float scaling) -> Tensor",
         &decode_layers);

@@ -210,3 +210,38 @@ def test_verify_matches_one_step_per_token(sparse_layers, dtype):
             torch.testing.assert_close(l1.keys, l2.keys, atol=1e-5, rtol=1e-5)
             if dtype == torch.bfloat16:
                 assert torch.equal(l1.keys, l2.keys) and torch.equal(l1.values, l2.values)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("heads,kv_heads,d,n,t", [(14, 2, 64, 800, 1), (14, 2, 64, 300, 4), (4, 2, 16, 37, 3),
+                                                  (8, 8, 32, 5, 2), (4, 1, 128, 1, 1), (6, 3, 64, 17, 5)])
+def test_decode_attention_matches_sdpa(dtype, heads, kv_heads, d, n, t):
+    """The kernel library's decode attention (query i sees the first n + i positions) computes what
+    torch's SDPA computes in fp32, to the output dtype's rounding, with its own loop or torch's."""
+    import torch.nn.functional as F
+
+    from pruner import sparse
+    from pruner.sparse._build import active_ops
+
+    ok, reason = sparse.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    ops = active_ops()
+    g = torch.Generator().manual_seed(n)
+    keys = torch.randn(1, kv_heads, n + t + 3, d, generator=g).to(dtype)  # spare capacity, as the cache has
+    values = torch.randn(1, kv_heads, n + t + 3, d, generator=g).to(dtype)
+    q = (torch.randn(1, heads, t, d, generator=g) * 3).to(dtype)
+    want = torch.stack([
+        F.scaled_dot_product_attention(q[:, :, i].float().reshape(1, kv_heads, heads // kv_heads, d),
+                                       keys[:, :, :n + i].float(), values[:, :, :n + i].float(),
+                                       scale=d ** -0.5).reshape(-1)
+        for i in range(t)])
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    for own in (1, 0):
+        previous = ops.set_decode_attention(own)
+        try:
+            got = ops.decode_attention(q, keys, values, n, d ** -0.5)
+        finally:
+            ops.set_decode_attention(previous)
+        assert got.shape == (t, heads * d) and got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
