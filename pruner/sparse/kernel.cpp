@@ -392,28 +392,40 @@ PaddedInput padded_input(const at::Tensor& x_in, int64_t in, int isa) {
   return {base, padded};
 }
 
+inline float to_f32(float v) { return v; }
+inline float to_f32(uint16_t v) { return c10::BFloat16(v, c10::BFloat16::from_bits()); }
+inline void from_f32(float v, float* o) { *o = v; }
+inline void from_f32(float v, uint16_t* o) { *o = c10::BFloat16(v).x; }
+
 // Writes results (plus bias) straight into the output tensor, in its dtype.
 struct OutputWriter {
   void* data;
   bool bf16;
   int64_t stride;  // = out_features
-  const float* bias;
-  std::vector<float> bias_storage;
+  const float* bias;          // fp32 bias, or
+  const uint16_t* bias_bf16;  // bf16 bias, read in place (no per-call copy)
+  at::Tensor bias_keep;
 
   OutputWriter(at::Tensor& y, const c10::optional<at::Tensor>& b) {
     data = y.data_ptr();
     bf16 = y.scalar_type() == at::kBFloat16;
     stride = y.size(1);
     bias = nullptr;
+    bias_bf16 = nullptr;
     if (b.has_value() && b->defined()) {
       TORCH_CHECK(b->numel() == stride, "subcoder_sparse: bias has ", b->numel(), " entries, expected ", stride);
-      at::Tensor bf = b->to(at::kFloat).contiguous();
-      bias_storage.assign(bf.data_ptr<float>(), bf.data_ptr<float>() + stride);
-      bias = bias_storage.data();
+      if (b->scalar_type() == at::kBFloat16) {
+        bias_keep = b->contiguous();
+        bias_bf16 = static_cast<const uint16_t*>(bias_keep.data_ptr());
+      } else {
+        bias_keep = b->to(at::kFloat).contiguous();
+        bias = bias_keep.data_ptr<float>();
+      }
     }
   }
   inline void put(int64_t b, int64_t r, float v) const {
     if (bias) v += bias[r];
+    else if (bias_bf16) v += to_f32(bias_bf16[r]);
     if (bf16) reinterpret_cast<c10::BFloat16*>(data)[b * stride + r] = c10::BFloat16(v);
     else reinterpret_cast<float*>(data)[b * stride + r] = v;
   }
@@ -689,13 +701,16 @@ at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& weight_in, double 
   const at::Tensor x = x_in.contiguous();
   const int64_t H = x.size(-1), rows = x.numel() / std::max<int64_t>(H, 1);
   TORCH_CHECK(weight_in.numel() == H, "subcoder_sparse: rms_norm weight has ", weight_in.numel(), " entries, expected ", H);
-  const at::Tensor w = weight_in.to(at::kFloat).contiguous();
+  // The weight is read in place (a per-call fp32 copy was ~5 us, 48 times per decoded token).
+  const at::Tensor w = weight_in.scalar_type() == at::kBFloat16 ? weight_in.contiguous() : weight_in.to(at::kFloat).contiguous();
   const bool w_bf16 = weight_in.scalar_type() == at::kBFloat16;
+  const uint16_t* wb = w_bf16 ? static_cast<const uint16_t*>(w.data_ptr()) : nullptr;
+  const float* wf = w_bf16 ? nullptr : w.data_ptr<float>();
+  auto wp = [&](int64_t i) { return wb ? to_f32(wb[i]) : wf[i]; };
   const bool x_bf16 = x.scalar_type() == at::kBFloat16;
   // torch promotes weight * hidden: bf16 * bf16 -> bf16, fp32 anywhere -> fp32
   const bool out_bf16 = x_bf16 && w_bf16;
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
-  const float* wp = w.data_ptr<float>();
   std::vector<float> row(H);
   for (int64_t r = 0; r < rows; ++r) {
     if (x_bf16) {
@@ -709,12 +724,12 @@ at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& weight_in, double 
     const float inv = 1.0f / std::sqrt(ss / static_cast<float>(H) + static_cast<float>(eps));
     if (out_bf16) {
       c10::BFloat16* yp = y.data_ptr<c10::BFloat16>() + r * H;
-      for (int64_t i = 0; i < H; ++i) yp[i] = c10::BFloat16(wp[i] * bf16_round(row[i] * inv));
+      for (int64_t i = 0; i < H; ++i) yp[i] = c10::BFloat16(wp(i) * bf16_round(row[i] * inv));
     } else {
       float* yp = y.data_ptr<float>() + r * H;
       for (int64_t i = 0; i < H; ++i) {
         const float n = x_bf16 ? bf16_round(row[i] * inv) : row[i] * inv;
-        yp[i] = wp[i] * n;
+        yp[i] = wp(i) * n;
       }
     }
   }
@@ -796,10 +811,6 @@ __attribute__((target(SC_AVX512))) inline __m512 load16_f32<uint16_t>(const uint
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-inline float to_f32(float v) { return v; }
-inline float to_f32(uint16_t v) { return c10::BFloat16(v, c10::BFloat16::from_bits()); }
-inline void from_f32(float v, float* o) { *o = v; }
-inline void from_f32(float v, uint16_t* o) { *o = c10::BFloat16(v).x; }
 
 // Lane j of the result = the sum of the 16 lanes of v[j]: a transpose-and-add tree (46 shuffles
 // and adds for 16 sums, against ~128 for 16 separate horizontal reductions).
@@ -1020,6 +1031,8 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
   at::NoGradGuard no_grad;
   const int64_t T = x_in.size(0);
   at::Tensor cos_r, sin_r;
+  // rope converts cos/sin to fp32 on every call: convert them once (bit-identical, 96 copies fewer)
+  const at::Tensor cos_f = T == 1 ? cos.to(at::kFloat) : cos, sin_f = T == 1 ? sin.to(at::kFloat) : sin;
   if (T > 1) {
     const int64_t d = cos.size(-1);
     cos_r = cos.reshape({1, 1, T, d});
@@ -1037,8 +1050,8 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
     at::Tensor h = rms_norm(x, p[0], eps[2 * i]);
     at::Tensor q, k, v;
     if (T == 1) {
-      q = rope(step_linear(h, p.slice(2, 4), kd[0]).view({1, heads, 1, d}), cos, sin);
-      k = rope(step_linear(h, p.slice(6, 4), kd[1]).view({1, kv_heads, 1, d}), cos, sin);
+      q = rope(step_linear(h, p.slice(2, 4), kd[0]).view({1, heads, 1, d}), cos_f, sin_f);
+      k = rope(step_linear(h, p.slice(6, 4), kd[1]).view({1, kv_heads, 1, d}), cos_f, sin_f);
       v = step_linear(h, p.slice(10, 4), kd[2]).view({1, kv_heads, 1, d});
     } else {
       q = rope_rows(step_linear(h, p.slice(2, 4), kd[0]).view({1, T, heads, d}).transpose(1, 2), cos_r, sin_r);
