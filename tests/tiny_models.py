@@ -26,25 +26,27 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def tiny_config(family: str, vocab_size: int = 257, tie: bool = True):
+def tiny_config(family: str, vocab_size: int = 257, tie: bool = True, heads: tuple[int, int] = (4, 2)):
+    """`heads`: (attention heads, key/value heads) of the Llama and Qwen2 families; head_dim = 64 / heads."""
     from transformers import GPTNeoXConfig, LlamaConfig, Qwen2Config
 
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=heads[0],
                   vocab_size=vocab_size, max_position_embeddings=512, tie_word_embeddings=tie)
     if family == "llama":
-        return LlamaConfig(num_key_value_heads=2, **common)
+        return LlamaConfig(num_key_value_heads=heads[1], **common)
     if family == "qwen2":
-        return Qwen2Config(num_key_value_heads=2, **common)
+        return Qwen2Config(num_key_value_heads=heads[1], **common)
     if family == "gpt_neox":
-        return GPTNeoXConfig(**common)
+        return GPTNeoXConfig(**{**common, "num_attention_heads": 4})
     raise ValueError(family)
 
 
-def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float32, tie: bool = True):
+def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float32, tie: bool = True,
+               heads: tuple[int, int] = (4, 2)):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, tie=tie), dtype=dtype)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, tie=tie, heads=heads), dtype=dtype)
     return model.eval()
 
 

@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -912,6 +913,103 @@ __attribute__((target(SC_AVX512))) void attend_group(const T* q, int64_t qs, int
   }
 }
 
+// The bf16 version (d = 32 * W): bf16 x bf16 products are exact in fp32, so the scores come from
+// vdpbf16ps on the cached keys as they are (two products per lane and instruction, no conversion),
+// and so does the weighted sum, on the softmax weights rounded to bf16 (as torch's flash kernel
+// rounds them for its bf16 matmul; the denominator adds up the rounded weights) against pairs of
+// value rows interleaved once per call. About half the instructions of the fp32 version.
+template <int W>
+__attribute__((target(SC_AVX512))) void attend_group_bf16(const uint16_t* q, int64_t qs, int64_t g,
+                                                          const uint16_t* k, const uint16_t* v, int64_t ks,
+                                                          int64_t n, float scale, uint16_t* out, int64_t os,
+                                                          std::vector<float>& scratch) {
+  constexpr int64_t d = 32 * W;
+  constexpr int DV = 2 * W;                       // 16-lane fp32 output chunks per head
+  constexpr int64_t HB = DV >= 16 ? 1 : 16 / DV;  // heads per pass over the values
+  const int64_t n16 = (n + 15) / 16 * 16, pairs = n16 / 2;
+  scratch.resize(static_cast<size_t>(g * n16 + g + pairs * d));
+  float* s = scratch.data();                                      // g rows of n16 scores
+  float* denom = s + g * n16;                                     // g softmax denominators
+  uint16_t* vi = reinterpret_cast<uint16_t*>(denom + g);          // value rows interleaved by pairs
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t nb = std::min<int64_t>(16, n - j0);
+    __m512i kj[16][W];
+    for (int64_t j = 0; j < 16; ++j)
+      for (int c = 0; c < W; ++c)
+        kj[j][c] = j < nb ? _mm512_loadu_si512(k + (j0 + j) * ks + 32 * c) : _mm512_setzero_si512();
+    for (int64_t h = 0; h < g; ++h) {
+      __m512i qh[W];
+      __m512 part[16];
+      for (int c = 0; c < W; ++c) qh[c] = _mm512_loadu_si512(q + h * qs + 32 * c);
+      for (int64_t j = 0; j < 16; ++j) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < W; ++c) acc = _mm512_dpbf16_ps(acc, (__m512bh)kj[j][c], (__m512bh)qh[c]);
+        part[j] = acc;
+      }
+      _mm512_storeu_ps(s + h * n16 + j0, _mm512_mul_ps(sum16x16(part), sc));
+    }
+  }
+  // Softmax weights, rounded to bf16 and packed two keys per 32-bit word over the score rows
+  // (row h's words start at s + h * n16: a row of n16 floats has room for its n16 / 2 words).
+  const __mmask16 tail = n % 16 ? static_cast<__mmask16>((1u << (n % 16)) - 1) : static_cast<__mmask16>(0xFFFF);
+  for (int64_t h = 0; h < g; ++h) {
+    float* sh = s + h * n16;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n16; j += 16) {
+      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
+      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(sh + j));
+    }
+    const __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    uint16_t* ph = reinterpret_cast<uint16_t*>(sh);
+    for (int64_t j = 0; j < n16; j += 16) {  // writes weights j..j+15 over scores j/2.., already read
+      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
+      const __m512 e = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
+      const __m256i eb = (__m256i)_mm512_cvtneps_pbh(e);
+      sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(eb), 16)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ph + j), eb);
+    }
+    denom[h] = _mm512_reduce_add_ps(sum);
+  }
+  // Value rows 2i and 2i + 1 interleaved: word c of pair i holds (v[2i][c], v[2i+1][c]).
+  alignas(64) static const uint16_t interleave[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                       8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo_idx = _mm512_load_si512(interleave);
+  const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+  for (int64_t i = 0; i < pairs; ++i) {
+    for (int c = 0; c < W; ++c) {
+      const __m512i a = 2 * i < n ? _mm512_loadu_si512(v + 2 * i * ks + 32 * c) : _mm512_setzero_si512();
+      const __m512i b = 2 * i + 1 < n ? _mm512_loadu_si512(v + (2 * i + 1) * ks + 32 * c) : _mm512_setzero_si512();
+      _mm512_storeu_si512(vi + i * 2 * d + 64 * c, _mm512_permutex2var_epi16(a, lo_idx, b));
+      _mm512_storeu_si512(vi + i * 2 * d + 64 * c + 32, _mm512_permutex2var_epi16(a, hi_idx, b));
+    }
+  }
+  for (int64_t h0 = 0; h0 < g; h0 += HB) {
+    const int64_t hb = std::min<int64_t>(HB, g - h0);
+    __m512 acc[HB][DV];
+    for (int64_t h = 0; h < HB; ++h)
+      for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < pairs; ++i) {
+      __m512i vj[DV];
+      for (int c = 0; c < DV; ++c) vj[c] = _mm512_loadu_si512(vi + i * 2 * d + 32 * c);
+      for (int64_t h = 0; h < HB; ++h) {
+        if (h >= hb) break;
+        const __m512i p = _mm512_set1_epi32(reinterpret_cast<const int32_t*>(s + (h0 + h) * n16)[i]);
+        for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_dpbf16_ps(acc[h][c], (__m512bh)vj[c], (__m512bh)p);
+      }
+    }
+    for (int64_t h = 0; h < hb; ++h) {
+      const __m512 inv = _mm512_set1_ps(1.0f / denom[h0 + h]);
+      float tmp[16];
+      for (int c = 0; c < DV; ++c) {
+        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[h][c], inv));
+        for (int i = 0; i < 16; ++i) from_f32(tmp[i], out + (h0 + h) * os + 16 * c + i);
+      }
+    }
+  }
+}
+
 // Whether decode_attention may use its own loop (set_decode_attention: benchmarks and tests compare
 // it with torch's kernel).
 std::atomic<bool> g_own_attention{true};
@@ -964,6 +1062,16 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
         const E* qh = qp + (h * g * T + t) * d;
         E* oh = op + t * heads * d + h * g * d;
         const int64_t n = first_len + t;
+        if constexpr (std::is_same_v<E, uint16_t>) {
+          if (d >= 32) {
+            const uint16_t* kh = kp + h * hs;
+            const uint16_t* vh = vp + h * hs;
+            if (d == 32) attend_group_bf16<1>(qh, T * d, g, kh, vh, d, n, scale, oh, d, scratch);
+            else if (d == 64) attend_group_bf16<2>(qh, T * d, g, kh, vh, d, n, scale, oh, d, scratch);
+            else attend_group_bf16<4>(qh, T * d, g, kh, vh, d, n, scale, oh, d, scratch);
+            continue;
+          }
+        }
         if (d == 16) attend_group<E, 1>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
         else if (d == 32) attend_group<E, 2>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
         else if (d == 64) attend_group<E, 4>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);

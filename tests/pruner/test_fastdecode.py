@@ -134,7 +134,7 @@ def test_step_without_the_kernel_library(monkeypatch):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def _kernel_qwen(seed: int, dtype, sparse_layers: bool):
+def _kernel_qwen(seed: int, dtype, sparse_layers: bool, heads=(4, 2)):
     """A tiny Qwen2 with non-zero q/k/v biases, its decoder linears 50% sparse on the kernel when
     `sparse_layers` (skips the test where the kernel library cannot run)."""
     from pruner import sparse
@@ -142,7 +142,7 @@ def _kernel_qwen(seed: int, dtype, sparse_layers: bool):
     ok, reason = sparse.kernel_available()
     if not ok:
         pytest.skip(reason)
-    model = tiny_model("qwen2", seed=seed, dtype=dtype)
+    model = tiny_model("qwen2", seed=seed, dtype=dtype, heads=heads)
     with torch.no_grad():
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
@@ -157,12 +157,13 @@ def _kernel_qwen(seed: int, dtype, sparse_layers: bool):
 
 @pytest.mark.parametrize("sparse_layers", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_layers, dtype):
+@pytest.mark.parametrize("heads", [(4, 2), (2, 1)])
+def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_layers, dtype, heads):
     """The one-call C++ step (decode_layers) runs the operator loop's operators in its order: the
     logits and the KV cache it writes are exactly equal, across a crop and past a buffer regrowth."""
     from pruner.kvcache import new_cache
 
-    model = _kernel_qwen(4, dtype, sparse_layers)
+    model = _kernel_qwen(4, dtype, sparse_layers, heads)
     fused = FastDecoder(model)
     assert fused._fused is not None
     monkeypatch.setenv("SUBCODER_FUSED_STEP", "0")
@@ -183,14 +184,15 @@ def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_la
             assert torch.equal(l1.keys, l2.keys) and torch.equal(l1.values, l2.values)
 
 
+@pytest.mark.parametrize("heads", [(4, 2), (2, 1)])  # head_dim 16 and 32: both paths of the kernel's attention
 @pytest.mark.parametrize("sparse_layers", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_verify_matches_one_step_per_token(sparse_layers, dtype):
+def test_verify_matches_one_step_per_token(sparse_layers, dtype, heads):
     """`verify` (T tokens in one pass, causal among themselves) gives exactly the logits and the cache
     that T single steps give: what makes speculative decoding produce plain greedy decoding's tokens."""
     from pruner.kvcache import new_cache
 
-    model = _kernel_qwen(6, dtype, sparse_layers)
+    model = _kernel_qwen(6, dtype, sparse_layers, heads)
     fast = FastDecoder(model)
     prompt = torch.randint(0, 257, (1, 50), generator=torch.Generator().manual_seed(4))
     c1, c2 = new_cache(model.config), new_cache(model.config)
