@@ -1043,7 +1043,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
     }
     return out;
   }
-  const at::Tensor qc = q.contiguous();  // (1, heads, T, d)
+  const at::Tensor qc = q.stride(3) == 1 ? q : q.contiguous();  // (1, heads, T, d), any head/token strides
+  const int64_t q_head = qc.stride(1), q_tok = qc.stride(2);
   const int64_t hs = keys.stride(1);
   const float scale = static_cast<float>(scaling);
   const int64_t tasks = T * kv;
@@ -1059,23 +1060,23 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
       thread_local std::vector<float> scratch;
       for (int64_t task = a; task < b; ++task) {
         const int64_t t = task / kv, h = task % kv;
-        const E* qh = qp + (h * g * T + t) * d;
+        const E* qh = qp + h * g * q_head + t * q_tok;
         E* oh = op + t * heads * d + h * g * d;
         const int64_t n = first_len + t;
         if constexpr (std::is_same_v<E, uint16_t>) {
           if (d >= 32) {
             const uint16_t* kh = kp + h * hs;
             const uint16_t* vh = vp + h * hs;
-            if (d == 32) attend_group_bf16<1>(qh, T * d, g, kh, vh, d, n, scale, oh, d, scratch);
-            else if (d == 64) attend_group_bf16<2>(qh, T * d, g, kh, vh, d, n, scale, oh, d, scratch);
-            else attend_group_bf16<4>(qh, T * d, g, kh, vh, d, n, scale, oh, d, scratch);
+            if (d == 32) attend_group_bf16<1>(qh, q_head, g, kh, vh, d, n, scale, oh, d, scratch);
+            else if (d == 64) attend_group_bf16<2>(qh, q_head, g, kh, vh, d, n, scale, oh, d, scratch);
+            else attend_group_bf16<4>(qh, q_head, g, kh, vh, d, n, scale, oh, d, scratch);
             continue;
           }
         }
-        if (d == 16) attend_group<E, 1>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
-        else if (d == 32) attend_group<E, 2>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
-        else if (d == 64) attend_group<E, 4>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
-        else attend_group<E, 8>(qh, T * d, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        if (d == 16) attend_group<E, 1>(qh, q_head, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        else if (d == 32) attend_group<E, 2>(qh, q_head, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        else if (d == 64) attend_group<E, 4>(qh, q_head, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
+        else attend_group<E, 8>(qh, q_head, g, kp + h * hs, vp + h * hs, d, n, scale, oh, d, scratch);
       }
     });
   };
@@ -1113,12 +1114,34 @@ at::Tensor step_linear(const at::Tensor& x, at::TensorList p, int64_t kind) {
   return at::linear(x, a, ob);
 }
 
-// The model's rotary embedding for T > 1 positions (one cos/sin row per position): the eager
-// code's operators, so the rounding is the model's.
-at::Tensor rope_rows(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = t.size(-1) / 2;
-  const at::Tensor rotated = at::cat({-t.narrow(-1, half, half), t.narrow(-1, 0, half)}, -1);
-  return t * cos + rotated * sin;
+// The rotary embedding of T tokens' projections x (T, H * d), token t rotated by row t of cos/sin
+// (fp32, (T, d)): `rope`'s arithmetic and rounding, one call for every head of every token (the
+// model's eager operators took ~50 us per layer for a few tokens).
+at::Tensor rope_tokens(const at::Tensor& x_in, const at::Tensor& cos, const at::Tensor& sin, int64_t d) {
+  const at::Tensor x = x_in.contiguous();
+  const int64_t T = x.size(0), H = x.size(1) / d, half = d / 2;
+  at::Tensor y = at::empty_like(x);
+  const bool bf = x.scalar_type() == at::kBFloat16;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* cp = cos.data_ptr<float>() + t * d;
+    const float* sp = sin.data_ptr<float>() + t * d;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t o = (t * H + h) * d;
+      for (int64_t i = 0; i < d; ++i) {
+        if (bf) {
+          const c10::BFloat16* tp = x.data_ptr<c10::BFloat16>() + o;
+          const float v = static_cast<float>(tp[i]);
+          const float rot = i < half ? -static_cast<float>(tp[i + half]) : static_cast<float>(tp[i - half]);
+          y.data_ptr<c10::BFloat16>()[o + i] = c10::BFloat16(bf16_round(v * cp[i]) + bf16_round(rot * sp[i]));
+        } else {
+          const float* tp = x.data_ptr<float>() + o;
+          const float rot = i < half ? -tp[i + half] : tp[i - half];
+          y.data_ptr<float>()[o + i] = tp[i] * cp[i] + rot * sp[i];
+        }
+      }
+    }
+  }
+  return y;
 }
 
 // x: (T, hidden), the hidden states of T new tokens at positions pos .. pos + T - 1; cos/sin hold
@@ -1138,14 +1161,9 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
               "subcoder_sparse: decode_layers input must be (tokens, hidden)");
   at::NoGradGuard no_grad;
   const int64_t T = x_in.size(0);
-  at::Tensor cos_r, sin_r;
-  // rope converts cos/sin to fp32 on every call: convert them once (bit-identical, 96 copies fewer)
-  const at::Tensor cos_f = T == 1 ? cos.to(at::kFloat) : cos, sin_f = T == 1 ? sin.to(at::kFloat) : sin;
-  if (T > 1) {
-    const int64_t d = cos.size(-1);
-    cos_r = cos.reshape({1, 1, T, d});
-    sin_r = sin.reshape({1, 1, T, d});
-  }
+  // rope would convert cos/sin to fp32 on every call: once here (bit-identical)
+  const at::Tensor cos_f = cos.to(at::kFloat).reshape({T, -1}).contiguous();
+  const at::Tensor sin_f = sin.to(at::kFloat).reshape({T, -1}).contiguous();
   at::Tensor x = x_in;
   for (int64_t i = 0; i < L; ++i) {
     at::TensorList p = params.slice(i * STEP_TENSORS_PER_LAYER, STEP_TENSORS_PER_LAYER);
@@ -1156,16 +1174,10 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
     TORCH_CHECK(kb.dim() == 4 && pos + T <= kb.size(2) && vb.size(2) == kb.size(2),
                 "subcoder_sparse: KV buffer too small");
     at::Tensor h = rms_norm(x, p[0], eps[2 * i]);
-    at::Tensor q, k, v;
-    if (T == 1) {
-      q = rope(step_linear(h, p.slice(2, 4), kd[0]).view({1, heads, 1, d}), cos_f, sin_f);
-      k = rope(step_linear(h, p.slice(6, 4), kd[1]).view({1, kv_heads, 1, d}), cos_f, sin_f);
-      v = step_linear(h, p.slice(10, 4), kd[2]).view({1, kv_heads, 1, d});
-    } else {
-      q = rope_rows(step_linear(h, p.slice(2, 4), kd[0]).view({1, T, heads, d}).transpose(1, 2), cos_r, sin_r);
-      k = rope_rows(step_linear(h, p.slice(6, 4), kd[1]).view({1, T, kv_heads, d}).transpose(1, 2), cos_r, sin_r);
-      v = step_linear(h, p.slice(10, 4), kd[2]).view({1, T, kv_heads, d}).transpose(1, 2);
-    }
+    // (1, heads, T, d) views of the rotated (T, heads * d) projections
+    const at::Tensor q = rope_tokens(step_linear(h, p.slice(2, 4), kd[0]), cos_f, sin_f, d).view({1, T, heads, d}).transpose(1, 2);
+    const at::Tensor k = rope_tokens(step_linear(h, p.slice(6, 4), kd[1]), cos_f, sin_f, d).view({1, T, kv_heads, d}).transpose(1, 2);
+    const at::Tensor v = step_linear(h, p.slice(10, 4), kd[2]).view({1, T, kv_heads, d}).transpose(1, 2);
     kb.narrow(2, pos, T).copy_(k);
     vb.narrow(2, pos, T).copy_(v);
     const at::Tensor attn = decode_attention(q, kb, vb, pos + 1, scaling);
