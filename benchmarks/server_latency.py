@@ -480,6 +480,43 @@ def load_avg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+class PassProbe:
+    """The machine's speed at the moment, in the unit that bounds extension requests: one decode pass
+    of the sub-model (one token at 800 cached held-out tokens, median of 15), timed in this process.
+    This shared machine's speed drifts by 1.5x within an hour, and the load average does not show it."""
+
+    def __init__(self, sub_path: Path):
+        import torch
+
+        from pruner.corpora import read_documents
+        from pruner.generate import Completer
+        from pruner.models import load_model
+
+        self.completer = Completer(load_model(str(sub_path)))
+        text = "\n".join(r["text"] for r in read_documents("python", "heldout"))
+        self.ids = self.completer.tokenizer(text[:16000])["input_ids"][:801]
+        self.cache = self.completer._new_cache()
+        with torch.inference_mode():
+            self.completer._feed(self.ids[:800], self.cache)
+
+    def ms(self) -> float | None:
+        import torch
+
+        from pruner.generate import _crop
+
+        fast = self.completer._fast
+        if fast is None or not fast.fused:
+            return None
+        times = []
+        with torch.inference_mode():
+            for _ in range(15):
+                t0 = time.perf_counter()
+                fast.next_tokens(self.ids[800:801], self.cache)
+                times.append(time.perf_counter() - t0)
+                _crop(self.cache, 800)
+        return 1e3 * statistics.median(times)
+
+
 def write_section(path: Path, text: str) -> None:
     """Replace (or append) this benchmark's section; other sections of the file stay as they are."""
     old = path.read_text() if path.is_file() else "# Performance\n"
@@ -536,6 +573,8 @@ def main(argv=None) -> int:
     results: dict[str, list[float]] = {}
     loads: dict[str, str] = {}
     extra: dict = {}
+    probe = PassProbe(sub.path)
+    passes: dict[str, float | None] = {"before": probe.ms()}
 
     def checkpoint() -> None:
         """Each engine's figures as soon as it is done: a long run cut short keeps what it measured."""
@@ -544,7 +583,7 @@ def main(argv=None) -> int:
                 "command": command, "loads": loads, "results": results, "kinds": kinds, "bare": extra.get("bare"),
                 "server_text": [t for _, _, t in extra["server"]["times"]] if "server" in extra else None,
                 "served": extra.get("server", {}).get("served"),
-                "server_rss_mb": extra.get("server", {}).get("rss_mb"),
+                "server_rss_mb": extra.get("server", {}).get("rss_mb"), "pass_ms": passes,
             }, indent=1))
     with tempfile.TemporaryDirectory(prefix="subcoder-latency-") as tmp:
         tmp = Path(tmp)
@@ -558,6 +597,7 @@ def main(argv=None) -> int:
             results["subcoder server"] = [t for _, t, _ in got["times"]]
             extra["server"] = got
             loads["subcoder server"] = load_avg()
+            passes["subcoder server"] = probe.ms()
             checkpoint()
             bare = bare_costs(sub.path, cold, args.max_new_tokens)
             extra["bare"] = bare
@@ -567,6 +607,7 @@ def main(argv=None) -> int:
             print("model.generate replay ...", file=sys.stderr)
             results["model.generate (dense)"] = run_generate(args.model, requests, args.max_new_tokens)
             loads["model.generate (dense)"] = load_avg()
+            passes["model.generate (dense)"] = probe.ms()
             checkpoint()
         if "llama" in engines:
             try:
@@ -581,6 +622,7 @@ def main(argv=None) -> int:
                 results[name] = run_llama(gguf, args.model, requests, args.max_new_tokens, args.threads,
                                           args.llama_fim_order)
                 loads[name] = load_avg()
+                passes[name] = probe.ms()
                 checkpoint()
 
     lines = [SECTION, "",
@@ -626,6 +668,11 @@ def main(argv=None) -> int:
         lines.append("")
     if "llama_skipped" in extra:
         lines.append(f"llama.cpp column skipped: {extra['llama_skipped']}.")
+        lines.append("")
+    if passes.get("before") is not None:
+        lines.append("Machine speed, as one decode pass of the sub-model (1 token at 800 cached tokens, median of "
+                     "15, in the benchmark's process), before the replays and after each engine: " +
+                     "; ".join(f"{k}: {v:.1f} ms" for k, v in passes.items() if v is not None) + ".")
         lines.append("")
     lines.append("Load average (1/5/15 min) after each engine: " +
                  "; ".join(f"{k}: {v}" for k, v in loads.items()) + ".")
