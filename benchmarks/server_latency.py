@@ -18,9 +18,11 @@ What it does, in order (never two engines at once: the machine has two cores):
    from the write of the request to the read of its response. The first request of a segment is
    *cold* (a document the server has not completed before); the others *extend* the previous prompt.
    Reads the server's resident memory afterwards.
-4. *Bare cost* of each cold request, in this process on the same sub-model: one forward over its
-   prompt plus one forward per token the server decoded for it. Cold server latency should stay
-   within 1.2x of it.
+4. *Bare cost* of each cold request, in this process on the same sub-model, right after the server
+   answered it (the replay waits meanwhile, so the machine's drift does not enter the ratio): one
+   forward over its prompt plus one forward per token decoded for it. Cold server latency should
+   stay within 1.2x of it. Also, before the replays and after each engine, the time of one decode
+   pass of the sub-model: the machine's speed at that moment, which drifts 1.5-2x within an hour.
 5. The same requests (same prompt ids, same stop rules) through plain `model.generate` on the dense
    base model (the server's `auto` dtype, no cache reuse), and through llama.cpp (`llama-cpp-python`, the preset's GGUF,
    2 threads, prompt caching: its built-in prefix reuse between consecutive calls plus a
@@ -236,7 +238,9 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
 
 
-def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tokens: int, log_dir: Path) -> dict:
+def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tokens: int, log_dir: Path,
+               after_cold=None) -> dict:
+    """The replay through a real server process; `after_cold(request)` runs after each cold answer."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-c", "import sys; from server.main import run; sys.exit(run(sys.argv[1:]))",
            "--log-file", str(log_dir / "server.log")]
@@ -284,6 +288,8 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
                     "context": {"triggerKind": 2}})
                 items = (result or {}).get("items", []) if isinstance(result, dict) else (result or [])
                 times.append((req, seconds, items[0]["insertText"] if items else ""))
+                if req.kind == "cold" and after_cold is not None:
+                    after_cold(req)
             client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         rss, hwm = rss_mb(client.proc.pid)
     finally:
@@ -309,30 +315,24 @@ def parse_log(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- in-process engines
 
 
-def bare_costs(sub_path: Path, requests: list[Request], max_new_tokens: int) -> list[dict]:
-    """For each (cold) request: the server's own decoding in-process, then one prefill + N decode steps timed bare."""
+def bare_cost(completer, req: Request, max_new_tokens: int) -> dict:
+    """One cold request in-process: the server's own decoding (for the number of tokens), then one
+    prefill + that many single decode steps timed bare."""
     import torch
 
-    from pruner.generate import Completer
-    from pruner.models import load_model
-
-    loaded = load_model(str(sub_path))
-    completer = Completer(loaded)
-    out = []
-    for req in requests:
-        got = completer.complete(req.prefix, req.suffix, max_new_tokens=max_new_tokens)
-        prompt = completer.prompts.build(req.prefix, req.suffix)
-        cache = completer._new_cache()
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            token = completer._feed(list(prompt.ids), cache)
-            t1 = time.perf_counter()
-            for _ in range(got.new_tokens):
-                token = completer._feed([token], cache)
-            t2 = time.perf_counter()
-        out.append({"prompt_tokens": len(prompt.ids), "new_tokens": got.new_tokens,
-                    "prefill_s": t1 - t0, "decode_s": t2 - t1, "bare_s": t2 - t0, "inprocess_s": got.seconds})
-    return out
+    got = completer.complete(req.prefix, req.suffix, max_new_tokens=max_new_tokens)
+    completer._results.clear()  # the same prompt must be decoded again if asked again
+    prompt = completer.prompts.build(req.prefix, req.suffix)
+    cache = completer._new_cache()
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        token = completer._feed(list(prompt.ids), cache)
+        t1 = time.perf_counter()
+        for _ in range(got.new_tokens):
+            token = completer._feed([token], cache)
+        t2 = time.perf_counter()
+    return {"prompt_tokens": len(prompt.ids), "new_tokens": got.new_tokens,
+            "prefill_s": t1 - t0, "decode_s": t2 - t1, "bare_s": t2 - t0, "inprocess_s": got.seconds}
 
 
 class _StopOnRule:
@@ -593,15 +593,17 @@ def main(argv=None) -> int:
             (workspace / f"file_{i}.py").write_text(record["text"])
         if "server" in engines:
             print("server replay ...", file=sys.stderr)
-            got = run_server(segments, args.model, workspace, args.max_new_tokens, tmp)
+            # Each cold request's bare cost is measured right after the server answered it (the
+            # server waits meanwhile), so that the machine's drift does not enter their ratio.
+            bare: list[dict] = []
+            got = run_server(segments, args.model, workspace, args.max_new_tokens, tmp,
+                             after_cold=lambda req: bare.append(bare_cost(probe.completer, req, args.max_new_tokens)))
             results["subcoder server"] = [t for _, t, _ in got["times"]]
             extra["server"] = got
             loads["subcoder server"] = load_avg()
             passes["subcoder server"] = probe.ms()
             checkpoint()
-            bare = bare_costs(sub.path, cold, args.max_new_tokens)
             extra["bare"] = bare
-            loads["bare"] = load_avg()
             checkpoint()
         if "generate" in engines:
             print("model.generate replay ...", file=sys.stderr)
@@ -642,7 +644,7 @@ def main(argv=None) -> int:
         server_cold = [t for t, k in zip(results["subcoder server"], kinds) if k == "cold"]
         ratios = [s / b["bare_s"] for s, b in zip(server_cold, bare)]
         lines.append(f"Cold requests against their bare cost (one forward over the prompt + one per decoded token, "
-                     f"same sub-model, in-process): bare median {ms(statistics.median(b['bare_s'] for b in bare))} ms "
+                     f"same sub-model, in the benchmark's process right after the server's answer): bare median {ms(statistics.median(b['bare_s'] for b in bare))} ms "
                      f"(prefill {ms(statistics.median(b['prefill_s'] for b in bare))} ms for "
                      f"{statistics.median(b['prompt_tokens'] for b in bare):.0f} tokens, "
                      f"{statistics.median(b['new_tokens'] for b in bare):.0f} tokens decoded); server cold / bare: "
