@@ -832,6 +832,24 @@ __attribute__((target(SC_AVX512))) inline __m512 sum16x16(const __m512* v) {
   return _mm512_permutexvar_ps(order, z);
 }
 
+// Keys j..j+15 of a score row that exist (a row has n scores, padded to a multiple of 16).
+__attribute__((target(SC_AVX512))) inline __mmask16 live_keys(int64_t j, int64_t n) {
+  return j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
+}
+
+// The largest of a score row's n scores, in every lane: softmax subtracts it before exp.
+__attribute__((target(SC_AVX512))) inline __m512 row_max(const float* sh, int64_t n, int64_t n16) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n16; j += 16) mx = _mm512_mask_max_ps(mx, live_keys(j, n), mx, _mm512_loadu_ps(sh + j));
+  return _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+}
+
+// exp(score - max) for keys j..j+15; padding keys get weight 0.
+__attribute__((target(SC_AVX512))) inline __m512 softmax_numerators(const float* sh, int64_t j, int64_t n,
+                                                                    __m512 mv) {
+  return _mm512_maskz_mov_ps(live_keys(j, n), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
+}
+
 // One kv head's `g` query heads (q: g rows of d = 16 * DV, stride qs) against n cached positions
 // (k, v: rows of d, stride ks); out: g rows, stride os.
 template <typename T, int DV>
@@ -867,20 +885,13 @@ __attribute__((target(SC_AVX512))) void attend_group(const T* q, int64_t qs, int
     }
   }
   // Softmax numerators in place; qf[h] keeps head h's denominator (its query is no longer needed).
-  const __mmask16 tail = n % 16 ? static_cast<__mmask16>((1u << (n % 16)) - 1) : static_cast<__mmask16>(0xFFFF);
   for (int64_t h = 0; h < g; ++h) {
     float* sh = s + h * n16;
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < n16; j += 16) {
-      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
-      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(sh + j));
-    }
-    const __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    const __m512 mv = row_max(sh, n, n16);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < n16; j += 16) {
-      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
-      const __m512 e = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
-      _mm512_storeu_ps(sh + j, e);  // padding keys get weight 0
+      const __m512 e = softmax_numerators(sh, j, n, mv);
+      _mm512_storeu_ps(sh + j, e);
       sum = _mm512_add_ps(sum, e);
     }
     qf[h] = _mm512_reduce_add_ps(sum);
@@ -952,20 +963,13 @@ __attribute__((target(SC_AVX512))) void attend_group_bf16(const uint16_t* q, int
   }
   // Softmax weights, rounded to bf16 and packed two keys per 32-bit word over the score rows
   // (row h's words start at s + h * n16: a row of n16 floats has room for its n16 / 2 words).
-  const __mmask16 tail = n % 16 ? static_cast<__mmask16>((1u << (n % 16)) - 1) : static_cast<__mmask16>(0xFFFF);
   for (int64_t h = 0; h < g; ++h) {
     float* sh = s + h * n16;
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < n16; j += 16) {
-      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
-      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(sh + j));
-    }
-    const __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    const __m512 mv = row_max(sh, n, n16);
     __m512 sum = _mm512_setzero_ps();
     uint16_t* ph = reinterpret_cast<uint16_t*>(sh);
     for (int64_t j = 0; j < n16; j += 16) {  // writes weights j..j+15 over scores j/2.., already read
-      const __mmask16 live = j + 16 <= n ? static_cast<__mmask16>(0xFFFF) : tail;
-      const __m512 e = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
+      const __m512 e = softmax_numerators(sh, j, n, mv);
       const __m256i eb = (__m256i)_mm512_cvtneps_pbh(e);
       sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(eb), 16)));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(ph + j), eb);
