@@ -3,7 +3,7 @@
     python benchmarks/completer_ab.py [--compare head|speculate|thread|attention] [--files 2] [--lines 3]
 
 The requests are those of benchmarks/server_latency.py (typing replayed through held-out Python).
-Both candidates are `pruner.generate.Completer`s on one loaded sub-model, each with its own KV
+Both candidates are `subcoder.pruner.engine.completer.Completer`s on one loaded sub-model, each with its own KV
 caches, and they take turns on every request (A then B, then B then A on the next), so the drift of
 a shared machine's memory bandwidth -- which moves whole replays by a third from one hour to the
 next -- hits both alike. Prints extension-request p50 for each, the median per-request time ratio
@@ -45,11 +45,11 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pruner.config import PruneConfig
-    from pruner.extract import extract
-    from pruner.generate import Completer
-    from pruner.models import load_model
-    from pruner.sparse._build import active_ops
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.extract import extract
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.loader import load_model
+    from subcoder.pruner.kernels.native import active_ops
     from server_latency import make_segment, pick_files, plan_requests
 
     loaded = load_model(str(extract(args.model, "python", PruneConfig(0.5)).path))

@@ -10,14 +10,14 @@ The sub-model is the preset's 50% Wanda sub-model for `--language`, built with t
              PyTorch (exactly as fast as the unpruned base model: zeros cost what any weight costs)
   sparse  -- the pruned linears on the sparse kernel (packed mask + values, no dense copy), lm_head
              on the dense bf16 matvec kernel, each token through the lean decode step
-             (pruner.sparse.fastdecode: the layer stack as one C++ call) on the growing KV cache
-             (pruner.kvcache). Also shown through the model's own forward, so the kernel's and
+             (subcoder.pruner.kernels.decode_step: the layer stack as one C++ call) on the growing KV cache
+             (subcoder.pruner.engine.kvcache). Also shown through the model's own forward, so the kernel's and
              the step's gains read apart
-  greedy-head -- the same step, the next token found by pruner.sparse.greedy_head (an int8 copy
+  greedy-head -- the same step, the next token found by subcoder.pruner.kernels.greedy_head (an int8 copy
              of lm_head screens the vocabulary, the few rows that can win are recomputed exactly:
              the same argmax without reading the bf16 lm_head)
   speculative -- the same step and head plus drafts looked up in the context and verified several tokens
-             per pass (pruner.speculate), exactly what `subcoder generate` and the server run;
+             per pass (subcoder.pruner.engine.speculate), exactly what `subcoder generate` and the server run;
              the same greedy tokens
   llama   -- llama.cpp (llama-cpp-python) on the preset's own GGUF (quantized, not pruned), the
              engine most local-completion extensions use; skipped when it is not installed
@@ -61,7 +61,7 @@ def load_settings(path: Path) -> dict:
 
 def long_prompt(tokenizer, language: str, target: int = 1000) -> list[int]:
     """About `target` tokens of held-out code in the sub-model's language (never calibration data)."""
-    from pruner.calibration import corpus_documents
+    from subcoder.pruner.calibration import corpus_documents
 
     ids: list[int] = []
     for doc in corpus_documents(language, "heldout"):
@@ -82,7 +82,7 @@ def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: in
     or with `greedy_head` through `fast.next_tokens`, which finds the argmax without every logit)."""
     from transformers import DynamicCache
 
-    from pruner.kvcache import new_cache
+    from subcoder.pruner.engine.kvcache import new_cache
 
     arg = _cache_arg(model)
     t0 = time.perf_counter()
@@ -111,11 +111,11 @@ def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: in
 
 @torch.no_grad()
 def speculative_round(model, fast, short_ids: list[int], long_ids: list[int], new_tokens: int) -> dict:
-    """As `torch_round` with the lean step, decoding through `pruner.speculate.Decoding` with drafts
+    """As `torch_round` with the lean step, decoding through `subcoder.pruner.engine.speculate.Decoding` with drafts
     looked up in the prompt and the text so far -- the Completer's decode loop, without stop rules."""
-    from pruner.generate import _crop
-    from pruner.kvcache import new_cache
-    from pruner.speculate import Decoding, PromptLookup
+    from subcoder.pruner.engine.completer import _crop
+    from subcoder.pruner.engine.kvcache import new_cache
+    from subcoder.pruner.engine.speculate import Decoding, PromptLookup
 
     arg = _cache_arg(model)
     t0 = time.perf_counter()
@@ -174,17 +174,17 @@ def median_of(rounds: list[dict]) -> dict:
 
 def submodel_dir(model: str, language: str) -> Path:
     """The cached sub-model `subcoder prune -M model -l language` builds (built now if missing)."""
-    from pruner.calibration import CalibrationSpec
-    from pruner.config import PruneConfig
-    from pruner.extract import extract
+    from subcoder.pruner.calibration import CalibrationSpec
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.extract import extract
 
     return extract(model, language, PruneConfig(), CalibrationSpec(), dtype="auto").path
 
 
 def pruned_bytes(model) -> tuple[int, int]:
     """(bytes of the pruned linears as they sit in memory, bytes of every tensor, shared counted once)."""
-    from pruner.sparse import SparseLinear
-    from pruner.sparse.modules import _model_bytes
+    from subcoder.pruner.kernels import SparseLinear
+    from subcoder.pruner.kernels.linear import _model_bytes
 
     layers = sum(m.nbytes() for m in model.modules() if isinstance(m, SparseLinear))
     return layers, _model_bytes(model)
@@ -211,8 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--write", metavar="MD", help="replace the 'End-to-end decode' section of this markdown file")
     args = ap.parse_args(argv)
 
-    from pruner import sparse
-    from pruner.models import load_model
+    from subcoder.pruner import kernels as sparse
+    from subcoder.pruner.loader import load_model
 
     torch.set_num_threads(args.threads)
     ok, reason = sparse.kernel_available()
@@ -228,8 +228,8 @@ def main(argv=None) -> int:
     if not fast_model.info.sparse_kernel:
         print(f"sparse kernel not in use ({reason}); nothing to compare", file=sys.stderr)
         return 1
-    from pruner.sparse.fastdecode import FastDecoder
-    from pruner.sparse.modules import _model_bytes
+    from subcoder.pruner.kernels.decode_step import FastDecoder
+    from subcoder.pruner.kernels.linear import _model_bytes
 
     step = FastDecoder.for_model(fast_model.model)
     layer_bytes, model_bytes = pruned_bytes(fast_model.model)

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.detect import detect
+from subcoder.server.detect import detect
 
 
 def main() -> None:

@@ -17,10 +17,12 @@ import time
 
 import torch
 
-from pruner.calibration import CalibrationSpec, build_calibration
-from pruner.config import PruneConfig
-from pruner.models import DEFAULT_PRESET, human_bytes, load_model
-from pruner.prune import prune_model
+from subcoder.pruner.calibration import CalibrationSpec, build_calibration
+from subcoder.pruner.config import PruneConfig
+from subcoder.pruner.loader import load_model
+from subcoder.pruner.presets import DEFAULT_PRESET
+from subcoder.pruner.units import human_bytes
+from subcoder.pruner.prune import prune_model
 
 
 def rss_peak() -> int:
@@ -40,7 +42,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from pruner.models import resolve_dtype
+    from subcoder.pruner.loaded import resolve_dtype
 
     args.dtype = resolve_dtype(args.dtype)
     loaded = load_model(args.model, dtype=args.dtype, sparse=False)

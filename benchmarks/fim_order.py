@@ -4,7 +4,7 @@
 
 `--model` is anything `subcoder generate -M` takes: a preset (the dense base), a sub-model directory,
 or a language name for the newest cached sub-model. The same seeded tasks are
-completed greedily with both layouts (pruner.generate.FIM_ORDERS) and executed in the sandbox;
+completed greedily with both layouts (subcoder.pruner.engine.completer.FIM_ORDERS) and executed in the sandbox;
 pass@1 and wall time are printed for each. The server's `fimOrder` default rests on this.
 """
 
@@ -27,11 +27,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from pruner.evaluation import humaneval
-    from pruner.evaluation.decode import BatchGenerator
-    from pruner.cli import _submodel_or_model
-    from pruner.generate import FIM_ORDERS
-    from pruner.models import load_model
+    from subcoder.pruner.evaluation import humaneval
+    from subcoder.pruner.evaluation.decode import BatchGenerator
+    from subcoder.pruner.cli import _submodel_or_model
+    from subcoder.pruner.engine.completer import FIM_ORDERS
+    from subcoder.pruner.loader import load_model
 
     torch.set_num_threads(args.threads)
     loaded = load_model(_submodel_or_model(args.model, None))

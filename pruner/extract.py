@@ -11,7 +11,8 @@ from . import paths
 from .calibration import CalibrationSet, CalibrationSpec, build_calibration, check_language
 from .config import PruneConfig
 from .errors import ConfigError
-from .models import LoadedModel, load_model
+from .loaded import LoadedModel
+from .loader import load_model
 from .progress import CancelFn, ProgressFn, check_cancel, report
 from .prune import PruneReport, prune_model
 from .storage import FORMAT_VERSION, save_submodel, size_report
@@ -44,7 +45,9 @@ def planned_key(model: str, language: str, config: PruneConfig, calibration: Cal
     the calibration windows' tokenization: about a second). Lets a caller look in the cache first."""
     from transformers import AutoTokenizer
 
-    from .models import resolve_dtype, resolve_model, weights_hash
+    from .loaded import resolve_dtype
+
+    from .presets import resolve_model, weights_hash
 
     calibration = calibration or CalibrationSpec()
     check_language(language, allow_general=calibration.source == "corpus")
@@ -102,7 +105,7 @@ def extract(
     if offload:
         if isinstance(model, LoadedModel):
             raise ConfigError("offload loads the model itself: pass its name, not a loaded model")
-        from .models import resolve_model
+        from .presets import resolve_model
         from .offload import DiskOffload
 
         disk = DiskOffload(resolve_model(model, cache_dir=cache_dir, progress=progress), str(model), dtype,

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .models import LoadedModel, ModelInfo, checkpoint_dtype, detect_fim, parse_dtype, weights_hash
+from .loaded import LoadedModel, ModelInfo, checkpoint_dtype, detect_fim, parse_dtype
+from .presets import weights_hash
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 from . import __version__, paths
 from .errors import CorruptError, ModelError
 from .packing import pack_mask, pack_rows, unpack_mask  # noqa: F401  (pack_mask: part of this module's API)
-from .models import MANIFEST, WEIGHTS, LoadedModel, ModelInfo, checkpoint_dtype, detect_fim, parse_dtype, sha256_file
+from .loaded import LoadedModel, MANIFEST, ModelInfo, WEIGHTS, checkpoint_dtype, detect_fim, parse_dtype, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def load_submodel(directory: Path, *, dtype="auto", device="cpu", sparse: bool |
 def _use_sparse_kernel(loaded: LoadedModel, packed: dict, required: bool) -> None:
     """Swap pruned linears for the sparse CPU kernel where it is available (one log line if not)."""
     try:
-        from . import sparse
+        from . import kernels as sparse
     except ImportError:
         return
     ok, reason = sparse.kernel_available()

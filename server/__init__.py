@@ -1,5 +1,5 @@
-"""subcoder's language server: `subcoder serve` (see `server.main`)."""
+"""subcoder's language server: `subcoder serve` (see `subcoder.server.main`)."""
 
-from pruner import __version__
+from subcoder.pruner import __version__
 
 __all__ = ["__version__"]

@@ -1,4 +1,4 @@
-"""The build child process: `python -m server.build_worker`, one sub-model per run.
+"""The build child process: `python -m subcoder.server.build_worker`, one sub-model per run.
 
 Reads one JSON line from stdin (the `BuildRequest`), then writes JSON lines to stdout:
 `{"event": "waiting"}` while another process holds the entry's lock, `{"event": "progress", stage,
@@ -32,15 +32,15 @@ def _watch_stdin(flag: threading.Event) -> None:
 
 def main() -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("server.build_worker")
+    log = logging.getLogger("subcoder.server.build_worker")
     request = json.loads(sys.stdin.readline())
     cancelled = threading.Event()
     threading.Thread(target=_watch_stdin, args=(cancelled,), daemon=True).start()
 
-    from pruner.calibration import CalibrationSpec
-    from pruner.config import Pattern, PruneConfig
-    from pruner.errors import Cancelled, SubcoderError
-    from pruner.extract import extract
+    from subcoder.pruner.calibration import CalibrationSpec
+    from subcoder.pruner.config import Pattern, PruneConfig
+    from subcoder.pruner.errors import Cancelled, SubcoderError
+    from subcoder.pruner.extract import extract
 
     from .cache import CacheManager
 

@@ -1,8 +1,8 @@
 """The sub-model cache on disk: lookup with verification, per-entry locks, LRU eviction under a size limit.
 
-Layout under the root (`cacheDir` setting, else `pruner.paths.submodels_dir()`):
+Layout under the root (`cacheDir` setting, else `subcoder.pruner.paths.submodels_dir()`):
 
-    <key>/               a complete sub-model (written by `pruner.paths.atomic_dir`, so complete or absent)
+    <key>/               a complete sub-model (written by `subcoder.pruner.paths.atomic_dir`, so complete or absent)
     .<key>.tmp-*/        a build in progress (or left by a killed one: removed under the entry's lock)
     .locks/<key>.lock    held by whichever process builds <key>: two servers sharing the cache build it once
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import filelock
 
-from pruner import paths
-from pruner.errors import CacheError, CorruptError
+from subcoder.pruner import paths
+from subcoder.pruner.errors import CacheError, CorruptError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class CacheManager:
             log.info("cache miss: %s", key)
             return None
         if verify:
-            from pruner.storage import verify as verify_submodel
+            from subcoder.pruner.storage import verify as verify_submodel
 
             try:
                 verify_submodel(path)

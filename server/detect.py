@@ -4,7 +4,7 @@ Fast (one `scandir` walk, file contents read only where an extension is ambiguou
 honours `.gitignore` files at any depth, and skips what is not the user's own code: vendored,
 generated, minified, binary and build folders and files.
 
-Rules beyond the extension table (`pruner.calibration.EXTENSIONS`, shared with workspace calibration):
+Rules beyond the extension table (`subcoder.pruner.calibration.EXTENSIONS`, shared with workspace calibration):
 - `.h` is C++ when the header has C++ constructs (`class`, `namespace`, `template<`, `std::`) or the
   workspace has C++ sources and no C sources; otherwise C.
 - A file without an extension is read for a shebang (`#!/usr/bin/env python3` → python).
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pruner.calibration import EXTENSIONS, SKIP_DIRS
+from subcoder.pruner.calibration import EXTENSIONS, SKIP_DIRS
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import logging.handlers
 from pathlib import Path
 from typing import Callable
 
-from pruner import paths
+from subcoder.pruner import paths
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OURS = ("server", "pruner")

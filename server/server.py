@@ -2,7 +2,7 @@
 
 Handlers are short and follow one shape (find the document → ask the engine → convert to LSP types);
 the work lives in plain modules: `detect` (languages), `build` (child-process builds), `cache`
-(entries, locks, eviction), `models` (which model answers) and `pruner.generate` (decoding).
+(entries, locks, eviction), `models` (which model answers) and `subcoder.pruner.engine.completer` (decoding).
 
 Threads: the asyncio loop runs handlers; inference runs on one worker thread (one decode at a time,
 a newer request for the same document cancels the older one between tokens); model loading and
@@ -26,15 +26,15 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from pruner import paths
-from pruner.calibration import LANGUAGES
-from pruner.errors import Cancelled, SubcoderError
+from subcoder.pruner import paths
+from subcoder.pruner.calibration import LANGUAGES
+from subcoder.pruner.errors import Cancelled, SubcoderError
 
 from . import __version__, logs
-from .build import BuildEvent, BuildManager, BuildRequest, calibration_dict, compute_key
+from .builds import BuildEvent, BuildManager, BuildRequest, calibration_dict, compute_key
 from .cache import CacheManager
 from .detect import Detection, detect
-from .models import LANGUAGE_IDS, ModelSet, Served, load_completer
+from .modelset import LANGUAGE_IDS, ModelSet, Served, load_completer
 from .settings import Settings, parse_settings, python_log_level
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class SubcoderServer(LanguageServer):
         language = LANGUAGE_IDS.get((document.language_id or "").lower())
         if language:
             return language
-        from pruner.calibration import EXTENSIONS
+        from subcoder.pruner.calibration import EXTENSIONS
 
         suffix = Path(to_fs_path(document.uri) or document.uri).suffix.lower()
         return next((lang for lang, exts in EXTENSIONS.items() if suffix in exts), None)

@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from pruner.calibration import LANGUAGES
-from pruner.config import Pattern, PruneConfig
-from pruner.errors import ConfigError
-from pruner.models import DEFAULT_PRESET
+from subcoder.pruner.calibration import LANGUAGES
+from subcoder.pruner.config import Pattern, PruneConfig
+from subcoder.pruner.errors import ConfigError
+from subcoder.pruner.presets import DEFAULT_PRESET
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
 
@@ -33,7 +33,7 @@ class Settings:
     dtype: str = "auto"  # auto | bfloat16 | float32 (auto: bf16 only where the CPU has it natively)
     max_new_tokens: int = 48
     completion_mode: str = "auto"  # auto | single-line | multi-line
-    fim_order: str = "spm"  # spm | psm: fill-in-the-middle prompt layout (pruner.generate.FIM_ORDERS)
+    fim_order: str = "spm"  # spm | psm: fill-in-the-middle prompt layout (subcoder.pruner.engine.completer.FIM_ORDERS)
     cache_dir: str = ""  # "" = the platform's user cache
     cache_size_limit_mb: int = 4096
     log_level: str = "info"

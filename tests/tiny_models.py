@@ -51,7 +51,7 @@ def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float32, tie: b
 
 
 def save_tiny_model_dir(path: Path, family: str = "llama", seed: int = 0) -> Path:
-    """A Hugging Face directory (safetensors + tokenizer) that `pruner.models.load_model` accepts."""
+    """A Hugging Face directory (safetensors + tokenizer) that `subcoder.pruner.loader.load_model` accepts."""
     model = tiny_model(family, seed, dtype=torch.bfloat16)
     model.save_pretrained(str(path))
     byte_tokenizer().save_pretrained(str(path))

@@ -138,7 +138,8 @@ async function startServer(reason: string): Promise<void> {
     const next = createClient({
         stderrTail,
         python: interp.path,
-        cwd: api.firstWorkspaceFolder(),
+        // Never the workspace: nothing in it may be importable by the server.
+        cwd: os.tmpdir(),
         settings: currentSettings(),
         channel: logChannel(),
         hooks: {

@@ -65,7 +65,7 @@ def run(argv: list[str]) -> int:
     if args.resume and not args.out:
         print("subcoder eval: --resume needs --out", file=sys.stderr)
         return 2
-    from pruner.errors import SubcoderError
+    from subcoder.pruner.errors import SubcoderError
 
     from .report import eval_table
     from .runner import EvalConfig, evaluate, set_threads

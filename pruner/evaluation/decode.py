@@ -75,7 +75,7 @@ def stop_function_end(language: str) -> StopFn:
 
 class BatchGenerator:
     def __init__(self, loaded, *, context_tokens: int = 1024, use_fim: bool = True):
-        from pruner.generate import Completer, PromptBuilder
+        from subcoder.pruner.engine.completer import Completer, PromptBuilder
 
         completer = Completer(loaded, context_tokens=context_tokens)
         self.model = loaded.model

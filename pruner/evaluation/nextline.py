@@ -46,7 +46,7 @@ def _good_line(line: str) -> bool:
 
 
 def tasks(language: str, n: int, seed: int = 0) -> list[dict]:
-    from pruner.calibration import corpus_documents
+    from subcoder.pruner.calibration import corpus_documents
 
     docs = corpus_documents(language, "heldout")
     rng = random.Random(f"nextline:{seed}:{language}")

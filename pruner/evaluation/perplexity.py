@@ -15,7 +15,7 @@ import torch
 
 
 def heldout_windows(tokenizer, language: str, *, n_windows: int = 16, seq_len: int = 512, seed: int = 0) -> list[list[int]]:
-    from pruner.calibration import corpus_documents
+    from subcoder.pruner.calibration import corpus_documents
 
     docs = corpus_documents(language, "heldout")
     order = list(range(len(docs)))

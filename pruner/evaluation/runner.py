@@ -46,7 +46,7 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from pruner import __version__
+    from subcoder.pruner import __version__
 
     return {"subcoder": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "platform": platform.platform(),
@@ -82,7 +82,7 @@ def set_threads(threads: int | None = None) -> int:
 
 def pick_dtype(dtype: str = "auto", device: str = "cpu") -> str:
     """bf16 is 1.5-3x faster than fp32 on CPUs with native bf16, and several times slower on AVX2-only ones."""
-    from ..models import resolve_dtype
+    from ..loaded import resolve_dtype
 
     return resolve_dtype(dtype, device)
 
@@ -131,7 +131,8 @@ def _cell_size(metric: str, language: str, cfg: EvalConfig) -> int:
 def evaluate(model, cfg: EvalConfig, *, out: Path | None = None, resume: bool = False, label: str | None = None,
              progress: bool = True, log_fn=None) -> dict:
     """Run every requested cell; `model` is a name/path or a LoadedModel."""
-    from pruner.models import LoadedModel, load_model
+    from subcoder.pruner.loaded import LoadedModel
+    from subcoder.pruner.loader import load_model
 
     from . import humaneval as he
     from .decode import BatchGenerator

@@ -4,7 +4,7 @@ For each base model: dense; magnitude; Wanda calibrated on prose; Wanda calibrat
 — at 50% unstructured and at 2:4 — each evaluated on every language. Plus what the paper did not
 run: a noise control (two sub-models of one language from disjoint halves of its calibration
 packages) and a quality-vs-sparsity sweep (the language sub-model against the prose one, in its own
-language). Sub-models come from `pruner.extract.extract` and are cached by key; every evaluation
+language). Sub-models come from `subcoder.pruner.extract.extract` and are cached by key; every evaluation
 cell is kept in a results file keyed by its settings, so a re-run only does what is missing.
 """
 
@@ -125,9 +125,9 @@ def _say(msg: str) -> None:
 
 
 def extract_variant(model: str, v: Variant, plan: Plan) -> tuple[Path, dict]:
-    from pruner.calibration import CalibrationSpec
-    from pruner.config import PruneConfig
-    from pruner.extract import extract
+    from subcoder.pruner.calibration import CalibrationSpec
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.extract import extract
 
     cfg = PruneConfig(sparsity=v.sparsity, pattern=v.pattern, method=v.method)
     spec = CalibrationSpec(n_samples=plan.calib_samples, seq_len=plan.calib_seq_len, seed=plan.seed, half=v.half)
@@ -171,7 +171,7 @@ def model_slug(model: str) -> str:
 
 
 def run_study(plan: Plan, *, work_dir: Path, docs_dir: Path, command: str) -> dict:
-    from pruner import paths
+    from subcoder.pruner import paths
 
     from .report import write_results
 
@@ -216,8 +216,8 @@ def run_study(plan: Plan, *, work_dir: Path, docs_dir: Path, command: str) -> di
 
 def overlaps(model: str, entry: dict, plan: Plan, docs_dir: Path) -> dict:
     """Jaccard distances between the masks of every pruned sub-model (per pattern), with heatmaps."""
-    from pruner.overlap import compare, heatmap
-    from pruner.storage import load_masks
+    from subcoder.pruner.overlap import compare, heatmap
+    from subcoder.pruner.storage import load_masks
 
     out = {}
     slug = model_slug(model)
@@ -291,8 +291,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from pruner import paths
-    from pruner.errors import SubcoderError
+    from subcoder.pruner import paths
+    from subcoder.pruner.errors import SubcoderError
 
     args = parser().parse_args(argv)
     from .runner import set_threads

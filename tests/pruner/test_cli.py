@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pruner.cli import main
+from subcoder.pruner.cli import main
 from tiny_models import save_tiny_model_dir
 
 
@@ -78,7 +78,7 @@ def test_unwritable_cache(capsys, tmp_path, tiny_dir, ws):
 
 
 def test_full_disk_leaves_nothing(capsys, tmp_path, tiny_dir, ws, monkeypatch):
-    import pruner.paths as paths
+    import subcoder.pruner.paths as paths
 
     real_replace = os.replace
 
@@ -112,5 +112,5 @@ def test_prune_overlap_export_generate_models(capsys, tmp_path, tiny_dir, ws):
 
 
 def test_help_teaches():
-    out = subprocess.run([sys.executable, "-m", "pruner.cli", "prune", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "subcoder.pruner.cli", "prune", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--calibration" in out.stdout and "Wanda" in out.stdout

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pruner import corpora
-from pruner.corpora import build
-from pruner.errors import ConfigError
+from subcoder.pruner import corpora
+from subcoder.pruner.corpora import build
+from subcoder.pruner.errors import ConfigError
 
 EXPECTED = ["python", "java", "cpp", "javascript", "typescript", "go", "rust", "prose"]
 

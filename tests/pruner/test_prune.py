@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from pruner.config import PruneConfig
-from pruner.errors import Cancelled
-from pruner.prune import decoder_layers, prunable_linears, prune_model
-from pruner.wanda import mask_from_scores, wanda_scores
+from subcoder.pruner.config import PruneConfig
+from subcoder.pruner.errors import Cancelled
+from subcoder.pruner.prune import decoder_layers, prunable_linears, prune_model
+from subcoder.pruner.wanda import mask_from_scores, wanda_scores
 from tiny_models import FAMILIES, tiny_model
 
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from pruner.calibration import CalibrationSpec, build_calibration
-from pruner.config import PruneConfig
-from pruner.extract import extract
-from pruner.generate import Completer
-from pruner.models import load_model
+from subcoder.pruner.calibration import CalibrationSpec, build_calibration
+from subcoder.pruner.config import PruneConfig
+from subcoder.pruner.extract import extract
+from subcoder.pruner.engine.completer import Completer
+from subcoder.pruner.loader import load_model
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def test_sparse_kernel_greedy_tokens_match_dense(submodel):
     order), so a near-tie between the two best logits may break the other way: a differing token is
     allowed only where the dense top-2 gap is below 0.25 (a few bf16 ulps), and the count is printed.
     """
-    from pruner import sparse
+    from subcoder.pruner import kernels as sparse
 
     ok, reason = sparse.kernel_available()
     if not ok:

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from pruner.calibration import CalibrationSpec
-from pruner.config import PruneConfig
-from pruner.errors import CorruptError
-from pruner.extract import extract
-from pruner.models import load_model
-from pruner.storage import export_dense, load_masks, pack_mask, size_report, unpack_mask
+from subcoder.pruner.calibration import CalibrationSpec
+from subcoder.pruner.config import PruneConfig
+from subcoder.pruner.errors import CorruptError
+from subcoder.pruner.extract import extract
+from subcoder.pruner.loader import load_model
+from subcoder.pruner.storage import export_dense, load_masks, pack_mask, size_report, unpack_mask
 from tiny_models import save_tiny_model_dir
 
 PY = "def add(a, b):\n    return a + b\n\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n        self.items.append(x)\n"
@@ -119,7 +119,7 @@ def test_export_dense_loads_with_plain_transformers(base_dir, workspace, tmp_pat
 
 
 def test_failed_write_leaves_nothing(base_dir, workspace, tmp_path, monkeypatch):
-    import pruner.storage as storage
+    import subcoder.pruner.storage as storage
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
@@ -147,7 +147,7 @@ def test_offloaded_pruning_gives_the_same_submodel(base_dir, workspace, tmp_path
 
 
 def test_planned_key_matches_extract(base_dir, workspace, tmp_path):
-    from pruner.extract import planned_key
+    from subcoder.pruner.extract import planned_key
 
     key = planned_key(str(base_dir), "python", PruneConfig(0.5), spec(workspace))
     result = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")

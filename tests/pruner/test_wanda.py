@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pruner.config import Pattern, PruneConfig
-from pruner.errors import ConfigError
-from pruner.wanda import NormAccumulator, mask_from_scores, wanda_scores
+from subcoder.pruner.config import Pattern, PruneConfig
+from subcoder.pruner.errors import ConfigError
+from subcoder.pruner.wanda import NormAccumulator, mask_from_scores, wanda_scores
 
 
 def test_scores_are_abs_weight_times_input_norm():

@@ -1,4 +1,4 @@
-"""server.cache: verification, corrupt entries deleted, LRU eviction that spares locked and kept entries."""
+"""subcoder.server.cache: verification, corrupt entries deleted, LRU eviction that spares locked and kept entries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.cache import CacheManager
+from subcoder.server.cache import CacheManager
 
 
 def _fake_entry(cache: CacheManager, key: str, size: int, age: float) -> None:

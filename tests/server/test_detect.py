@@ -1,11 +1,11 @@
-"""server.detect: language ranking, .gitignore, skipped folders, .h and shebang rules, speed."""
+"""subcoder.server.detect: language ranking, .gitignore, skipped folders, .h and shebang rules, speed."""
 
 from __future__ import annotations
 
 
 from conftest import write_tree
 
-from server.detect import detect
+from subcoder.server.detect import detect
 
 
 def test_ranks_by_bytes_and_skips_vendored(tmp_path):

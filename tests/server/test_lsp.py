@@ -130,7 +130,7 @@ async def test_two_servers_build_once_and_corrupt_entry_is_rebuilt(tiny_model_di
         log = c.log_file.read_text()
     assert "corrupt" in log and log.count("extracted python sub-model") == 1
     (rebuilt,) = _entries(cache)
-    from pruner.storage import verify
+    from subcoder.pruner.storage import verify
 
     verify(rebuilt)
 
@@ -158,8 +158,8 @@ async def test_empty_workspace_serves_base(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 async def test_real_preset_python_submodel(tmp_path, py_workspace):
     """smollm2-135m: a Python sub-model from the shipped corpus, then a sensible completion."""
-    from pruner import paths
-    from pruner.models import is_cached
+    from subcoder.pruner import paths
+    from subcoder.pruner.presets import is_cached
 
     if not is_cached("smollm2-135m"):
         pytest.skip("smollm2-135m is not in the model cache (subcoder models --fetch smollm2-135m)")

@@ -1,10 +1,10 @@
-"""server.settings: camelCase parsing, invalid values fall back with a message, partial updates."""
+"""subcoder.server.settings: camelCase parsing, invalid values fall back with a message, partial updates."""
 
 import dataclasses
 import json
 from pathlib import Path
 
-from server.settings import Settings, _camel, parse_settings
+from subcoder.server.settings import Settings, _camel, parse_settings
 
 
 def test_defaults_and_camel_case():

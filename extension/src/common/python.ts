@@ -14,8 +14,9 @@ export interface Interpreter {
 export const DEFAULT_PYTHON = 'python3';
 
 /** The module run as `python -m ... serve` (the `subcoder serve` console script runs the same). */
-export const SERVER_MODULE = 'pruner.cli';
-export const SERVER_ARGS: readonly string[] = ['-m', SERVER_MODULE, 'serve'];
+export const SERVER_MODULE = 'subcoder.pruner.cli';
+// -P: the working directory never goes on sys.path, so a workspace's own modules are never imported.
+export const SERVER_ARGS: readonly string[] = ['-P', '-m', SERVER_MODULE, 'serve'];
 export const PIP_PACKAGE = 'subcoder';
 
 /**

@@ -43,7 +43,7 @@ test('describeInterpreter names the source', () => {
 });
 
 test('the server runs as a module', () => {
-    assert.deepEqual([...SERVER_ARGS], ['-m', 'pruner.cli', 'serve']);
+    assert.deepEqual([...SERVER_ARGS], ['-P', '-m', 'subcoder.pruner.cli', 'serve']);
 });
 
 test('install command quotes paths that need it', () => {
@@ -54,7 +54,7 @@ test('install command quotes paths that need it', () => {
 });
 
 test('the probe script is valid-looking Python that uses the missing code', () => {
-    assert.match(PROBE_SCRIPT, /find_spec\("pruner\.cli"\)/);
+    assert.match(PROBE_SCRIPT, /find_spec\("subcoder\.pruner\.cli"\)/);
     assert.match(PROBE_SCRIPT, new RegExp(`sys\\.exit\\(0 if found else ${PROBE_MISSING}\\)`));
 });
 

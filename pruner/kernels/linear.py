@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import packing
-from ._build import active_ops
+from .native import active_ops
 
-log = logging.getLogger("pruner.sparse")
+log = logging.getLogger("subcoder.pruner.kernels")
 
 _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _PAD = 32  # zero values after the last kept one: the AVX2 kernel reads 16 bytes at a time
@@ -237,7 +237,7 @@ def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool 
     With `dense_lm_head`, a bf16 output projection that is not pruned is wrapped in
     `DenseBF16Linear` (sharing its weight, tied or not).
     """
-    from ._build import kernel_available
+    from .native import kernel_available
 
     ok, reason = kernel_available()
     report = SparsifyReport(kernel=ok, kernel_reason=reason)

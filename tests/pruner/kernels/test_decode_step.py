@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from pruner.sparse.fastdecode import FastDecoder
+from subcoder.pruner.kernels.decode_step import FastDecoder
 from tiny_models import tiny_model
 
 
@@ -49,7 +49,7 @@ def test_other_families_are_declined():
 
 
 def test_step_on_the_sparse_kernel_matches_dense():
-    from pruner import sparse
+    from subcoder.pruner import kernels as sparse
 
     ok, reason = sparse.kernel_available()
     if not ok:
@@ -75,7 +75,7 @@ def test_step_on_the_sparse_kernel_matches_dense():
 def test_growing_cache_matches_the_dynamic_cache_through_crops():
     """Prefill, single steps (fast path and model), a crop back into the prompt, then more tokens:
     the growing cache's logits match transformers' own DynamicCache at every step."""
-    from pruner.kvcache import GrowingLayer, new_cache
+    from subcoder.pruner.engine.kvcache import GrowingLayer, new_cache
 
     model = tiny_model("qwen2", seed=5)
     fast = FastDecoder(model)
@@ -99,9 +99,9 @@ def test_growing_cache_matches_the_dynamic_cache_through_crops():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_norm_and_rotary_match_the_models_arithmetic(dtype):
     """The kernel library's rms_norm/rope round where the model's eager code rounds."""
-    from pruner import sparse
-    from pruner.sparse._build import active_ops
-    from pruner.sparse.fastdecode import _rms, _rope
+    from subcoder.pruner import kernels as sparse
+    from subcoder.pruner.kernels.native import active_ops
+    from subcoder.pruner.kernels.decode_step import _rms, _rope
 
     ok, reason = sparse.kernel_available()
     if not ok:
@@ -137,7 +137,7 @@ def test_step_without_the_kernel_library(monkeypatch):
 def _kernel_qwen(seed: int, dtype, sparse_layers: bool, heads=(4, 2)):
     """A tiny Qwen2 with non-zero q/k/v biases, its decoder linears 50% sparse on the kernel when
     `sparse_layers` (skips the test where the kernel library cannot run)."""
-    from pruner import sparse
+    from subcoder.pruner import kernels as sparse
 
     ok, reason = sparse.kernel_available()
     if not ok:
@@ -161,7 +161,7 @@ def _kernel_qwen(seed: int, dtype, sparse_layers: bool, heads=(4, 2)):
 def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_layers, dtype, heads):
     """The one-call C++ step (decode_layers) runs the operator loop's operators in its order: the
     logits and the KV cache it writes are exactly equal, across a crop and past a buffer regrowth."""
-    from pruner.kvcache import new_cache
+    from subcoder.pruner.engine.kvcache import new_cache
 
     model = _kernel_qwen(4, dtype, sparse_layers, heads)
     fused = FastDecoder(model)
@@ -190,7 +190,7 @@ def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_la
 def test_verify_matches_one_step_per_token(sparse_layers, dtype, heads):
     """`verify` (T tokens in one pass, causal among themselves) gives exactly the logits and the cache
     that T single steps give: what makes speculative decoding produce plain greedy decoding's tokens."""
-    from pruner.kvcache import new_cache
+    from subcoder.pruner.engine.kvcache import new_cache
 
     model = _kernel_qwen(6, dtype, sparse_layers, heads)
     fast = FastDecoder(model)
@@ -222,8 +222,8 @@ def test_decode_attention_matches_sdpa(dtype, heads, kv_heads, d, n, t):
     torch's SDPA computes in fp32, to the output dtype's rounding, with its own loop or torch's."""
     import torch.nn.functional as F
 
-    from pruner import sparse
-    from pruner.sparse._build import active_ops
+    from subcoder.pruner import kernels as sparse
+    from subcoder.pruner.kernels.native import active_ops
 
     ok, reason = sparse.kernel_available()
     if not ok:

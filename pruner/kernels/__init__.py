@@ -10,8 +10,8 @@ Weights use the packed layout of docs/ARCHITECTURE.md ("Storage format"): per ro
 words (bit j of word k = column 32k + j kept, LSB first) and the kept bf16 values row by row.
 """
 
-from ._build import kernel_available, kernel_dir
-from .modules import DenseBF16Linear, SparseLinear, SparsifyReport, sparsify
+from .native import kernel_available, kernel_dir
+from .linear import DenseBF16Linear, SparseLinear, SparsifyReport, sparsify
 from .. import packing
 from ..packing import pack_mask, pack_rows, row_offsets, unpack, unpack_mask
 

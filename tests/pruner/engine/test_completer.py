@@ -1,4 +1,4 @@
-"""pruner.generate: prompt building, stop rules, greedy decoding, KV-cache reuse, cancellation."""
+"""subcoder.pruner.engine.completer: prompt building, stop rules, greedy decoding, KV-cache reuse, cancellation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pruner.errors import Cancelled
-from pruner.generate import Completer, PromptBuilder, StopRule, postprocess, resolve_mode
+from subcoder.pruner.errors import Cancelled
+from subcoder.pruner.engine.completer import Completer, PromptBuilder, StopRule, postprocess, resolve_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from tinymodel import make_tiny_model, make_tokenizer  # noqa: E402
@@ -232,7 +232,7 @@ def test_cancel_between_tokens_keeps_the_cache_usable(loaded):
 
 
 def test_undecodable_bytes_are_never_suggested():
-    from pruner.generate import postprocess
+    from subcoder.pruner.engine.completer import postprocess
 
     assert postprocess("x = 1\ufffd\ufffd", "", "single-line") == "x = 1"
     assert postprocess("\ufffdabc", "", "single-line") == ""

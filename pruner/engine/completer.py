@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import Cancelled
+from ..errors import Cancelled
 from .speculate import Decoding, PromptLookup
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ class Completer:
         self._fast = _fast_decoder(self.model)
         if speculate is None:
             speculate = os.environ.get("SUBCODER_SPECULATE", "").strip() != "0"
-        # Draft tokens from the context, verified several at a time (pruner.speculate): the same
+        # Draft tokens from the context, verified several at a time (subcoder.pruner.engine.speculate): the same
         # greedy tokens, fewer passes over the weights. Needs the fused decode step to verify.
         self.speculate = bool(speculate) and self._fast is not None and self._fast.fused
         self._lock = threading.Lock()
@@ -558,11 +558,11 @@ class Completer:
 
 
 def _fast_decoder(model):
-    """The lean batch-1 decode step (pruner.sparse.fastdecode) for CPU models it supports, else None.
+    """The lean batch-1 decode step (subcoder.pruner.kernels.decode_step) for CPU models it supports, else None.
     `SUBCODER_FAST_STEP=0` turns it off (every token then goes through the model's forward)."""
     if os.environ.get("SUBCODER_FAST_STEP", "").strip() == "0" or model.device.type != "cpu":
         return None
-    from .sparse.fastdecode import FastDecoder
+    from ..kernels.decode_step import FastDecoder
 
     return FastDecoder.for_model(model)
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pruner.generate import Completer
-from pruner.speculate import PromptLookup
+from subcoder.pruner.engine.completer import Completer
+from subcoder.pruner.engine.speculate import PromptLookup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from tinymodel import make_tiny_model, make_tokenizer  # noqa: E402
@@ -44,7 +44,7 @@ def test_lookup_never_matches_the_tail_with_itself():
 
 @pytest.fixture(scope="module")
 def loaded():
-    from pruner import sparse
+    from subcoder.pruner import kernels as sparse
 
     ok, reason = sparse.kernel_available()
     if not ok:
@@ -89,7 +89,7 @@ def test_speculation_off_without_the_fused_step(loaded, monkeypatch):
 def test_confirmed_and_refuted_drafts_keep_greedy_tokens_and_an_exact_cache(loaded, monkeypatch):
     """Drafts that are partly right (an oracle that knows plain greedy's tokens and spoils every
     third draft's last token): accepted runs, refutations, stops inside a draft, the length limit."""
-    import pruner.speculate as speculate
+    import subcoder.pruner.engine.speculate as speculate
 
     plain = Completer(loaded, context_tokens=512, follow_typing=False, speculate=False)
     cases = [(CODE[:700], CODE[700:], "multi-line", 40), (CODE[:1200], "", "multi-line", 25),

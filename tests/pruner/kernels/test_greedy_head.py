@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from pruner.sparse.greedy_head import GreedyHead, quantize_rows
-from pruner.sparse.modules import DenseBF16Linear
+from subcoder.pruner.kernels.greedy_head import GreedyHead, quantize_rows
+from subcoder.pruner.kernels.linear import DenseBF16Linear
 
 
 def _ops():
-    from pruner import sparse
-    from pruner.sparse._build import active_ops
+    from subcoder.pruner import kernels as sparse
+    from subcoder.pruner.kernels.native import active_ops
 
     ok, reason = sparse.kernel_available()
     if not ok:
@@ -75,9 +75,9 @@ def test_next_tokens_equal_the_argmax_of_verify_on_a_model():
     _ops()
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from pruner import sparse
-    from pruner.kvcache import new_cache
-    from pruner.sparse.fastdecode import FastDecoder
+    from subcoder.pruner import kernels as sparse
+    from subcoder.pruner.engine.kvcache import new_cache
+    from subcoder.pruner.kernels.decode_step import FastDecoder
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruner import sparse
-from pruner.sparse import _build, packing
-from pruner.sparse.modules import SparseLinear
+from subcoder.pruner import kernels as sparse
+from subcoder.pruner.kernels import native as _build, packing
+from subcoder.pruner.kernels.linear import SparseLinear
 
 _CACHE_AT_IMPORT = os.environ.get("SUBCODER_CACHE_DIR")
 
@@ -116,7 +116,7 @@ def test_bit_layout_matches_the_storage_format():
     words = sparse.pack_mask(m)
     assert words.tolist() == [[1 - 2**31, 1], [0, 1 << 7]]
     try:
-        from pruner import storage
+        from subcoder.pruner import storage
     except Exception:  # storage not importable in this checkout
         return
     assert torch.equal(storage.pack_mask(m), words)
@@ -244,11 +244,11 @@ def test_fallback_when_disabled(monkeypatch, caplog):
 def test_unavailable_reason_is_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(_build, "_state", {})
     monkeypatch.setattr(_build, "_why_not_here", lambda: "the CPU has no AVX2+FMA (and no AVX-512 BF16)")
-    with caplog.at_level(logging.WARNING, logger="pruner.sparse"):
+    with caplog.at_level(logging.WARNING, logger="subcoder.pruner.kernels"):
         for _ in range(3):
             ok, reason = sparse.kernel_available()
             assert not ok and "AVX2" in reason
-    lines = [r for r in caplog.records if r.name == "pruner.sparse"]
+    lines = [r for r in caplog.records if r.name == "subcoder.pruner.kernels"]
     assert len(lines) == 1 and "AVX2" in lines[0].getMessage()
 
 
@@ -356,7 +356,7 @@ def test_sparse_linear_survives_dtype_casts(ops):
 
 def test_kernel_passes_its_load_time_self_check():
     """The check that guards every SIMD path on a user's CPU accepts the kernel here."""
-    from pruner.sparse._build import _self_check, get_ops
+    from subcoder.pruner.kernels.native import _self_check, get_ops
 
     ops = get_ops()
     if ops is None:

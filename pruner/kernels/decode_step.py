@@ -9,7 +9,7 @@ rotary embedding from the model's own rotary module, grouped-query attention wit
 SiLU-gated MLP) with a minimum of tensor operations, reading and writing the very `DynamicCache` the
 model uses, so prefill (the model's forward) and decode steps can be mixed freely.
 
-Where the kernel library is loaded and the cache is a `pruner.kvcache` growing cache, the whole
+Where the kernel library is loaded and the cache is a `subcoder.pruner.engine.kvcache` growing cache, the whole
 stack of layers runs as one C++ call (`decode_layers` in kernel.cpp: the same operators in the same
 order, so bit-identical results) -- the Python interpreter between ~15 tiny operators per layer was
 a third of the step. `SUBCODER_FUSED_STEP=0` keeps the per-operator Python loop. With the kernel
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._build import active_ops
+from .native import active_ops
 from .greedy_head import GreedyHead
 
-log = logging.getLogger("pruner.sparse")
+log = logging.getLogger("subcoder.pruner.kernels")
 
 FAMILIES = ("llama", "qwen2", "mistral")
 
@@ -199,7 +199,7 @@ def _eps(norm: nn.Module) -> float:
 
 def _linear_parts(linear: nn.Module) -> tuple[int, list[torch.Tensor]] | None:
     """(kind, [weight-or-mask, values, row offsets, bias]) as `decode_layers` takes a linear; None if unknown."""
-    from .modules import DenseBF16Linear, SparseLinear
+    from .linear import DenseBF16Linear, SparseLinear
 
     empty = torch.empty(0)
     bias = linear.bias if linear.bias is not None else empty
@@ -234,7 +234,7 @@ def _fused_plan(layers) -> tuple[list[torch.Tensor], list[int], list[float]] | N
 def _kv_buffers(cache, n_layers: int, t: int = 1) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """Every layer's KV buffers with room for `t` more positions, or None (the cache is not a
     growing one, or not yet filled by a prefill): the step then runs operator by operator."""
-    from ..kvcache import GrowingLayer
+    from ..engine.kvcache import GrowingLayer
 
     layers = getattr(cache, "layers", None)
     if not layers or len(layers) != n_layers:

@@ -7,7 +7,7 @@
                         │  └──cancel()──▶ (child killed) ──▶ idle                       on_event("cancelled")
                         └── on_event("progress", percent, message) per layer
 
-The child is `python -m server.build_worker` (see there for the line protocol). Running the build in
+The child is `python -m subcoder.server.build_worker` (see there for the line protocol). Running the build in
 its own process keeps the server's event loop and completion thread responsive on a 2-core machine,
 makes cancellation a kill (the library cannot be interrupted mid-layer), and means a crash in a build
 (out of memory, a native library) takes down only the build. The result becomes visible atomically:
@@ -23,6 +23,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -78,7 +79,7 @@ def compute_key(model: str, language: str, settings, workspace: str | None, *, m
     Costs a tokenizer load and the calibration windows' tokenization (about a second); the first call
     for a preset may download and convert it.
     """
-    from pruner.extract import planned_key
+    from subcoder.pruner.extract import planned_key
 
     return planned_key(model, language, settings.prune_config(), calibration_spec(settings, workspace),
                        dtype=settings.dtype, device="cpu" if settings.device == "auto" else settings.device,
@@ -86,7 +87,7 @@ def compute_key(model: str, language: str, settings, workspace: str | None, *, m
 
 
 def calibration_spec(settings, workspace: str | None):
-    from pruner.calibration import CalibrationSpec
+    from subcoder.pruner.calibration import CalibrationSpec
 
     source = settings.calibration if workspace else "corpus"
     return CalibrationSpec(source=source, workspace=Path(workspace) if workspace and source != "corpus" else None,
@@ -144,13 +145,12 @@ class BuildManager:
 
     def _start(self, request: BuildRequest) -> None:
         env = dict(os.environ)
-        # The child imports `server` and `pruner` from wherever this server imported them.
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", str(max(os.cpu_count() or 1, 1)))
         process = subprocess.Popen(
-            [sys.executable, "-m", "server.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, text=True, bufsize=1, start_new_session=True,
+            # -P and a neutral working directory: the workspace (the server's own working directory when an
+            # editor starts it there) never lands on sys.path, so none of its modules can be imported.
+            [sys.executable, "-P", "-m", "subcoder.server.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, text=True, bufsize=1, start_new_session=True, cwd=tempfile.gettempdir(),
         )
         running = _Running(request, process, time.perf_counter())
         self._running = running

@@ -11,7 +11,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from pruner.generate import Completer
+from subcoder.pruner.engine.completer import Completer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_
     """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError."""
     import torch
 
-    from pruner.models import load_model
+    from subcoder.pruner.loader import load_model
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

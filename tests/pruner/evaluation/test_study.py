@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pruner.evaluation.study import Plan, run_study
+from subcoder.pruner.evaluation.study import Plan, run_study
 from tiny_models import save_tiny_model_dir
 
 

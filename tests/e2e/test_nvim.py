@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, fast_settings
+from lsp_fixtures import REPO, fast_settings
 
 HERE = Path(__file__).parent
 

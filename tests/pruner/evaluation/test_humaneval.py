@@ -3,7 +3,7 @@ skipped-with-reason when a toolchain is missing."""
 
 import pytest
 
-from pruner.evaluation import humaneval as he
+from subcoder.pruner.evaluation import humaneval as he
 
 WRONG = {"python": "    return False\n", "cpp": "    return false;\n}\n",
          "java": "        return false;\n    }\n}\n", "javascript": "  return false;\n}\n"}

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from pruner.evaluation.decode import BatchGenerator, Request, stop_after_line, stop_function_end
-from pruner.evaluation.nextline import edit_similarity, exact_match, levenshtein
-from pruner.evaluation.perplexity import nll_sum
-from pruner.models import LoadedModel, ModelInfo
+from subcoder.pruner.evaluation.decode import BatchGenerator, Request, stop_after_line, stop_function_end
+from subcoder.pruner.evaluation.nextline import edit_similarity, exact_match, levenshtein
+from subcoder.pruner.evaluation.perplexity import nll_sum
+from subcoder.pruner.loaded import LoadedModel, ModelInfo
 from tiny_models import byte_tokenizer, save_tiny_model_dir, tiny_model
 
 
@@ -79,7 +79,7 @@ def test_stop_rule_cuts_each_row(monkeypatch):
 
 
 def test_runner_writes_json_and_resumes(tmp_path):
-    from pruner.evaluation.runner import EvalConfig, evaluate
+    from subcoder.pruner.evaluation.runner import EvalConfig, evaluate
 
     model_dir = save_tiny_model_dir(tmp_path / "tiny")
     out = tmp_path / "r.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pruner.evaluation.sandbox import Sandbox
+from subcoder.pruner.evaluation.sandbox import Sandbox
 
 
 def _alive(pid: int) -> bool:

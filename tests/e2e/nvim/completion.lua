@@ -13,7 +13,7 @@ vim.api.nvim_buf_set_lines(0, 0, -1, false, { 'def add(a, b):', '    return ' })
 local state = nil
 local client_id = vim.lsp.start({
   name = 'subcoder',
-  cmd = { py, '-c', 'import sys; from server.main import run; sys.exit(run(sys.argv[1:]))' },
+  cmd = { py, '-c', 'import sys; from subcoder.server.main import run; sys.exit(run(sys.argv[1:]))' },
   root_dir = root,
   init_options = settings,
   handlers = {

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._build import active_ops
-from .modules import DENSE_KERNEL_MAX_BATCH, DenseBF16Linear
+from .native import active_ops
+from .linear import DENSE_KERNEL_MAX_BATCH, DenseBF16Linear
 
-log = logging.getLogger("pruner.sparse")
+log = logging.getLogger("subcoder.pruner.kernels")
 
 ENV_SWITCH = "SUBCODER_HEAD_SCREEN"
 _ROWS_PER_CHUNK = 8192  # quantize in chunks: a whole fp32 copy of the head would be 545 MB
