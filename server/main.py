@@ -44,5 +44,5 @@ def run(args: list[str]) -> int:
             sys.stdout = sys.stderr
             server.start_io(stdin, stdout)
     finally:
-        subcoder.server.builds.shutdown()
+        server.builds.shutdown()
     return 0
