@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,10 +19,10 @@ from .errors import SubcoderError
 log = logging.getLogger("subcoder")
 
 EPILOG = """examples:
-  subcoder prune                              # Python sub-model of the default model, 50%% unstructured
+  subcoder prune                              # Python sub-model of the default model, 50% unstructured
   subcoder prune -l java --pattern 2:4        # Java, 2:4 semi-structured
   subcoder prune -l python --calibration mix --workspace ~/src/myproj
-  subcoder generate -m python                 # complete code with the cached Python sub-model
+  subcoder generate -M python                 # complete code with the newest cached Python sub-model
   subcoder overlap SUBMODEL_A SUBMODEL_B --png overlap.png
   subcoder models                             # presets and cached sub-models
   subcoder serve                              # language server over stdio, for editors
@@ -80,6 +81,41 @@ def _add_model_args(p, default_help="preset, model directory, .gguf file or hub 
                         "float32 elsewhere, where emulated bf16 is several times slower (default: auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (accelerate spreads the layers over the GPUs and CPU that fit them) (default: cpu)")
     p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
+
+
+_DEVICE = re.compile(r"(cpu|auto|cuda(:\d+)?)")
+
+
+def check_args(args) -> None:
+    """Every argument checked before any work starts (no download begins for a command that will fail)."""
+    device = getattr(args, "device", None)
+    if device is not None:
+        if not _DEVICE.fullmatch(device):
+            raise SubcoderError(f"--device must be cpu, cuda, cuda:N or auto, not {device!r}")
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SubcoderError(f"--device {device}: this machine has no CUDA device torch can use")
+            index = int(device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise SubcoderError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    for name in ("max_new_tokens", "samples", "seq_len"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise SubcoderError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    mix = getattr(args, "mix_ratio", None)
+    if mix is not None and not 0.0 <= mix <= 1.0:
+        raise SubcoderError(f"--mix-ratio must be between 0 and 1, not {mix}")
+    if getattr(args, "file", None) and not Path(args.file).is_file():
+        raise SubcoderError(f"--file {args.file}: no such file")
+    for name in ("workspace",):
+        value = getattr(args, name, None)
+        if value and not Path(value).is_dir():
+            raise SubcoderError(f"--{name} {value}: not a folder")
+    cache = getattr(args, "cache_dir", None)
+    if cache and Path(cache).exists() and not Path(cache).is_dir():
+        raise SubcoderError(f"--cache-dir {cache}: exists and is not a folder")
 
 
 def cmd_prune(args) -> int:
@@ -146,7 +182,7 @@ def cmd_generate(args) -> int:
     from .loader import load_model
 
     name = _submodel_or_model(args.model, args.cache_dir)
-    prefix = Path(args.file).read_text() if args.file else (args.prompt if args.prompt is not None else SAMPLE_PROMPT)
+    prefix = _read_text(Path(args.file)) if args.file else (args.prompt if args.prompt is not None else SAMPLE_PROMPT)
     loaded = load_model(name, dtype=args.dtype, device=args.device, sparse=None if args.sparse else False,
                         cache_dir=args.cache_dir)
     completion = Completer(loaded).complete(prefix, args.suffix, max_new_tokens=args.max_new_tokens, mode=args.mode)
@@ -157,6 +193,13 @@ def cmd_generate(args) -> int:
         print(f"[{loaded.info.name}: {completion.prompt_tokens} prompt + {completion.new_tokens} new tokens in "
               f"{completion.seconds:.2f} s, sparse kernel {'on' if loaded.info.sparse_kernel else 'off'}]", file=sys.stderr)
     return 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise SubcoderError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _submodel_or_model(name: str, cache_dir) -> str:
@@ -265,14 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--language", default="python", help=f"{', '.join(LANGUAGES)} or {GENERAL} (default: python)")
     p.add_argument("-s", "--sparsity", type=float, help="fraction of weights removed, in (0,1) (default: 0.5, or N/M)")
     p.add_argument("-p", "--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (default: unstructured)")
-    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"])
+    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
+                   help="wanda scores |W|·||X|| from calibration; magnitude scores |W| alone, the baseline (default: wanda)")
     p.add_argument("--calibration", default="corpus", choices=list(SOURCES),
                    help="shipped corpus, your workspace's files, or a mix (default: corpus)")
     p.add_argument("--workspace", help="folder whose files calibrate (with --calibration workspace/mix)")
     p.add_argument("--mix-ratio", type=float, default=0.5, help="share of workspace windows in a mix (default: 0.5)")
     p.add_argument("--samples", type=int, default=32, help="calibration windows (default: 32)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which calibration windows are drawn (default: 0)")
     p.add_argument("--half", type=int, choices=[0, 1], help="calibrate on one of two disjoint halves of the corpus's packages")
     p.add_argument("--offload", action="store_true", help="keep weights on the CPU, bring each layer to the accelerator in turn")
     p.add_argument("-o", "--out", help="output directory (default: the cache, named by its key)")
@@ -282,34 +326,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("generate", help="complete code with a model or sub-model")
+    p = sub.add_parser("generate", help="complete code with a model or sub-model",
+                       description="Complete code: greedy decoding from a sub-model (or any model), through the same "
+                                   "engine the language server uses. The text before the cursor comes from --prompt, "
+                                   "--file or a small built-in Python example; --suffix is the text after it.")
     _add_model_args(p, "a language with a cached sub-model (python, …), sub-model dir, preset, …")
     p.add_argument("--prompt", help="text before the cursor (default: a small Python function)")
     p.add_argument("--file", help="read the text before the cursor from a file")
     p.add_argument("--suffix", default="", help="text after the cursor (used for fill-in-the-middle)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--mode", default="multi-line", choices=["auto", "single-line", "multi-line"])
+    p.add_argument("--max-new-tokens", type=int, default=64, help="at most this many tokens (default: 64)")
+    p.add_argument("--mode", default="multi-line", choices=["auto", "single-line", "multi-line"],
+                   help="stop after one line, decode a block, or decide from the cursor (default: multi-line)")
     p.add_argument("--no-sparse", dest="sparse", action="store_false", help="run pruned layers dense")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the completion and its counts as JSON")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("models", help="list presets and cached sub-models")
-    p.add_argument("--cache-dir")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list presets and cached sub-models",
+                       description="List the model presets (fetched or not) and the sub-models in the cache.")
+    p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
+    p.add_argument("--json", action="store_true", help="print the lists as JSON")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("overlap", help="Jaccard distances between sub-models' masks (table and heatmap)")
+    p = sub.add_parser("overlap", help="Jaccard distances between sub-models' masks (table and heatmap)",
+                       description="How differently sub-models were pruned: the Jaccard distance between the sets of "
+                                   "weights each one keeps, per pair (0 = the same weights, 1 = disjoint).")
     p.add_argument("submodels", nargs="+", help="sub-model directories (or a language: its newest cached sub-model)")
     p.add_argument("--labels", help="comma-separated names for the table")
     p.add_argument("--png", help="write a heatmap to this file")
-    p.add_argument("--cache-dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
+    p.add_argument("--json", action="store_true", help="print the pairs as JSON")
     p.set_defaults(func=cmd_overlap)
 
-    p = sub.add_parser("export", help="write a sub-model as a plain dense Hugging Face directory")
-    p.add_argument("submodel")
-    p.add_argument("out")
-    p.add_argument("--cache-dir")
+    p = sub.add_parser("export", help="write a sub-model as a plain dense Hugging Face directory",
+                       description="Write a sub-model as a dense Hugging Face directory (pruned weights as zeros) that "
+                                   "transformers and other tools load without subcoder.")
+    p.add_argument("submodel", help="sub-model directory, or a language (its newest cached sub-model)")
+    p.add_argument("out", help="the directory to write (must not exist)")
+    p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
     p.set_defaults(func=cmd_export)
 
     for name, func, text in (("serve", cmd_serve, "run the language server (stdio; --tcp HOST:PORT for debugging)"),
@@ -331,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    try:
+        check_args(args)
+    except SubcoderError as exc:
+        print(f"subcoder: error: {exc}", file=sys.stderr)
         return 2
     if args.command not in ("serve", "eval"):
         level = logging.WARNING - 10 * min(args.verbose, 2)
