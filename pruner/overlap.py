@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import paths
 from .errors import ConfigError
 from .storage import load_masks, read_manifest
 
@@ -130,9 +131,9 @@ def heatmap(pairs: list[PairDistance], path: Path, title: str = "Jaccard distanc
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with paths.atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=130, format="png")
+    finally:
+        plt.close(fig)
     return path

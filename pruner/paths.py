@@ -74,16 +74,31 @@ def atomic_dir(target: Path):
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file through a temporary name and rename, so it is never seen half-written."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yield a temporary file name beside `path` (same suffix, so writers that go by it still do);
+    on success rename it to `path` in one step, on any error remove it. Readers never see half a file."""
     path = Path(path)
     ensure_writable(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            tmp.unlink()
+        if exc.errno == errno.ENOSPC:
+            raise CacheError(f"no space left on the device holding {path.parent}") from None
         raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file through a temporary name and rename, so it is never seen half-written."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)

@@ -1,4 +1,5 @@
-"""`subcoder eval ...` and `subcoder eval study ...`: argument parsing only; the work is in runner/study."""
+"""`subcoder eval ...` and `subcoder eval study ...`: argument parsing only; the work is in runner/study,
+the tables and RESULTS.md in report."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 from pathlib import Path
 
 from .runner import DEFAULT_LIMITS, LANGUAGES, METRICS
+from .study import PATTERNS, Plan
 
 
 def _csv(allowed):
+    """An argparse type: a comma list of names from `allowed`, duplicates dropped, order kept."""
+
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
         bad = [s for s in items if s not in allowed]
@@ -29,6 +33,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    vals = tuple(float(x) for x in text.split(",") if x.strip())
+    if not vals or not all(0 < v < 1 for v in vals):
+        raise argparse.ArgumentTypeError("sparsities must be in (0, 1)")
+    return vals
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -58,8 +69,6 @@ def run(argv: list[str]) -> int:
     argv = list(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if argv and argv[0] == "study":
-        from .study import main as study_main
-
         return study_main(argv[1:])
     args = eval_parser().parse_args(argv)
     if args.resume and not args.out:
@@ -85,4 +94,100 @@ def run(argv: list[str]) -> int:
     print(eval_table(data))
     if args.out:
         print(f"\nresults written to {args.out}")
+    return 0
+
+
+def study_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="subcoder eval study",
+        description="Reproduce arXiv 2501.05248 on subcoder's presets: dense / magnitude / Wanda-prose / Wanda per "
+                    "language at 50%% unstructured and 2:4, every one evaluated on every language; Jaccard distances "
+                    "between masks; a same-language noise control; quality vs sparsity. Writes docs/RESULTS.md and PNGs.")
+    p.add_argument("--quick", action="store_true", help="smoke check in minutes: smollm2-135m, small limits")
+    p.add_argument("--model", action="append", help="preset(s) to study (repeatable; default both presets)")
+    p.add_argument("--languages", type=_csv(LANGUAGES), help="evaluation and calibration languages")
+    p.add_argument("--metrics", type=_csv(METRICS), help="metrics of the main matrix")
+    p.add_argument("--limit", type=_positive, help="one limit for every metric (tasks, or perplexity windows)")
+    for m in METRICS:
+        p.add_argument(f"--limit-{m}", type=_positive, help=f"limit for {m} only")
+    p.add_argument("--patterns", type=_csv(PATTERNS), help="unstructured,2:4")
+    p.add_argument("--pattern-metrics", action="append", metavar="PATTERN=METRICS",
+                   help="metrics for one pattern's sub-models, e.g. 2:4=ppl,nextline,humaneval (default 2:4=ppl,nextline; "
+                        "'2:4=all' evaluates every metric)")
+    p.add_argument("--sweep-sparsities", type=_floats, help="e.g. 0.3,0.4,0.5,0.6,0.7")
+    p.add_argument("--sweep-languages", type=_csv(LANGUAGES))
+    p.add_argument("--noise-languages", type=_csv(LANGUAGES))
+    p.add_argument("--calib-samples", type=_positive, help="calibration windows (default 32 x 512 tokens)")
+    p.add_argument("--calib-seq-len", type=_positive, help="tokens per calibration window (default 512)")
+    p.add_argument("--batch-size", type=_positive)
+    p.add_argument("--max-new-tokens", type=_positive)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
+    p.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where RESULTS.md and the PNGs go")
+    p.add_argument("--work-dir", type=Path, help="per-cell results (default: <cache>/study)")
+    return p
+
+
+def study_plan(args: argparse.Namespace) -> Plan:
+    """The plan the arguments ask for: the full or quick plan, narrowed or widened by each option.
+
+    Raises argparse.ArgumentTypeError for a malformed --pattern-metrics."""
+    plan = Plan.quick_plan() if args.quick else Plan()
+    if args.model:
+        plan.models = tuple(dict.fromkeys(args.model))
+    for attr in ("languages", "metrics", "patterns", "sweep_sparsities", "sweep_languages", "noise_languages",
+                 "batch_size", "max_new_tokens", "seed"):
+        if getattr(args, attr) is not None:
+            setattr(plan, attr, getattr(args, attr))
+    if args.metrics:
+        plan.noise_metrics = tuple(m for m in plan.noise_metrics if m in plan.metrics) or plan.metrics[:1]
+        plan.sweep_metrics = tuple(m for m in plan.sweep_metrics if m in plan.metrics) or plan.metrics[:1]
+    for item in args.pattern_metrics or ():
+        pattern, _, names = item.partition("=")
+        if pattern not in PATTERNS or not names:
+            raise argparse.ArgumentTypeError(f"--pattern-metrics wants PATTERN=METRICS, got {item!r}")
+        try:
+            chosen = METRICS if names == "all" else _csv(METRICS)(names)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"--pattern-metrics {item}: {exc}") from None
+        plan.pattern_metrics = {**plan.pattern_metrics, pattern: chosen}
+    if args.calib_samples:
+        plan.calib_samples = args.calib_samples
+    if args.calib_seq_len:
+        plan.calib_seq_len = args.calib_seq_len
+    if args.limit:
+        plan.limits = {m: args.limit for m in METRICS}
+    for m in METRICS:
+        if (v := getattr(args, f"limit_{m}")) is not None:
+            plan.limits[m] = v
+    if args.languages:
+        plan.noise_languages = tuple(x for x in plan.noise_languages if x in args.languages) or args.languages[:1]
+        plan.sweep_languages = tuple(x for x in plan.sweep_languages if x in args.languages) or args.languages[:1]
+    return plan
+
+
+def study_main(argv: list[str]) -> int:
+    from subcoder.pruner import paths
+    from subcoder.pruner.errors import SubcoderError
+
+    from .report import write_results
+    from .runner import set_threads
+    from .study import run_study
+
+    args = study_parser().parse_args(argv)
+    set_threads(args.threads)
+    try:
+        plan = study_plan(args)
+    except argparse.ArgumentTypeError as exc:
+        print(f"subcoder eval study: {exc}", file=sys.stderr)
+        return 2
+    work = args.work_dir or (paths.cache_dir() / "study")
+    command = "subcoder eval study " + " ".join(argv)
+    try:
+        study = run_study(plan, work_dir=Path(work), docs_dir=args.docs_dir, command=command.strip())
+        write_results(study, args.docs_dir)
+    except SubcoderError as exc:
+        print(f"subcoder eval study: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.docs_dir / 'RESULTS.md'} in {study['wall_s'] / 60:.1f} min")
     return 0

@@ -6,8 +6,10 @@ import math
 import time
 from pathlib import Path
 
-from .runner import LANGUAGES, METRICS, headline, summary
-from .study import metrics_for
+from subcoder.pruner import paths
+
+from .runner import METRICS, headline, summary
+from .study import metrics_for, model_slug
 
 LOWER_IS_BETTER = {"ppl"}
 METRIC_TITLE = {"ppl": "held-out perplexity (lower is better)", "nextline": "next-line exact match, %",
@@ -182,9 +184,11 @@ def sweep_plot(study: dict, model: str, path: Path) -> Path | None:
     # two lines: with one language the figure is narrower than the title
     fig.suptitle(f"{model}\nown-language vs prose calibration, in the language itself", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with paths.atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -248,8 +252,9 @@ def _recorded_s(entry: dict) -> float:
 
 
 def write_results(study: dict, docs_dir: Path) -> Path:
+    """RESULTS.md (and the sweep plots) in `docs_dir`, from what `study.run_study` returned."""
     docs_dir = Path(docs_dir)
-    docs_dir.mkdir(parents=True, exist_ok=True)
+    paths.ensure_writable(docs_dir)
     plan = study["plan"]
     env = _env(study)
     vs = verdicts(study)
@@ -336,8 +341,6 @@ def write_results(study: dict, docs_dir: Path) -> Path:
 
     # ------------------------------------------------------------ per model
     for model, entry in study["models"].items():
-        from .study import model_slug
-
         slug = model_slug(model)
         L += [f"## {model}", ""]
         for pattern in plan["patterns"]:
@@ -440,5 +443,5 @@ def write_results(study: dict, docs_dir: Path) -> Path:
           "- Perplexities are comparable within one base model only (different tokenizers).",
           f"- Generated {time.strftime('%Y-%m-%d %H:%M %Z')}.", ""]
     path = docs_dir / "RESULTS.md"
-    path.write_text("\n".join(L))
+    paths.atomic_write_bytes(path, "\n".join(L).encode())
     return path

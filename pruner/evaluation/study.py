@@ -6,20 +6,21 @@ run: a noise control (two sub-models of one language from disjoint halves of its
 packages) and a quality-vs-sparsity sweep (the language sub-model against the prose one, in its own
 language). Sub-models come from `subcoder.pruner.extract.extract` and are cached by key; every evaluation
 cell is kept in a results file keyed by its settings, so a re-run only does what is missing.
+`report.py` writes RESULTS.md from what `run_study` returns; `cli.py` parses `subcoder eval study`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .runner import LANGUAGES, METRICS, EvalConfig, evaluate
+from .runner import LANGUAGES, EvalConfig, evaluate, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,6 @@ def extract_variant(model: str, v: Variant, plan: Plan) -> tuple[Path, dict]:
     cfg = PruneConfig(sparsity=v.sparsity, pattern=v.pattern, method=v.method)
     spec = CalibrationSpec(n_samples=plan.calib_samples, seq_len=plan.calib_seq_len, seed=plan.seed, half=v.half)
     t0 = time.perf_counter()
-    from .runner import pick_dtype
-
     res = extract(model, v.language, cfg, spec, dtype=pick_dtype("auto"))
     wall = time.perf_counter() - t0
     cost = {"cached": res.cached, "wall_s": round(wall, 1),
@@ -165,15 +164,16 @@ def _results_file(work: Path, model: str, v: Variant, cfg: EvalConfig, source: s
 
 def model_slug(model: str) -> str:
     """A file-name-safe name for a preset or a model directory."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9_-]+", "", Path(model).name if "/" in model else model.replace(".", "")) or "model"
 
 
 def run_study(plan: Plan, *, work_dir: Path, docs_dir: Path, command: str) -> dict:
-    from subcoder.pruner import paths
+    """Extract and evaluate every variant of every model; the Jaccard heatmaps go to `docs_dir`.
 
-    from .report import write_results
+    Returns the study (plan, per-model variants, costs, evaluations, overlaps), which
+    `report.write_results` turns into RESULTS.md.
+    """
+    from subcoder.pruner import paths
 
     started = time.perf_counter()
     study = {"plan": asdict(plan), "command": command, "models": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -210,7 +210,6 @@ def run_study(plan: Plan, *, work_dir: Path, docs_dir: Path, command: str) -> di
         study["models"][model] = entry
     study["wall_s"] = round(time.perf_counter() - started, 1)
     study["cache_dir"] = str(paths.cache_dir())
-    write_results(study, docs_dir)
     return study
 
 
@@ -245,100 +244,3 @@ def overlaps(model: str, entry: dict, plan: Plan, docs_dir: Path) -> dict:
                                    "per_sublayer": p.per_sublayer} for p in pairs]}
         cache = {k: v for k, v in cache.items() if entry["variants"][k]["group"] == "noise"}
     return out
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    vals = tuple(float(x) for x in text.split(",") if x.strip())
-    if not vals or not all(0 < v < 1 for v in vals):
-        raise argparse.ArgumentTypeError("sparsities must be in (0, 1)")
-    return vals
-
-
-def parser() -> argparse.ArgumentParser:
-    from .cli import _csv, _positive
-
-    p = argparse.ArgumentParser(
-        prog="subcoder eval study",
-        description="Reproduce arXiv 2501.05248 on subcoder's presets: dense / magnitude / Wanda-prose / Wanda per "
-                    "language at 50%% unstructured and 2:4, every one evaluated on every language; Jaccard distances "
-                    "between masks; a same-language noise control; quality vs sparsity. Writes docs/RESULTS.md and PNGs.")
-    p.add_argument("--quick", action="store_true", help="smoke check in minutes: smollm2-135m, small limits")
-    p.add_argument("--model", action="append", help="preset(s) to study (repeatable; default both presets)")
-    p.add_argument("--languages", type=_csv(LANGUAGES), help="evaluation and calibration languages")
-    p.add_argument("--metrics", type=_csv(METRICS), help="metrics of the main matrix")
-    p.add_argument("--limit", type=_positive, help="one limit for every metric (tasks, or perplexity windows)")
-    for m in METRICS:
-        p.add_argument(f"--limit-{m}", type=_positive, help=f"limit for {m} only")
-    p.add_argument("--patterns", type=_csv(PATTERNS), help="unstructured,2:4")
-    p.add_argument("--pattern-metrics", action="append", metavar="PATTERN=METRICS",
-                   help="metrics for one pattern's sub-models, e.g. 2:4=ppl,nextline,humaneval (default 2:4=ppl,nextline; "
-                        "'2:4=all' evaluates every metric)")
-    p.add_argument("--sweep-sparsities", type=_floats, help="e.g. 0.3,0.4,0.5,0.6,0.7")
-    p.add_argument("--sweep-languages", type=_csv(LANGUAGES))
-    p.add_argument("--noise-languages", type=_csv(LANGUAGES))
-    p.add_argument("--calib-samples", type=_positive, help="calibration windows (default 32 x 512 tokens)")
-    p.add_argument("--calib-seq-len", type=_positive, help="tokens per calibration window (default 512)")
-    p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--max-new-tokens", type=_positive)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
-    p.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where RESULTS.md and the PNGs go")
-    p.add_argument("--work-dir", type=Path, help="per-cell results (default: <cache>/study)")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    from subcoder.pruner import paths
-    from subcoder.pruner.errors import SubcoderError
-
-    args = parser().parse_args(argv)
-    from .runner import set_threads
-
-    set_threads(args.threads)
-    plan = Plan.quick_plan() if args.quick else Plan()
-    if args.model:
-        plan.models = tuple(dict.fromkeys(args.model))
-    for attr in ("languages", "metrics", "patterns", "sweep_sparsities", "sweep_languages", "noise_languages",
-                 "batch_size", "max_new_tokens", "seed"):
-        if getattr(args, attr) is not None:
-            setattr(plan, attr, getattr(args, attr))
-    if args.metrics:
-        plan.noise_metrics = tuple(m for m in plan.noise_metrics if m in plan.metrics) or plan.metrics[:1]
-        plan.sweep_metrics = tuple(m for m in plan.sweep_metrics if m in plan.metrics) or plan.metrics[:1]
-    from .cli import _csv
-
-    for item in args.pattern_metrics or ():
-        pattern, _, names = item.partition("=")
-        if pattern not in PATTERNS or not names:
-            print(f"subcoder eval study: --pattern-metrics wants PATTERN=METRICS, got {item!r}", file=sys.stderr)
-            return 2
-        try:
-            chosen = METRICS if names == "all" else _csv(METRICS)(names)
-        except argparse.ArgumentTypeError as exc:
-            print(f"subcoder eval study: --pattern-metrics {item}: {exc}", file=sys.stderr)
-            return 2
-        plan.pattern_metrics = {**plan.pattern_metrics, pattern: chosen}
-    if args.calib_samples:
-        plan.calib_samples = args.calib_samples
-    if args.calib_seq_len:
-        plan.calib_seq_len = args.calib_seq_len
-    if args.limit:
-        plan.limits = {m: args.limit for m in METRICS}
-    for m in METRICS:
-        if (v := getattr(args, f"limit_{m}")) is not None:
-            plan.limits[m] = v
-    if args.languages:
-        plan.noise_languages = tuple(x for x in plan.noise_languages if x in args.languages) or args.languages[:1]
-        plan.sweep_languages = tuple(x for x in plan.sweep_languages if x in args.languages) or args.languages[:1]
-    work = args.work_dir or (paths.cache_dir() / "study")
-    command = "subcoder eval study " + " ".join(argv)
-    try:
-        study = run_study(plan, work_dir=Path(work), docs_dir=args.docs_dir, command=command.strip())
-    except SubcoderError as exc:
-        print(f"subcoder eval study: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.docs_dir / 'RESULTS.md'} in {study['wall_s'] / 60:.1f} min")
-    return 0
