@@ -1,0 +1,57 @@
+"""What this CPU can do, read once from /proc/cpuinfo.
+
+The dtype default (`loaded.resolve_dtype`) and the sparse kernel's build (`kernels/native.py`) both
+decide by instruction-set flags; they read them here so the two can never disagree. Where there is
+no /proc/cpuinfo (macOS, Windows, some containers) the flags are empty: callers treat that as
+"nothing known", never as proof of a feature.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def parse_flags(cpuinfo: str) -> frozenset[str]:
+    """The first processor's feature flags (`flags` on x86, `Features` on ARM); empty if none are listed."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def parse_model_name(cpuinfo: str) -> str | None:
+    """The first processor's `model name`, e.g. 'AMD EPYC 7B13 64-Core Processor'."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return value.strip() or None
+    return None
+
+
+@functools.cache
+def _cpuinfo() -> str:
+    try:
+        return CPUINFO.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (cached: they do not change while the process runs)."""
+    return parse_flags(_cpuinfo())
+
+
+def cpu_name() -> str | None:
+    """This CPU's model name, when /proc/cpuinfo says."""
+    return parse_model_name(_cpuinfo())
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, torch's bf16
+    matrix products are emulated: measured here on an AVX2-only EPYC, a 512-token prefill of a
+    4864x896 layer took 388 ms in bf16 against 94 ms in fp32 (decode, memory-bound, still favours bf16)."""
+    return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
