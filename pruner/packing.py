@@ -70,6 +70,9 @@ def unpack(words: torch.Tensor, values: torch.Tensor, in_features: int, dtype: t
         values = values.view(torch.bfloat16)
     keep = unpack_mask(words, in_features)
     nnz = int(keep.sum())
+    if values.numel() < nnz:
+        raise ValueError(f"the mask keeps {nnz} values but only {values.numel()} are given")
     dense = torch.zeros(keep.shape, dtype=dtype or values.dtype)
+    # values may run past nnz: the sparse layer pads them so vector loads can read beyond the last row
     dense[keep] = values.reshape(-1)[:nnz].to(dense.dtype)
     return dense
