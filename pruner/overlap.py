@@ -97,6 +97,8 @@ def table(pairs: list[PairDistance]) -> str:
 
 def heatmap(pairs: list[PairDistance], path: Path, title: str = "Jaccard distance between sub-model masks") -> Path:
     """Two panels: the whole-model distance matrix, and per decoder layer for every pair."""
+    if not pairs:
+        raise ConfigError("a heatmap needs at least one pair of sub-models")
     import matplotlib
 
     matplotlib.use("Agg")
