@@ -6,6 +6,7 @@
                         │  ├──child reports an error, crashes or is killed──▶ failed   on_event("failed")
                         │  └──cancel()──▶ (child killed) ──▶ idle                       on_event("cancelled")
                         └── on_event("progress", percent, message) per layer
+    failed | cancelled ──▶ the child's partial entry removed ──▶ idle, the next queued request starts
 
 The child is `python -m subcoder.server.build_worker` (see there for the line protocol). Running the build in
 its own process keeps the server's event loop and completion thread responsive on a 2-core machine,
@@ -61,6 +62,7 @@ class BuildEvent:
     path: str = ""
     cached: bool = False
     seconds: float = 0.0
+    killed: bool = False  # the child died by a signal it did not ask for (OOM killer, kill -9, SIGTERM)
 
 
 @dataclass
@@ -101,9 +103,15 @@ def calibration_dict(settings, workspace: str | None) -> dict:
             "mix_ratio": spec.mix_ratio, "n_samples": spec.n_samples, "seq_len": spec.seq_len}
 
 
+# -P and a neutral working directory (in _start): the workspace (the server's own working directory when an
+# editor starts it there) never lands on sys.path, so none of its modules can be imported.
+WORKER = (sys.executable, "-P", "-m", "subcoder.server.build_worker")
+
+
 class BuildManager:
-    def __init__(self, on_event: Callable[[BuildEvent], None]):
+    def __init__(self, on_event: Callable[[BuildEvent], None], *, command: tuple[str, ...] = WORKER):
         self.on_event = on_event
+        self.command = command  # tests run a stand-in child that speaks the same line protocol
         self._lock = threading.Lock()
         self._running: _Running | None = None
         self._queue: collections.deque[BuildRequest] = collections.deque()
@@ -147,9 +155,7 @@ class BuildManager:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(os.cpu_count() or 1, 1)))
         process = subprocess.Popen(
-            # -P and a neutral working directory: the workspace (the server's own working directory when an
-            # editor starts it there) never lands on sys.path, so none of its modules can be imported.
-            [sys.executable, "-P", "-m", "subcoder.server.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            list(self.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=env, text=True, bufsize=1, start_new_session=True, cwd=tempfile.gettempdir(),
         )
         running = _Running(request, process, time.perf_counter())
@@ -199,12 +205,15 @@ class BuildManager:
                 final = BuildEvent("cancelled" if msg.get("kind") == "Cancelled" else "failed", request,
                                    message=msg.get("message", "build failed"))
         code = running.process.wait()
+        if code != 0:
+            _remove_partial(request)
         if running.cancelled:
             final = BuildEvent("cancelled", request, message="build cancelled")
-        elif final is None or (final.kind == "done" and code != 0):
+        elif final is None or (final.kind == "done" and code != 0) or code < 0:
             tail = running.stderr_tail[-1] if running.stderr_tail else ""
             why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-            final = BuildEvent("failed", request, message=f"the build process died ({why}){': ' + tail if tail else ''}")
+            final = BuildEvent("failed", request, message=f"the build process died ({why}){': ' + tail if tail else ''}",
+                               killed=code < 0)
         final.seconds = time.perf_counter() - running.started
         log.info("build %s: %s sub-model in %.1f s%s", final.kind, request.language, final.seconds,
                  f" ({final.message})" if final.message and final.kind != "done" else "")
@@ -224,6 +233,26 @@ class BuildManager:
             self.on_event(event)
         except Exception:
             log.exception("build event handler failed")
+
+
+def _remove_partial(request: BuildRequest) -> None:
+    """What a child that did not finish left in the cache: a killed one never ran its own cleanup, so its
+    `.<key>.tmp-*` folder would stay (unseen by eviction) until the same key was built again. Removed under the
+    entry's lock, which the dead child no longer holds; when another window holds it, that build owns the folder."""
+    import filelock
+
+    from .cache import CacheManager
+
+    cache = CacheManager(request.cache_root)
+    try:
+        lock = cache.lock(request.key)
+        lock.acquire(timeout=0)
+    except (filelock.Timeout, OSError):
+        return
+    try:
+        cache.clean_partial(request.key)
+    finally:
+        lock.release()
 
 
 def _percent(msg: dict) -> tuple[int, str]:

@@ -44,5 +44,6 @@ def run(args: list[str]) -> int:
             sys.stdout = sys.stderr
             server.start_io(stdin, stdout)
     finally:
-        server.builds.shutdown()
-    return 0
+        server.session.shutdown()
+    # `exit` before `shutdown` ends with 1, as the protocol asks; a client that just went away, with 0.
+    return server.exit_code or 0

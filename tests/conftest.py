@@ -3,7 +3,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from subcoder.pruner.paths import cache_dir
+
+HERE = Path(__file__).parent
+# Shared test helpers: tiny_models.py here; tinymodel.py (the tiny fill-in-the-middle model) beside the server
+# tests, which the engine and editor tests use as well.
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "server"))
+# The compiled sparse kernel is shared with the user's cache: its folder name hashes the source, the flags, torch
+# and the compiler, so a stale build is never picked up, and compiling it per test run would cost most of a minute.
+SHARED_KERNELS = cache_dir() / "kernels"
 
 
 @pytest.fixture(autouse=True)
@@ -11,5 +20,9 @@ def _isolated_cache(tmp_path, monkeypatch, request):
     """Fast tests get an empty cache of their own; real-model tests share the user's model cache
     (so a preset is fetched and converted once per machine)."""
     if "real" not in request.keywords:
-        monkeypatch.setenv("SUBCODER_CACHE_DIR", str(tmp_path / "cache"))
+        cache = tmp_path / "cache"
+        cache.mkdir(exist_ok=True)
+        SHARED_KERNELS.mkdir(parents=True, exist_ok=True)
+        (cache / "kernels").symlink_to(SHARED_KERNELS, target_is_directory=True)
+        monkeypatch.setenv("SUBCODER_CACHE_DIR", str(cache))
     yield

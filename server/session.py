@@ -1,0 +1,450 @@
+"""The serving session: which model answers, and the lifecycle that gets it there.
+
+States (the `state` field of the `subcoder/status` notification; the wire strings are `State`'s values):
+
+    idle ──start()──▶ detecting ──no enabled language in the workspace──▶ base (base model loaded) | idle
+                         │
+                         └──dominant language──▶ building ──sub-model loaded (cache hit or build done)──▶ ready
+                                                    ├──build or load failed──▶ ready (another sub-model) | base | error
+                                                    └──build cancelled──▶ ready | base | idle
+    detecting | idle | error ──base model loaded, no sub-model yet──▶ base
+    any state, no sub-model ──base model failed to load──▶ error
+    any state ──settings change the model or the build, or rebuild()──▶ detecting (work in flight is dropped)
+
+Nothing happens before `start()` (the server calls it once `initialized` has pulled the settings): settings
+arriving earlier are only stored, and `rebuild()` raises `NotStarted` rather than building with defaults.
+Each change of what is served bumps a generation; a load or key computation that finishes under an older
+generation is dropped, so a slow load never replaces a newer choice.
+
+The session knows no LSP: the loader, the build manager, the cache, the key computation, the workspace
+detection and the notifier are injected, so tests drive every transition with fakes in milliseconds.
+It runs on the server's event loop; model loading and key computation run on one background thread
+(transformers' lazy imports are not safe from two threads at once), decoding on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from subcoder.pruner.calibration import LANGUAGES
+from subcoder.pruner.errors import Cancelled, SubcoderError
+
+from .builds import BuildEvent, BuildRequest, calibration_dict
+from .modelset import ModelSet, Served
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class State(str, enum.Enum):
+    DETECTING = "detecting"
+    BUILDING = "building"
+    READY = "ready"
+    BASE = "base"
+    ERROR = "error"
+    IDLE = "idle"
+
+
+class NotStarted(SubcoderError):
+    """A request that needs the workspace and the settings arrived before the session started."""
+
+
+class Notifier(Protocol):
+    """What the session tells the client; the server implements it over LSP."""
+
+    def status(self, status: dict) -> None: ...  # the `subcoder/status` notification
+
+    def show(self, kind: str, text: str, *, error: bool = False) -> None: ...  # a message, once per kind
+
+    async def begin_progress(self, title: str) -> None: ...  # work-done progress of the current build
+
+    def report_progress(self, message: str, percent: int) -> None: ...
+
+    def end_progress(self, message: str) -> None: ...
+
+
+@dataclass
+class Counters:
+    """What the session has done since it started; part of the `subcoder.status` command's result, so
+    tests (and curious users) can assert on events instead of reading the log."""
+
+    requests: int = 0  # completion requests that reached the session
+    served: Counter = field(default_factory=Counter)  # model ("base" or a language) -> requests it decoded
+    builds_started: int = 0
+    builds_finished: int = 0  # a build child delivered a sub-model...
+    builds_extracted: int = 0  # ...which it extracted itself (not found ready in the shared cache)
+    builds_failed: int = 0
+    builds_cancelled: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    submodels_loaded: int = 0
+    base_loaded: int = 0
+
+    def to_dict(self) -> dict:
+        return {"requests": self.requests, "served": dict(self.served), "buildsStarted": self.builds_started,
+                "buildsFinished": self.builds_finished, "buildsExtracted": self.builds_extracted,
+                "buildsFailed": self.builds_failed, "buildsCancelled": self.builds_cancelled,
+                "cacheHits": self.cache_hits, "cacheMisses": self.cache_misses,
+                "subModelsLoaded": self.submodels_loaded, "baseLoaded": self.base_loaded}
+
+
+# The injected parts, as the server wires them (see server.py):
+Loader = Callable[[str, Settings, bool], Any]  # (model name or sub-model path, settings, is_sub) -> completer
+KeyOf = Callable[[str, Settings, "str | None"], str]  # (language, settings, workspace root) -> cache key
+Detect = Callable[[str], Any]  # workspace root -> Detection
+OpenCache = Callable[[Settings], Any]  # settings -> CacheManager
+MakeBuilds = Callable[[Callable[[BuildEvent], None]], Any]  # on_event -> BuildManager
+
+
+class ServingSession:
+    def __init__(self, *, load: Loader, builds: MakeBuilds, notifier: Notifier, key_of: KeyOf, detect: Detect,
+                 open_cache: OpenCache, settings: Settings | None = None, background: Executor | None = None):
+        self.settings = settings or Settings()
+        self.root: str | None = None
+        self.detection = None
+        self.dominant: str | None = None
+        self.state = State.IDLE
+        self.message = ""
+        self.percent = 0
+        self.models = ModelSet()
+        self.counters = Counters()
+        self.started = False
+        self._load, self._key_of, self._detect, self._open_cache = load, key_of, detect, open_cache
+        self.notifier = notifier
+        self.cache = open_cache(self.settings)
+        self.builds = builds(self._build_event_from_thread)
+        self._background = background or ThreadPoolExecutor(1, thread_name_prefix="subcoder-load")
+        self._infer = ThreadPoolExecutor(1, thread_name_prefix="subcoder-infer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self._base_loading: int | None = None  # the generation whose base model is loading
+        self._queued: set[str] = set()  # other languages whose sub-model was asked for (loaded or queued)
+        self._inflight: dict[str, threading.Event] = {}  # document -> cancel flag of its running completion
+        self._progress_request: BuildRequest | None = None  # the build the work-done progress belongs to
+        self._tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        """The `subcoder/status` object."""
+        current = self.builds.current
+        served = self.models.pick(self.dominant, self.dominant)
+        return {
+            "state": self.state.value,
+            "language": (current.language if current else None) or self.dominant,
+            "percent": self.percent if self.state is State.BUILDING else (100 if self.state is State.READY else 0),
+            "sparsity": self.settings.sparsity,
+            "pattern": self.settings.pattern,
+            "model": self.settings.model,
+            "sizeBytes": served.size_bytes if served and served.language else 0,
+            "message": self.message,
+            "languages": [e.to_dict() for e in self.detection.languages] if self.detection else [],
+        }
+
+    def _set(self, state: State, message: str = "", percent: int | None = None) -> None:
+        self.state, self.message = state, message
+        if percent is not None:
+            self.percent = percent
+        try:
+            self.notifier.status(self.status())
+        except Exception:  # noqa: BLE001 - a client gone away must not stop the lifecycle
+            log.debug("status notification not sent", exc_info=True)
+
+    def _settled_state(self, *, otherwise: State) -> State:
+        """Where the session rests when no build is running: the best model it has."""
+        return State.READY if self.models.subs else (State.BASE if self.models.base else otherwise)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Begin serving the workspace root with the current settings: detect, load the base model, build or load the sub-model."""
+        self._loop = asyncio.get_running_loop()
+        self.started = True
+        await self.refresh()
+
+    def configure(self, new: Settings) -> None:
+        """New settings; rebuild when they change what is served (only once started)."""
+        old, self.settings = self.settings, new
+        self.cache = self._open_cache(new)
+        if not self.started:
+            return
+        if new.model_fields() != old.model_fields() or new.build_fields() != old.build_fields():
+            log.info("settings changed what is served: rebuilding")
+            self._drop_work()
+            self.models.clear()
+            self._spawn(self.refresh())
+        elif new.languages != old.languages:
+            self._spawn(self.refresh())
+
+    async def set_root(self, root: str | None) -> None:
+        self.root = root
+        if self.started:
+            await self.refresh()
+
+    async def rebuild(self) -> None:
+        """Detect again and rebuild the dominant language's sub-model, ignoring the cache."""
+        if not self.started:
+            raise NotStarted("the server is not initialized yet: nothing to rebuild")
+        self._drop_work()
+        await self.refresh(force=True)
+
+    def cancel_build(self) -> None:
+        self.builds.cancel()
+
+    def shutdown(self) -> None:
+        self.builds.shutdown()
+
+    def _drop_work(self) -> None:
+        self._generation += 1
+        self.builds.cancel()
+        self._queued.clear()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Detect the workspace's languages, then make sure the dominant one's sub-model exists."""
+        self._set(State.DETECTING, "detecting the workspace's languages")
+        if self.root:
+            self.detection = await asyncio.get_running_loop().run_in_executor(None, self._detect, self.root)
+            log.info("workspace languages: %s", self.detection.summary())
+        enabled = [lang for lang in self.settings.languages if lang in LANGUAGES]
+        self.dominant = self.detection.dominant(enabled) if self.detection else None
+        self._ensure_base()
+        if self.dominant is None:
+            what = "an empty workspace" if not self.detection or not self.detection.languages else \
+                f"no enabled language ({', '.join(enabled) or 'none'}) in this workspace"
+            self._set(State.BASE if self.models.base else State.IDLE, f"{what}: serving the base model")
+            return
+        await self.ensure_submodel(self.dominant, force=force)
+
+    def _ensure_base(self) -> None:
+        """Load the base model (served while building) unless it is loaded, loading, or not wanted."""
+        if (self.models.base is not None or self._base_loading == self._generation
+                or not self.settings.serve_base_model_while_building):
+            return
+        # A load for an older generation may still run: it will be dropped, so this one starts regardless.
+        self._base_loading = self._generation
+        self._spawn(self._load_base(self.settings, self._generation))
+
+    async def _load_base(self, settings: Settings, generation: int) -> None:
+        try:
+            completer = await self._in_background(lambda: self._load(settings.model, settings, False))
+            error = None
+        except SubcoderError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - any failure to load becomes one readable line
+            log.exception("base model failed to load")
+            error = SubcoderError(f"cannot load {settings.model}: {exc}")
+        finally:
+            if self._base_loading == generation:
+                self._base_loading = None
+        if generation != self._generation:
+            return
+        if error is not None:
+            self.notifier.show("base-load", str(error))
+            if not self.models.subs:
+                self._set(State.ERROR, str(error))
+            return
+        self.models.set_base(Served(completer, None))
+        self.counters.base_loaded += 1
+        log.info("base model %s loaded (%s)", settings.model,
+                 "fill-in-the-middle" if getattr(completer, "fim", None) else "prefix-only")
+        if self.state in (State.IDLE, State.DETECTING, State.ERROR) and not self.models.subs:
+            keep = self.state is State.IDLE and "base model" in self.message
+            self._set(State.BASE, self.message if keep else "serving the base model")
+        else:
+            self._set(self.state, self.message)  # the size or model shown may have changed
+
+    async def ensure_submodel(self, language: str, *, force: bool = False) -> None:
+        """Serve `language`'s sub-model: from the cache when there, else a build (queued behind a running one)."""
+        settings, generation = self.settings, self._generation
+        current = self.builds.current
+        if current is not None and current.language == language and not force:
+            return
+        if not self.models.subs:
+            self._set(State.BUILDING, f"preparing the {language} sub-model", 0)
+        try:
+            key = await self._in_background(lambda: self._key_of(language, settings, self.root))
+        except Exception as exc:  # noqa: BLE001 - SubcoderError or not, the user gets one line
+            if not isinstance(exc, SubcoderError):
+                log.exception("computing the cache key failed")
+            self._failed(f"cannot prepare the {language} sub-model: {exc}")
+            return
+        if generation != self._generation:
+            return
+        if not force:
+            path = await asyncio.get_running_loop().run_in_executor(None, self.cache.lookup, key)
+            if path is not None:
+                self.counters.cache_hits += 1
+                await self._load_submodel(language, key, str(path), generation)
+                return
+            self.counters.cache_misses += 1
+        self.builds.submit(BuildRequest(
+            model=settings.model, language=language, key=key, cache_root=str(self.cache.root),
+            sparsity=settings.sparsity, pattern=settings.pattern, method=settings.method,
+            calibration=calibration_dict(settings, self.root), dtype=settings.dtype,
+            device="cpu" if settings.device == "auto" else settings.device, force=force,
+            models_cache_dir=settings.cache_dir,
+        ))
+
+    async def _load_submodel(self, language: str, key: str, path: str, generation: int) -> None:
+        settings = self.settings
+        self._set(State.BUILDING if not self.models.subs else self.state, f"loading the {language} sub-model", 100)
+        try:
+            completer = await self._in_background(lambda: self._load(path, settings, True))
+        except Exception as exc:  # noqa: BLE001 - a corrupt or unreadable entry: delete it so the next attempt rebuilds
+            if not isinstance(exc, SubcoderError):
+                log.exception("loading sub-model %s failed", key)
+            log.warning("sub-model %s did not load (%s): removing the cache entry", key, exc)
+            await asyncio.get_running_loop().run_in_executor(None, self.cache.remove, key)
+            self._failed(f"the cached {language} sub-model did not load ({exc}); it will be rebuilt")
+            return
+        if generation != self._generation:
+            return
+        size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+        self.models.set_sub(language, Served(completer, language, key, size, settings.sparsity))
+        self.counters.submodels_loaded += 1
+        if language == self.dominant:
+            self.models.set_base(None)  # the base model's memory is no longer needed
+        info = getattr(completer, "info", None)
+        log.info("serving the %s sub-model (%s, %.1f MB, sparse kernel %s)", language, key, size / 2**20,
+                 "on" if info is not None and info.sparse_kernel else "off")
+        loaded = sorted(self.models.subs, key=lambda lang: (lang != self.dominant, lang))
+        self._set(State.READY, f"ready: {', '.join(loaded)}, {settings.sparsity:.0%} sparse", 100)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.cache.evict(keep=self.models.keys()))
+
+    def _failed(self, text: str) -> None:
+        self.notifier.show("build-failed", text, error=True)
+        self._set(self._settled_state(otherwise=State.ERROR), text)
+
+    # ------------------------------------------------------------------ builds
+
+    def _build_event_from_thread(self, event: BuildEvent) -> None:
+        """The build manager's reader threads hand events to the loop here."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: self._spawn(self.on_build_event(event)))
+
+    async def on_build_event(self, event: BuildEvent) -> None:
+        language = event.request.language
+        if event.kind in ("cancelled", "failed") and event.request is not self._progress_request:
+            # A build killed to make room for another (settings changed, rebuild): its end is old news.
+            log.info("%s build ended (%s): %s", language, event.kind, event.message)
+            self._count_end(event)
+            return
+        if event.kind == "started":
+            self.counters.builds_started += 1
+            self._progress_request = event.request
+            await self.notifier.begin_progress(f"subcoder: building the {language} sub-model")
+            self._set(State.BUILDING, event.message, 0)
+        elif event.kind in ("progress", "waiting"):
+            self.notifier.report_progress(event.message, event.percent)
+            if not self.models.subs or language == self.dominant:
+                self._set(State.BUILDING, f"building {language} sub-model {event.percent}%: {event.message}",
+                          event.percent)
+        elif event.kind == "done":
+            self.counters.builds_finished += 1
+            self.counters.builds_extracted += not event.cached
+            self.notifier.end_progress(f"{language} sub-model ready")
+            await self._load_submodel(language, event.request.key, event.path, self._generation)
+        elif event.kind == "cancelled":
+            self._count_end(event)
+            self.notifier.end_progress("cancelled")
+            self._set(self._settled_state(otherwise=State.IDLE), f"{language} build cancelled")
+        else:
+            self._count_end(event)
+            self.notifier.end_progress("failed")
+            self._failed(f"building the {language} sub-model failed: {event.message}")
+
+    def _count_end(self, event: BuildEvent) -> None:
+        if event.kind == "cancelled":
+            self.counters.builds_cancelled += 1
+        else:
+            self.counters.builds_failed += 1
+        # A build that did not finish may be asked for again (next document opened, next request); a failure
+        # the child reported itself would fail the same way, so that language stays marked.
+        if event.kind == "cancelled" or event.killed:
+            self._queued.discard(event.request.language)
+
+    # ------------------------------------------------------------------ completions
+
+    async def complete(self, uri: str, language: str | None, prefix: str, suffix: str, *, request: str):
+        """The model's `Completion` for a document at a cursor, or None (no model yet, superseded, failed)."""
+        self.counters.requests += 1
+        settings = self.settings
+        served = self.models.pick(language, self.dominant, allow_base=settings.serve_base_model_while_building)
+        self.want(language)
+        if served is None:
+            log.info("%s: no model loaded yet (%s)", request, self.state.value)
+            return None
+        flag = threading.Event()
+        if (older := self._inflight.get(uri)) is not None:
+            older.set()  # a newer request for the same document: the older one stops between tokens
+        self._inflight[uri] = flag
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._infer, lambda: served.completer.complete(
+                prefix, suffix, max_new_tokens=settings.max_new_tokens, mode=settings.completion_mode,
+                cancel=flag.is_set, key=uri))
+        except asyncio.CancelledError:
+            flag.set()
+            log.info("%s: cancelled by the client", request)
+            raise
+        except Cancelled:
+            log.info("%s: superseded by a newer request", request)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a failed completion is an empty answer and one message
+            log.exception("%s: completion failed", request)
+            self.notifier.show("completion-error", f"completion failed: {exc}")
+            return None
+        finally:
+            if self._inflight.get(uri) is flag:
+                del self._inflight[uri]
+        self.counters.served[served.language or "base"] += 1
+        log.info("%s: %s model, %d prompt tokens (%d reused), %d new, %.0f ms (%s; %d decode passes, %.0f ms in the "
+                 "model)", request, served.language or "base", result.prompt_tokens, result.reused_tokens,
+                 result.new_tokens, (time.perf_counter() - started) * 1000, result.stop_reason, result.passes,
+                 result.seconds * 1000)
+        return result
+
+    def want(self, language: str | None) -> None:
+        """A document in another enabled language than the dominant one: its sub-model after the current build."""
+        if (language is None or language == self.dominant or language not in LANGUAGES
+                or language not in self.settings.languages or language in self.models.subs
+                or self.dominant is None or language in self._queued):
+            return
+        self._queued.add(language)
+        self._spawn(self.ensure_submodel(language))
+
+    def forget(self, uri: str) -> None:
+        """A closed document: drop its KV cache in every model."""
+        for served in (self.models.base, *self.models.subs.values()):
+            if served is not None:
+                served.completer.forget(uri)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _in_background(self, fn):
+        return asyncio.get_running_loop().run_in_executor(self._background, fn)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task failed", exc_info=task.exception())
+
+    async def settle(self) -> None:
+        """Wait until the work this session started (loads, builds' events) has finished; for tests."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
