@@ -9,8 +9,6 @@ activations, whatever the depth of the model.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 import shutil
 import tempfile
@@ -22,10 +20,16 @@ from . import paths
 from .loaded import LoadedModel, ModelInfo, checkpoint_dtype, detect_fim, parse_dtype
 from .presets import weights_hash
 
-log = logging.getLogger(__name__)
-
 
 class DiskOffload:
+    """The weights of one base model directory, served layer by layer to `prune.prune_model`.
+
+    Lifecycle: `build()` (the model without its decoder layers' weights) -> for each layer,
+    `load_layer` then `release_layer` (passed to `prune_model` as its hooks; the pruned layer lands
+    in `staging/layer-NNNN.safetensors`) -> `storage.save_submodel(..., shards=staging)` -> `cleanup()`,
+    always, also after an error or cancellation.
+    """
+
     def __init__(self, directory: Path, name: str, dtype="bfloat16", staging_parent: Path | None = None):
         self.directory = Path(directory)
         self.name = name
@@ -55,8 +59,9 @@ class DiskOffload:
         out = {}
         for f, keys in by_file.items():
             with safe_open(str(f), framework="pt") as fh:
-                out.update({k: fh.get_tensor(k).to(self.dtype) if fh.get_tensor(k).is_floating_point() else fh.get_tensor(k)
-                            for k in keys})
+                for k in keys:
+                    tensor = fh.get_tensor(k)
+                    out[k] = tensor.to(self.dtype) if tensor.is_floating_point() else tensor
         return out
 
     def build(self) -> LoadedModel:
