@@ -17,8 +17,9 @@ METHODS = ("wanda", "magnitude")
 class Pattern:
     """Which weights compete for survival: a whole output row (`unstructured`) or each block of M (`N:M`).
 
-    For N:M, N of every M consecutive weights in a row are pruned (so 2:4 means 50% sparsity),
-    following the Wanda paper's convention.
+    For N:M, N of every M consecutive weights in a row are *pruned* (so 2:4 means 50% sparsity and
+    1:4 means 25%), as Wanda's reference code counts them. Hardware documentation usually counts the
+    kept ones instead; for 2:4 and 4:8, the patterns anyone uses, the two readings agree.
     """
 
     n: int = 0
@@ -47,7 +48,7 @@ class Pattern:
         except ValueError:
             raise ConfigError(f"pattern must be 'unstructured' or N:M such as 2:4, not {text!r}") from None
         if not (0 < n < m <= 64):
-            raise ConfigError(f"N:M pattern needs 0 < N < M <= 64, got {text!r}")
+            raise ConfigError(f"N:M pattern (N pruned of every M) needs 0 < N < M <= 64, got {text!r}")
         return cls(n, m)
 
 
