@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,31 +20,12 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .languages import GENERAL, LANGUAGES, language_of_name
+from .sources import read_text, skip_name, walk
 
 log = logging.getLogger(__name__)
 
-LANGUAGES = ("python", "java", "cpp", "javascript", "typescript", "go", "rust")
-GENERAL = "prose"  # the non-code baseline: English prose, the role C4 plays in the Wanda paper
 SOURCES = ("corpus", "workspace", "mix")
-
-# File extensions per language: the one table both workspace calibration and the server's detection use.
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "python": (".py", ".pyi"),
-    "java": (".java",),
-    "cpp": (".cpp", ".cc", ".cxx", ".hpp", ".hh", ".hxx", ".h", ".ipp", ".inl"),
-    "javascript": (".js", ".mjs", ".cjs", ".jsx"),
-    "typescript": (".ts", ".tsx", ".mts", ".cts"),
-    "go": (".go",),
-    "rust": (".rs",),
-}
-
-# Folders that hold someone else's or generated code: never calibration material.
-SKIP_DIRS = frozenset({
-    ".git", ".hg", ".svn", "node_modules", ".venv", "venv", "env", "__pycache__", "dist", "build", "target",
-    "out", "vendor", "third_party", "third-party", ".tox", ".mypy_cache", ".pytest_cache", ".next", ".cache",
-    "site-packages", "bower_components", ".gradle", ".idea", ".vscode",
-})
-MAX_FILE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,28 +89,19 @@ def corpus_documents(language: str, split: str = "calibration", half: int | None
 
 
 def workspace_documents(root: Path, language: str, *, max_files: int = 5000) -> list[dict]:
-    """The user's own files of one language, skipping vendored, generated and oversized files."""
+    """The user's own files of one language, as `subcoder.pruner.sources` filters a workspace: no
+    vendored, generated, ignored, oversized or non-UTF-8 files, nothing reached through a symbolic link."""
     check_language(language, allow_general=False)
-    root = Path(root)
-    exts = EXTENSIONS[language]
     docs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        for fname in sorted(filenames):
-            if not fname.endswith(exts) or fname.endswith((".min.js", ".d.ts")):
-                continue
-            path = Path(dirpath) / fname
-            try:
-                if path.stat().st_size > MAX_FILE_BYTES:
-                    continue
-                text = path.read_bytes().decode("utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            if "\0" in text or not text.strip():
-                continue
-            docs.append({"package": "workspace", "path": str(path.relative_to(root)), "text": text})
-            if len(docs) >= max_files:
-                return docs
+    for rel, entry in walk(root):
+        if language_of_name(entry.name) != language or skip_name(entry.name):
+            continue
+        text = read_text(entry.path, root)
+        if text is None:
+            continue
+        docs.append({"package": "workspace", "path": rel, "text": text})
+        if len(docs) >= max_files:
+            break
     return docs
 
 

@@ -204,7 +204,7 @@ def _read_text(path: Path) -> str:
 
 def _submodel_or_model(name: str, cache_dir) -> str:
     """`-m python` picks the newest cached Python sub-model; anything else is a model name."""
-    from .calibration import LANGUAGES
+    from .languages import LANGUAGES
     from .paths import submodels_dir
 
     if name in LANGUAGES:
@@ -289,7 +289,8 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .calibration import GENERAL, LANGUAGES, SOURCES
+    from .calibration import SOURCES
+    from .languages import GENERAL, LANGUAGES
 
     parser = argparse.ArgumentParser(
         prog="subcoder",

@@ -12,15 +12,12 @@ import threading
 from dataclasses import dataclass
 
 from subcoder.pruner.engine.completer import Completer
+from subcoder.pruner.languages import LSP_IDS
 
 log = logging.getLogger(__name__)
 
-# LSP language ids (and file extensions' languages) → subcoder's language names.
-LANGUAGE_IDS = {
-    "python": "python", "java": "java", "cpp": "cpp", "c++": "cpp", "cuda-cpp": "cpp", "c": "c",
-    "javascript": "javascript", "javascriptreact": "javascript", "typescript": "typescript",
-    "typescriptreact": "typescript", "go": "go", "rust": "rust",
-}
+# LSP language ids → subcoder's language names (the registry's table).
+LANGUAGE_IDS = LSP_IDS
 
 
 @dataclass

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from subcoder.pruner.calibration import LANGUAGES
+from subcoder.pruner.languages import LANGUAGES
 from subcoder.pruner.config import Pattern, PruneConfig
 from subcoder.pruner.errors import ConfigError
 from subcoder.pruner.presets import DEFAULT_PRESET

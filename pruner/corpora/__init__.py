@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, CorruptError
+from ..languages import GENERAL, LANGUAGES
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLITS = ("calibration", "heldout")
-_ORDER = ("python", "java", "cpp", "javascript", "typescript", "go", "rust", "prose")
+_ORDER = (*LANGUAGES, GENERAL)
 
 
 def available_languages() -> list[str]:

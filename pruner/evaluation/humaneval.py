@@ -23,12 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from subcoder.pruner.languages import HUMANEVAL_LANGUAGES, HUMANEVAL_TAGS
+
 from .decode import BatchGenerator, Request, stop_after_line, stop_function_end
 from .sandbox import Sandbox
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-LANGUAGES = ("python", "cpp", "java", "javascript")
-FILE_TAG = {"python": "python", "cpp": "cpp", "java": "java", "javascript": "js"}
+LANGUAGES = HUMANEVAL_LANGUAGES
+FILE_TAG = HUMANEVAL_TAGS  # language → the data set's file tag ("javascript" → "js")
 
 EXCLUDED = {
     "JavaScript/112": "data defect: fails with its own canonical solution",

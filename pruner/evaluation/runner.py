@@ -15,10 +15,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from subcoder.pruner.languages import HUMANEVAL_LANGUAGES
+
 log = logging.getLogger(__name__)
 
 METRICS = ("ppl", "nextline", "humaneval", "singleline", "infill")
-LANGUAGES = ("python", "java", "cpp", "javascript")
+LANGUAGES = HUMANEVAL_LANGUAGES  # the languages every metric has data for (HumanEval-X's)
 # Work per cell when no --limit is given: the whole data set, or a size that measures well.
 DEFAULT_LIMITS = {"ppl": 32, "nextline": 200, "humaneval": None, "singleline": None, "infill": None}
 

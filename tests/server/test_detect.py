@@ -68,3 +68,25 @@ def test_ten_thousand_files(tmp_path):
             (folder / f"m{f}.{'py' if f % 4 else 'js'}").write_text("x = 1\n")
     found = detect(tmp_path)
     assert found.files_seen == 10_000 and found.dominant() == "python"
+
+
+def test_links_out_of_the_workspace_count_nothing(tmp_path):
+    """A cloned repository may link to files outside it: detection neither counts nor reads them."""
+    outside = write_tree(tmp_path / "outside", {"big.rs": "fn main() {}\n" * 5000, "lib/m.go": "package m\n" * 5000,
+                                                "tool": "#!/usr/bin/env ruby\nputs 1\n" * 100})
+    ws = write_tree(tmp_path / "ws", {"src/a.py": "x = 1\n" * 10})
+    (ws / "leak.rs").symlink_to(outside / "big.rs")
+    (ws / "passwd.py").symlink_to("/etc/passwd")
+    (ws / "lib").symlink_to(outside / "lib", target_is_directory=True)
+    (ws / "run").symlink_to(outside / "tool")
+    (ws / "alias.py").symlink_to(ws / "src" / "a.py")  # inside: counted once, under its own path
+    found = detect(ws)
+    assert [(e.language, e.files, e.bytes) for e in found.languages] == [("python", 1, 60)]
+    assert found.files_seen == 1
+
+
+def test_one_size_limit_with_calibration(tmp_path):
+    from subcoder.pruner.sources import MAX_FILE_BYTES
+
+    write_tree(tmp_path, {"small.go": "package x\n", "huge.rs": "x" * (MAX_FILE_BYTES + 1)})
+    assert [e.language for e in detect(tmp_path).languages] == ["go"]
