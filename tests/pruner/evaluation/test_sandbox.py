@@ -1,21 +1,48 @@
-"""The sandbox that runs generated programs: time limit, memory limit, nothing survives, private temp dir."""
+"""The sandbox that runs generated programs: time and memory limits, nothing survives, a private temp
+dir, and where Linux allows it a jail: no writes outside that dir, no network, no view of the home."""
 
+import logging
 import os
+import shutil
+import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from subcoder.pruner.evaluation.sandbox import Sandbox
+from subcoder.pruner.evaluation import sandbox
+from subcoder.pruner.evaluation.sandbox import Sandbox, jail_plan
+
+jailed = pytest.mark.skipif(not sandbox.isolation().namespaces,
+                            reason=f"no namespaces here: {sandbox.isolation().why}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state  # a zombie is dead, only not yet reaped
+def _survivors(marker: str) -> list[int]:
+    """Live processes (not zombies) whose command line carries `marker`, seen from this PID namespace."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "cmdline").read_bytes() \
+                    and "\nState:\tZ" not in (entry / "status").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            pass  # exited while we looked
+    return found
+
+
+def _assert_none_survive(marker: str) -> None:
+    deadline = time.time() + 5
+    while _survivors(marker) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _survivors(marker), f"processes marked {marker} survived the run"
+
+
+# a sleeper that names itself with a marker, so the test can find it from outside any PID namespace
+SLEEPER = "[sys.executable, '-c', 'import time; time.sleep(120)', MARKER]"
 
 
 def test_timeout_kills():
@@ -35,20 +62,44 @@ def test_memory_limit():
     assert "MemoryError" in res.stderr
 
 
+def test_exit_codes_and_signals_reach_the_caller():
+    with Sandbox() as box:
+        box.write("p.py", "import os, signal, sys\n"
+                          "os.kill(os.getpid(), signal.SIGSEGV) if sys.argv[1] == 'segv' else sys.exit(3)\n")
+        assert box.run([sys.executable, "p.py", "exit"]).returncode == 3
+        assert box.run([sys.executable, "p.py", "segv"]).returncode == -11
+
+
 def test_nothing_survives_normal_exit_or_timeout():
+    marker = f"subcoder-test-{uuid.uuid4().hex}"
     spawn = ("import subprocess, sys, time\n"
-             "p = subprocess.Popen(['sleep', '120'])\n"
-             "print(p.pid, flush=True)\n"
+             f"MARKER = {marker!r}\n"
+             f"subprocess.Popen({SLEEPER})\n"
              "time.sleep(float(sys.argv[1]))\n")
     for wait, timeout in (("0", 10.0), ("60", 1.0)):
         with Sandbox() as box:
             box.write("spawn.py", spawn)
-            res = box.run([sys.executable, "spawn.py", wait], timeout=timeout)
-        pid = int(res.stdout.split()[0])
-        deadline = time.time() + 5
-        while _alive(pid) and time.time() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid), f"grandchild {pid} survived (wait={wait})"
+            box.run([sys.executable, "spawn.py", wait], timeout=timeout)
+        _assert_none_survive(marker)
+
+
+@jailed
+def test_setsid_and_double_forked_grandchildren_do_not_survive():
+    marker = f"subcoder-test-{uuid.uuid4().hex}"
+    spawn = ("import os, subprocess, sys, time\n"
+             f"MARKER = {marker!r}\n"
+             f"subprocess.Popen({SLEEPER}, start_new_session=True)  # setsid(): leaves our process group\n"
+             "if os.fork() == 0:  # a daemon: fork, setsid, fork again, the middle one exits\n"
+             "    os.setsid()\n"
+             "    if os.fork() == 0:\n"
+             f"        os.execv(sys.executable, {SLEEPER})\n"
+             "    os._exit(0)\n"
+             "time.sleep(float(sys.argv[1]))\n")
+    for wait, timeout in (("0.5", 10.0), ("60", 1.0)):
+        with Sandbox() as box:
+            box.write("spawn.py", spawn)
+            box.run([sys.executable, "spawn.py", wait], timeout=timeout)
+        _assert_none_survive(marker)
 
 
 def test_private_temp_dir_removed_and_used_as_home():
@@ -66,6 +117,130 @@ def test_private_temp_dir_removed_and_used_as_home():
         assert (where / "left-behind.txt").is_file()
     assert not where.exists()
     assert not Path("left-behind.txt").exists()
+
+
+# tries each path given on the command line; prints one line per path: 'wrote' or the error's name
+WRITER = ("import sys\n"
+          "for path in sys.argv[1:]:\n"
+          "    try:\n"
+          "        open(path, 'w').write('escaped')\n"
+          "        print('wrote')\n"
+          "    except OSError as exc:\n"
+          "        print(type(exc).__name__)\n")
+
+
+@jailed
+def test_writes_outside_the_run_directory_fail(tmp_path):
+    here = Path(__file__).resolve().parent  # on the real root filesystem, outside /tmp and the home
+    targets = [here / f".escape-{uuid.uuid4().hex}", tmp_path / "escape.txt"]
+    try:
+        with Sandbox() as box:
+            box.write("w.py", WRITER)
+            res = box.run([sys.executable, "w.py", *map(str, targets), "/tmp/private.txt", "inside.txt"])
+            assert res.ok, res.stderr
+            assert (box.dir / "inside.txt").read_text() == "escaped"  # the run's own directory is writable
+        outside, host_tmp, private_tmp, inside = res.stdout.split()
+        assert outside == "OSError" and host_tmp == "FileNotFoundError"  # read-only root; /tmp is a fresh one
+        assert private_tmp == "wrote" and inside == "wrote"
+        assert not any(t.exists() for t in targets)
+        assert not Path("/tmp/private.txt").exists()
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+
+
+@jailed
+def test_no_network_not_even_to_the_hosts_loopback():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        prog = ("import socket, sys\n"
+                "try:\n"
+                "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3).close()\n"
+                "    print('connected')\n"
+                "except OSError as exc:\n"
+                "    print(type(exc).__name__)\n"
+                "own = socket.socket(); own.bind(('127.0.0.1', 0)); own.listen()\n"  # its own loopback works
+                "socket.create_connection(own.getsockname(), timeout=3).close(); print('loopback')\n")
+        with Sandbox() as box:
+            box.write("net.py", prog)
+            res = box.run([sys.executable, "net.py", str(port)])
+        assert res.ok, res.stderr
+        assert res.stdout.split() == ["ConnectionRefusedError", "loopback"]
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nothing ever reached the host's listener
+
+
+@jailed
+def test_home_is_hidden_but_the_interpreter_still_runs(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("secret key")
+    (home / ".cache" / "subcoder").mkdir(parents=True)
+    (home / ".cache" / "subcoder" / "model.txt").write_text("secret model")
+    monkeypatch.setenv("HOME", str(home))
+    prog = ("import os, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n"
+            "        print(open(path).read().replace(' ', '-'))\n"
+            "    except OSError as exc:\n"
+            "        print(type(exc).__name__)\n")
+    with Sandbox() as box:
+        box.write("r.py", prog)
+        res = box.run([sys.executable, "r.py", str(home / ".ssh" / "id_ed25519"),
+                       str(home / ".cache" / "subcoder" / "model.txt")])
+    assert res.ok, res.stderr
+    assert res.stdout.split() == ["FileNotFoundError", "FileNotFoundError"]
+
+
+def test_plan_hides_homes_and_mounts_toolchains_back():
+    plan = jail_plan("/tmp/subcoder-eval-x", scratch=["/tmp", "/dev/shm"],
+                     homes=["/home/ann", "/root", "/home", "/tmp/fake-home", "/"],
+                     prefixes=["/home/ann/.pyenv/versions/3.11.7", "/work/repo/.venv", "/tmp/clone/.venv"],
+                     path_dirs=["/usr/bin", "/home/ann/.local/bin", "/home/ann/.nvm/versions/node/v20/bin",
+                                "/home/ann/.pyenv/versions/3.11.7/bin"])
+    assert plan == {
+        "dir": "/tmp/subcoder-eval-x",
+        "scratch": ["/dev/shm", "/tmp"],
+        "hide": ["/home", "/root"],  # /home/ann inside /home; never "/"; /tmp/fake-home is under fresh /tmp
+        "keep": ["/home/ann/.local/bin",  # not ~/.local: that holds more than programs
+                 "/home/ann/.nvm/versions/node/v20",  # a prefix: bin with its lib
+                 "/home/ann/.pyenv/versions/3.11.7",  # covers its own bin
+                 "/tmp/clone/.venv"],  # a checkout under /tmp still runs its Python
+    }
+
+
+@pytest.mark.parametrize("lang", ["cpp", "javascript"])
+def test_toolchains_work_inside(lang):
+    tool = {"cpp": "g++", "javascript": "node"}[lang]
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} not found on PATH")
+    with Sandbox() as box:
+        if lang == "cpp":
+            box.write("main.cpp", "#include <iostream>\nint main(){std::cout << \"hi\\n\"; return 0;}\n")
+            comp = box.run(["g++", "-std=c++11", "-O0", "main.cpp", "-o", "main"], timeout=60, memory_mb=2048)
+            assert comp.ok, comp.stderr
+            res = box.run(["./main"])
+        else:
+            box.write("main.js", "console.log('hi')\n")
+            res = box.run(["node", "main.js"], memory_mb=3072, memory_kind="data")
+    assert res.ok and res.stdout == "hi\n", res.stderr
+
+
+def test_rlimits_only_fallback_is_logged_once_and_keeps_the_limits(monkeypatch, caplog):
+    monkeypatch.setenv("SUBCODER_SANDBOX", "rlimits")
+    monkeypatch.setattr(sandbox, "_isolation", None)  # probe again, under the setting
+    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
+        with Sandbox() as box:
+            box.write("loop.py", "while True:\n    pass\n")
+            first = box.run([sys.executable, "loop.py"], timeout=1.0)
+            second = box.run([sys.executable, "-c", "print('ok')"])
+    assert sandbox.isolation() == sandbox.Isolation(False, "SUBCODER_SANDBOX=rlimits")
+    assert first.timed_out and second.ok and second.stdout == "ok\n"
+    warnings = [r for r in caplog.records if "rlimits only" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_output_is_capped():
