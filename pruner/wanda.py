@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import Pattern
+from .errors import ConfigError
 
 
 class NormAccumulator:
@@ -42,7 +43,8 @@ class NormAccumulator:
 
 def wanda_scores(weight: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
     """|W| * ||X||_2 per weight, in fp32. weight: (out, in); sq_norms: (in,)."""
-    assert weight.shape[-1] == sq_norms.shape[0], f"{weight.shape} vs {sq_norms.shape}"
+    if sq_norms.shape != (weight.shape[-1],):  # a (1,) vector would broadcast silently
+        raise ValueError(f"input norms of shape {tuple(sq_norms.shape)} do not fit a weight of shape {tuple(weight.shape)}")
     return weight.detach().float().abs() * sq_norms.float().sqrt().unsqueeze(0)
 
 
@@ -61,8 +63,6 @@ def mask_from_scores(scores: torch.Tensor, sparsity: float, pattern: Pattern | N
     if pattern.structured:
         n, m = pattern.n, pattern.m
         if in_features % m:
-            from .errors import ConfigError
-
             raise ConfigError(f"{pattern} needs in_features divisible by {m}; a layer has {in_features}")
         blocks = scores.reshape(out_features, in_features // m, m)  # (out, blocks, m)
         order = torch.argsort(blocks, dim=-1, stable=True)

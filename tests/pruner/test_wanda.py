@@ -14,6 +14,13 @@ def test_scores_are_abs_weight_times_input_norm():
     assert torch.equal(wanda_scores(w, sq), torch.tensor([[2.0, 2.0], [6.0, 0.5]]))
 
 
+def test_norms_must_fit_the_weight():
+    w = torch.ones(2, 3)
+    for bad in (torch.ones(2), torch.ones(1), torch.ones(3, 1)):
+        with pytest.raises(ValueError, match="do not fit"):
+            wanda_scores(w, bad)
+
+
 def test_norms_exclude_padding():
     acc = NormAccumulator(2)
     x = torch.tensor([[[1.0, 2.0], [100.0, 100.0]]])  # (batch 1, 2 tokens, 2 features)
@@ -50,6 +57,11 @@ def test_nm_pattern_prunes_n_of_every_m(pattern):
     # inside each block the kept ones are the highest scores
     s = scores.reshape(16, -1, p.m)
     assert (torch.where(blocks, s, torch.inf).amin(-1) >= torch.where(blocks, -torch.inf, s).amax(-1)).all()
+
+
+def test_nm_pattern_needs_whole_blocks():
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        mask_from_scores(torch.rand(2, 6), 0.5, Pattern.parse("2:4"))
 
 
 def test_config_rejects_bad_input():
