@@ -7,6 +7,10 @@ layer. `GrowingLayer` keeps its keys and values as views into buffers with room 
 when full), so appending copies only the new positions. Cropping (`DynamicLayer.crop`, used when a
 prompt diverges from the cached one) narrows the views; the next append overwrites the dropped
 positions. Everything else -- lengths, masks, the model's forward -- sees an ordinary `DynamicCache`.
+
+`reserve(t)` and `advance(t)` are the `BufferedLayer` interface of subcoder.pruner.kernels.decode_step:
+the fused decode step writes new positions into the buffers itself (the kernels never import this
+module; any layer with those two methods will do).
 """
 
 from __future__ import annotations

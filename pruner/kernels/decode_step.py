@@ -9,13 +9,16 @@ rotary embedding from the model's own rotary module, grouped-query attention wit
 SiLU-gated MLP) with a minimum of tensor operations, reading and writing the very `DynamicCache` the
 model uses, so prefill (the model's forward) and decode steps can be mixed freely.
 
-Where the kernel library is loaded and the cache is a `subcoder.pruner.engine.kvcache` growing cache, the whole
-stack of layers runs as one C++ call (`decode_layers` in kernel.cpp: the same operators in the same
-order, so bit-identical results) -- the Python interpreter between ~15 tiny operators per layer was
-a third of the step. `SUBCODER_FUSED_STEP=0` keeps the per-operator Python loop. With the kernel
+Where the kernel library is loaded and every cache layer can hand out its buffers (`BufferedLayer`
+below; `subcoder.pruner.engine.kvcache`'s growing cache does), the whole stack of layers runs as one
+C++ call (`decode_layers` in kernel.cpp: the same operators in the same order, so bit-identical
+results) -- the Python interpreter between ~15 tiny operators per layer was a third of the step.
+`fused=False` (EngineOptions.fused_step) keeps the per-operator Python loop. With the kernel
 library, attention is its own too (`decode_attention`: torch's SDPA took 90-150 us per layer for one
 query at 800 positions, ~4 ms of a 27 ms step; it takes ~20 us), in both the fused call and the loop,
 so they stay bit-identical; its arithmetic differs from SDPA's by output-dtype roundings.
+
+`kernel=False` runs the loop on plain torch operations (no kernel library at all).
 
 `FastDecoder.for_model(model)` returns None for anything it does not recognise (other families,
 sliding-window attention, other activations, tensor-parallel Llama); callers then use the model.
@@ -24,18 +27,33 @@ sliding-window attention, other activations, tensor-parallel Llama); callers the
 from __future__ import annotations
 
 import logging
-import os
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import active_ops
+from . import native
 from .greedy_head import GreedyHead
 
 log = logging.getLogger("subcoder.pruner.kernels")
 
 FAMILIES = ("llama", "qwen2", "mistral")
+
+
+class BufferedLayer(Protocol):
+    """What the fused step needs of a KV cache layer (duck-typed: the layer need not inherit this).
+
+    The fused call writes the new positions' keys and values into the layer's buffers itself, so
+    the layer must hand them out and then be told how many positions were written.
+    """
+
+    def reserve(self, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(keys, values) buffers (1, kv_heads, capacity, head_dim) whose first `cache length`
+        positions are the cache, with room for `t` more; None when it cannot (not yet filled)."""
+
+    def advance(self, t: int) -> None:
+        """Take the `t` positions written after the cache's end into the cache."""
 
 
 def _why_not(model: nn.Module) -> str | None:
@@ -77,9 +95,14 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 class FastDecoder:
-    """One token in, the next token's logits out, against the model's own KV cache."""
+    """One token in, the next token's logits out, against the model's own KV cache.
 
-    def __init__(self, model: nn.Module):
+    `kernel`: use the kernel library's ops (norm, rotary, attention, the fused stack) where loaded;
+    `fused`: the layer stack as one C++ call where the cache allows; `head_screen`: the greedy head's
+    int8 screen (GreedyHead). Each is exact: off, results stay the same (to the noted roundings).
+    """
+
+    def __init__(self, model: nn.Module, *, kernel: bool = True, fused: bool = True, head_screen: bool = True):
         cfg = model.config
         self.model = model
         self.inner = model.model
@@ -98,26 +121,27 @@ class FastDecoder:
             for layer in self.inner.layers
         ]
         self.norm_weight, self.norm_eps = self.inner.norm.weight, _eps(self.inner.norm)
-        ops = active_ops()  # fused RMSNorm and rotary ops when the kernel library is loaded
+        ops = native.get_ops() if kernel else None  # fused RMSNorm and rotary ops when the library is loaded
         self._rms = ops.rms_norm if ops is not None else _rms
         self._rope = ops.rope if ops is not None else _rope
-        wanted = os.environ.get("SUBCODER_FUSED_STEP", "").strip() != "0"
-        self._fused = _fused_plan(self.layers) if wanted and ops is not None and hasattr(ops, "decode_layers") else None
+        self._fused = _fused_plan(self.layers) if fused and ops is not None and hasattr(ops, "decode_layers") else None
         self._ops = ops
-        self.head = GreedyHead.for_head(model.lm_head)  # the argmax of the logits, often without them
+        # the argmax of the logits, often without them
+        self.head = GreedyHead.for_head(model.lm_head, screen=head_screen and ops is not None)
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> FastDecoder | None:
+    def for_model(cls, model: nn.Module, *, kernel: bool = True, fused: bool = True,
+                  head_screen: bool = True) -> FastDecoder | None:
         reason = _why_not(model)
         if reason is not None:
             log.info("fast decode step off: %s; decoding through the model's forward", reason)
             return None
-        return cls(model)
+        return cls(model, kernel=kernel, fused=fused, head_screen=head_screen)
 
     @property
     def fused(self) -> bool:
         """Whether steps (and `verify`) run as one C++ call when the cache allows it."""
-        return self._fused is not None and active_ops() is not None
+        return self._fused is not None
 
     @torch.inference_mode()
     def verify(self, tokens: list[int], cache, first_row: int = 0) -> torch.Tensor | None:
@@ -145,7 +169,7 @@ class FastDecoder:
 
     def _fused_run(self, tokens, x, cos, sin, pos, cache, first_row: int = 0) -> torch.Tensor | None:
         """The final-norm hidden states (1, T - first_row, hidden) after tokens[first_row:], or None."""
-        buffers = self._fused and active_ops() is not None and _kv_buffers(cache, len(self.layers), len(tokens))
+        buffers = self._fused and _kv_buffers(cache, len(self.layers), len(tokens))
         if not buffers:
             return None
         params, kinds, eps = self._fused
@@ -232,16 +256,15 @@ def _fused_plan(layers) -> tuple[list[torch.Tensor], list[int], list[float]] | N
 
 
 def _kv_buffers(cache, n_layers: int, t: int = 1) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-    """Every layer's KV buffers with room for `t` more positions, or None (the cache is not a
-    growing one, or not yet filled by a prefill): the step then runs operator by operator."""
-    from ..engine.kvcache import GrowingLayer
-
+    """Every layer's KV buffers with room for `t` more positions, or None (a layer is not a
+    `BufferedLayer`, or not yet filled by a prefill): the step then runs operator by operator."""
     layers = getattr(cache, "layers", None)
     if not layers or len(layers) != n_layers:
         return None
     ks, vs = [], []
     for layer in layers:
-        room = layer.reserve(t) if type(layer) is GrowingLayer else None
+        reserve = getattr(layer, "reserve", None)
+        room = reserve(t) if callable(reserve) and callable(getattr(layer, "advance", None)) else None
         if room is None:
             return None
         ks.append(room[0])

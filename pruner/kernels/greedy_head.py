@@ -8,24 +8,23 @@ int8 copy with a guaranteed error bound, then recomputes exactly -- with the bf1
 per-row arithmetic -- only the rows whose upper bound reaches the best lower bound. The index it
 returns is therefore exactly `DenseBF16Linear(x).argmax(-1)`, ties included (kernel.cpp explains
 the bound). Where the op cannot run (no AVX-512 VNNI, no kernel, a head that is not a bf16
-`DenseBF16Linear`) or with `SUBCODER_HEAD_SCREEN=0`, the logits are computed and their argmax taken.
+`DenseBF16Linear`) or when the caller turns the screen off (EngineOptions.head_screen, env
+`SUBCODER_HEAD_SCREEN=0`), the logits are computed and their argmax taken.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .native import active_ops
+from . import native
 from .linear import DENSE_KERNEL_MAX_BATCH, DenseBF16Linear
 
 log = logging.getLogger("subcoder.pruner.kernels")
 
-ENV_SWITCH = "SUBCODER_HEAD_SCREEN"
 _ROWS_PER_CHUNK = 8192  # quantize in chunks: a whole fp32 copy of the head would be 545 MB
 
 
@@ -70,11 +69,15 @@ class GreedyHead:
     def __init__(self, lm_head: nn.Module, rows: Int8Rows | None):
         self.lm_head = lm_head
         self.rows = rows
+        # The ops are looked up once: `rows` exist only where for_head found the kernel's screen.
+        self._ops = native.get_ops() if rows is not None else None
+        if rows is not None and self._ops is None:
+            raise ValueError("an int8 screen needs the kernel, which is not available here")
 
     @classmethod
-    def for_head(cls, lm_head: nn.Module) -> GreedyHead:
-        """The screened head where the kernel can run it, else plain argmax of the logits."""
-        reason = _why_not(lm_head)
+    def for_head(cls, lm_head: nn.Module, *, screen: bool = True) -> GreedyHead:
+        """The screened head where the kernel can run it and `screen` allows, else plain argmax of the logits."""
+        reason = "turned off by the caller" if not screen else _why_not(lm_head)
         if reason is not None:
             log.info("greedy head: full logits (%s)", reason)
             return cls(lm_head, None)
@@ -85,14 +88,14 @@ class GreedyHead:
 
     @property
     def screened(self) -> bool:
-        return self.rows is not None and active_ops() is not None
+        return self.rows is not None
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        ops = active_ops()
+        ops = self._ops
         # Batches DenseBF16Linear sends to torch's matmul round differently: those take the logits.
-        if (self.rows is not None and ops is not None and x2.dtype in (torch.bfloat16, torch.float32)
+        if (ops is not None and x2.dtype in (torch.bfloat16, torch.float32)
                 and len(x2) < DENSE_KERNEL_MAX_BATCH):
             r = self.rows
             return ops.greedy_head(x2, self.lm_head.weight, self.lm_head.bias, r.q, r.scale, r.qsum, r.qabs)
@@ -100,14 +103,14 @@ class GreedyHead:
 
 
 def _why_not(lm_head: nn.Module) -> str | None:
-    if os.environ.get(ENV_SWITCH, "").strip() == "0":
-        return f"disabled by {ENV_SWITCH}=0"
     if not isinstance(lm_head, DenseBF16Linear):
         return f"the lm_head is a {type(lm_head).__name__}, not the kernel's DenseBF16Linear"
+    if not lm_head.use_kernel:
+        return "the lm_head computes with torch (use_kernel=False)"
     w = lm_head.weight
     if w.dtype != torch.bfloat16 or w.device.type != "cpu" or not w.is_contiguous():
         return "the lm_head weight is not a contiguous CPU bf16 tensor"
-    ops = active_ops()
+    ops = native.get_ops()
     if ops is None or not hasattr(ops, "greedy_head") or not int(ops.head_screen_available()):
         return "needs the kernel's AVX-512 VNNI path"
     return None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import packing
-from .native import active_ops
+from . import native
 
 log = logging.getLogger("subcoder.pruner.kernels")
 
@@ -19,6 +19,14 @@ _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _PAD = 32  # zero values after the last kept one: the AVX2 kernel reads 16 bytes at a time
 # Batches from this size on multiply with torch (dense lm_head); below it the row kernel wins.
 DENSE_KERNEL_MAX_BATCH = 8
+
+
+def kernel_available() -> tuple[bool, str]:
+    """(True, what was loaded) or (False, why not): whether the kernel can run on this machine.
+    Builds it on the first call when needed; the answer is computed once per process. Whether it
+    *should* run is the caller's choice (`sparsify(kernel=...)`, EngineOptions.sparse_kernel)."""
+    ops = native.get_ops()
+    return ops is not None, str(native._state.get("reason", ""))
 
 
 def _as_bf16_values(values: torch.Tensor) -> torch.Tensor:
@@ -32,11 +40,15 @@ class SparseLinear(nn.Module):
 
     Built from the storage tensors: `mask_words` int32 (out, ceil(in/32)), `values` bf16 (nnz,),
     `shape` (out, in), optional `bias`. Works on inputs of any leading shape, bf16 or fp32 (other
-    float dtypes go through fp32); the output has the input's dtype.
+    float dtypes go through fp32); the output has the input's dtype. `use_kernel=False` (or no
+    kernel on this machine) expands the dense weight on every call instead: slow, same results to
+    bf16 rounding.
     """
 
-    def __init__(self, mask_words: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None = None):
+    def __init__(self, mask_words: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+                 bias: torch.Tensor | None = None, *, use_kernel: bool = True):
         super().__init__()
+        self.use_kernel = bool(use_kernel)
         out_features, in_features = (int(s) for s in shape)
         if mask_words.dtype != torch.int32 or tuple(mask_words.shape) != (out_features, packing.n_words(in_features)):
             raise ValueError(
@@ -63,9 +75,9 @@ class SparseLinear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
+    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor, *, use_kernel: bool = True) -> SparseLinear:
         words, values = packing.pack_rows(linear.weight.detach().cpu(), mask.cpu())
-        return cls(words, values, (linear.out_features, linear.in_features), linear.bias)
+        return cls(words, values, (linear.out_features, linear.in_features), linear.bias, use_kernel=use_kernel)
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask words int32, values bf16 (nnz,)), the storage format."""
@@ -79,7 +91,7 @@ class SparseLinear(nn.Module):
         return packing.unpack(self.mask, self.values, self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = active_ops()
+        ops = native.get_ops() if self.use_kernel else None
         if ops is not None and x.device.type == "cpu":
             if x.dtype in _KERNEL_DTYPES:  # the decode hot path: one call, no Python tensor work
                 d = self.__dict__
@@ -119,11 +131,12 @@ class DenseBF16Linear(nn.Module):
     """A dense bf16 linear layer (lm_head) that decodes through the kernel's bf16 matvec.
 
     It holds the very `weight` Parameter it was given, so a weight tied to the input embedding
-    stays tied and is not duplicated.
+    stays tied and is not duplicated. `use_kernel=False` multiplies with torch.
     """
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None):
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None, *, use_kernel: bool = True):
         super().__init__()
+        self.use_kernel = bool(use_kernel)
         if weight.dim() != 2:
             raise ValueError("weight must be 2-D (out, in)")
         self.out_features, self.in_features = weight.shape
@@ -131,14 +144,14 @@ class DenseBF16Linear(nn.Module):
         self.bias = bias
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> DenseBF16Linear:
-        return cls(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, *, use_kernel: bool = True) -> DenseBF16Linear:
+        return cls(linear.weight, linear.bias, use_kernel=use_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         w = self.weight
-        ops = active_ops()
+        ops = native.get_ops() if self.use_kernel else None
         if (
             ops is not None
             and x2.shape[0] < DENSE_KERNEL_MAX_BATCH
@@ -182,7 +195,8 @@ class SparsifyReport:
         )
 
 
-def _model_bytes(model: nn.Module) -> int:
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer of `model`, storage shared between tensors counted once."""
     seen: set[tuple[int, int]] = set()
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
@@ -227,7 +241,8 @@ def _normalise(masks_or_packed: Mapping) -> dict[str, tuple]:
 
 
 @torch.no_grad()
-def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool = True) -> SparsifyReport:
+def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool = True,
+             kernel: bool = True) -> SparsifyReport:
     """Replace the pruned `nn.Linear`s of `model` by `SparseLinear`, in place.
 
     `masks_or_packed` maps module (or weight) names to a boolean keep-mask (out, in) -- the kept
@@ -235,13 +250,12 @@ def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool 
     tuple,
     or is a flat dict holding `NAME.mask` / `NAME.values` tensors as in the storage format.
     With `dense_lm_head`, a bf16 output projection that is not pruned is wrapped in
-    `DenseBF16Linear` (sharing its weight, tied or not).
+    `DenseBF16Linear` (sharing its weight, tied or not). `kernel=False`: the new layers compute with
+    dense torch even where the kernel could run (packed storage all the same).
     """
-    from .native import kernel_available
-
-    ok, reason = kernel_available()
+    ok, reason = kernel_available() if kernel else (False, "turned off by the caller")
     report = SparsifyReport(kernel=ok, kernel_reason=reason)
-    report.model_bytes_before = _model_bytes(model)
+    report.model_bytes_before = model_bytes(model)
     for name, spec in _normalise(masks_or_packed).items():
         module = model.get_submodule(name)
         if not isinstance(module, nn.Linear):
@@ -251,9 +265,9 @@ def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool 
         if spec[0] == "mask":
             if tuple(spec[1].shape) != shape:
                 raise ValueError(f"{name}: mask {tuple(spec[1].shape)} does not match the weight {shape}")
-            new = SparseLinear.from_dense(module, spec[1])
+            new = SparseLinear.from_dense(module, spec[1], use_kernel=kernel)
         else:
-            new = SparseLinear(spec[1], spec[2], shape, module.bias)
+            new = SparseLinear(spec[1], spec[2], shape, module.bias, use_kernel=kernel)
         report.linear_bytes_before += w.numel() * w.element_size()
         if module.bias is not None:
             report.linear_bytes_before += module.bias.numel() * module.bias.element_size()
@@ -266,7 +280,7 @@ def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool 
     if dense_lm_head and hasattr(model, "get_output_embeddings"):
         head = model.get_output_embeddings()
         if type(head) is nn.Linear and head.weight.dtype == torch.bfloat16 and head.weight.is_contiguous():
-            wrapped = DenseBF16Linear.from_linear(head)
+            wrapped = DenseBF16Linear.from_linear(head, use_kernel=kernel)
             if hasattr(model, "set_output_embeddings"):
                 model.set_output_embeddings(wrapped)
             else:  # pragma: no cover - every transformers causal LM has the setter
@@ -274,6 +288,6 @@ def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool 
             report.lm_head = "dense-kernel"
         elif isinstance(head, DenseBF16Linear):
             report.lm_head = "dense-kernel"
-    report.model_bytes_after = _model_bytes(model)
+    report.model_bytes_after = model_bytes(model)
     log.info("sparsify: %s", report.summary())
     return report

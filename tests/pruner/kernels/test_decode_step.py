@@ -72,6 +72,32 @@ def test_step_on_the_sparse_kernel_matches_dense():
     torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
 
 
+def test_fused_step_needs_only_the_buffered_layer_interface():
+    """The kernels never import the engine: any cache whose layers offer reserve/advance runs fused,
+    and a cache without them (transformers' own) takes the operator loop."""
+    from subcoder.pruner.kernels.decode_step import _kv_buffers
+
+    class Layer:
+        def __init__(self):
+            self.k, self.v, self.advanced = torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16), 0
+
+        def reserve(self, t):
+            return self.k, self.v
+
+        def advance(self, t):
+            self.advanced += t
+
+    class Cache:
+        layers = [Layer(), Layer()]
+
+    ks, vs = _kv_buffers(Cache(), 2, 3)
+    assert ks[1] is Cache.layers[1].k and vs[0] is Cache.layers[0].v
+    assert _kv_buffers(Cache(), 3) is None  # not this model's layer count
+    model = tiny_model("qwen2", seed=5)
+    plain = DynamicCache(config=model.config)
+    assert len(plain.layers) == 2 and _kv_buffers(plain, 2) is None
+
+
 def test_growing_cache_matches_the_dynamic_cache_through_crops():
     """Prefill, single steps (fast path and model), a crop back into the prompt, then more tokens:
     the growing cache's logits match transformers' own DynamicCache at every step."""
@@ -100,13 +126,13 @@ def test_growing_cache_matches_the_dynamic_cache_through_crops():
 def test_fused_norm_and_rotary_match_the_models_arithmetic(dtype):
     """The kernel library's rms_norm/rope round where the model's eager code rounds."""
     from subcoder.pruner import kernels as sparse
-    from subcoder.pruner.kernels.native import active_ops
+    from subcoder.pruner.kernels.native import get_ops
     from subcoder.pruner.kernels.decode_step import _rms, _rope
 
     ok, reason = sparse.kernel_available()
     if not ok:
         pytest.skip(reason)
-    ops = active_ops()
+    ops = get_ops()
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 896, generator=g) * 4).to(dtype)
     w = (torch.randn(896, generator=g)).to(dtype)
@@ -119,11 +145,11 @@ def test_fused_norm_and_rotary_match_the_models_arithmetic(dtype):
     assert torch.equal(ops.rope(t, cos, sin), _rope(t, cos, sin))
 
 
-def test_step_without_the_kernel_library(monkeypatch):
-    """SUBCODER_SPARSE=0: the step falls back to plain torch operations and still matches."""
-    monkeypatch.setenv("SUBCODER_SPARSE", "0")
+def test_step_without_the_kernel_library():
+    """kernel=False (EngineOptions.sparse_kernel off): plain torch operations, still matching."""
     model = tiny_model("llama", seed=2)
-    fast = FastDecoder(model)
+    fast = FastDecoder(model, kernel=False)
+    assert fast._ops is None and not fast.fused and not fast.head.screened
     prompt = torch.tensor([[4, 8, 15, 16, 23, 42]])
     c1, c2 = DynamicCache(), DynamicCache()
     with torch.no_grad():
@@ -158,7 +184,7 @@ def _kernel_qwen(seed: int, dtype, sparse_layers: bool, heads=(4, 2)):
 @pytest.mark.parametrize("sparse_layers", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("heads", [(4, 2), (2, 1)])
-def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_layers, dtype, heads):
+def test_fused_step_is_bit_identical_to_the_operator_loop(sparse_layers, dtype, heads):
     """The one-call C++ step (decode_layers) runs the operator loop's operators in its order: the
     logits and the KV cache it writes are exactly equal, across a crop and past a buffer regrowth."""
     from subcoder.pruner.engine.kvcache import new_cache
@@ -166,9 +192,8 @@ def test_fused_step_is_bit_identical_to_the_operator_loop(monkeypatch, sparse_la
     model = _kernel_qwen(4, dtype, sparse_layers, heads)
     fused = FastDecoder(model)
     assert fused._fused is not None
-    monkeypatch.setenv("SUBCODER_FUSED_STEP", "0")
-    loop = FastDecoder(model)
-    assert loop._fused is None
+    loop = FastDecoder(model, fused=False)
+    assert loop._fused is None and not loop.fused
     prompt = torch.randint(0, 257, (1, 200), generator=torch.Generator().manual_seed(2))
     c1, c2 = new_cache(model.config), new_cache(model.config)
     with torch.no_grad():
@@ -223,12 +248,13 @@ def test_decode_attention_matches_sdpa(dtype, heads, kv_heads, d, n, t):
     import torch.nn.functional as F
 
     from subcoder.pruner import kernels as sparse
-    from subcoder.pruner.kernels.native import active_ops
+    from subcoder.pruner.kernels import debug
+    from subcoder.pruner.kernels.native import get_ops
 
     ok, reason = sparse.kernel_available()
     if not ok:
         pytest.skip(reason)
-    ops = active_ops()
+    ops = get_ops()
     g = torch.Generator().manual_seed(n)
     keys = torch.randn(1, kv_heads, n + t + 3, d, generator=g).to(dtype)  # spare capacity, as the cache has
     values = torch.randn(1, kv_heads, n + t + 3, d, generator=g).to(dtype)
@@ -239,11 +265,8 @@ def test_decode_attention_matches_sdpa(dtype, heads, kv_heads, d, n, t):
                                        scale=d ** -0.5).reshape(-1)
         for i in range(t)])
     tol = 1e-5 if dtype == torch.float32 else 8e-3
-    for own in (1, 0):
-        previous = ops.set_decode_attention(own)
-        try:
+    for own in (True, False):
+        with debug.overrides(decode_attention=own):
             got = ops.decode_attention(q, keys, values, n, d ** -0.5)
-        finally:
-            ops.set_decode_attention(previous)
         assert got.shape == (t, heads * d) and got.dtype == dtype
         torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)

@@ -14,12 +14,12 @@ from subcoder.pruner.kernels.linear import DenseBF16Linear
 
 def _ops():
     from subcoder.pruner import kernels as sparse
-    from subcoder.pruner.kernels.native import active_ops
+    from subcoder.pruner.kernels.native import get_ops
 
     ok, reason = sparse.kernel_available()
     if not ok:
         pytest.skip(reason)
-    ops = active_ops()
+    ops = get_ops()
     if not int(ops.head_screen_available()):
         pytest.skip("the CPU has no AVX-512 VNNI: the head takes full logits (tested below)")
     return ops
@@ -103,14 +103,15 @@ def test_next_tokens_equal_the_argmax_of_verify_on_a_model():
                            caches[1].layers[0].keys[..., :caches[1].get_seq_length(), :])
 
 
-def test_the_switch_and_unsupported_heads_fall_back_to_full_logits(monkeypatch):
+def test_the_switch_and_unsupported_heads_fall_back_to_full_logits():
     w = (torch.randn(300, 64) * 0.05).to(torch.bfloat16)
     x = torch.randn(3, 64).to(torch.bfloat16)
-    monkeypatch.setenv("SUBCODER_HEAD_SCREEN", "0")
     head = _head(w)
-    off = GreedyHead.for_head(head)
+    off = GreedyHead.for_head(head, screen=False)
     assert not off.screened and torch.equal(off(x), head(x).argmax(-1))
-    monkeypatch.delenv("SUBCODER_HEAD_SCREEN")
+    torch_head = DenseBF16Linear(head.weight, use_kernel=False)
+    unkernelled = GreedyHead.for_head(torch_head)
+    assert not unkernelled.screened and torch.equal(unkernelled(x), head(x).argmax(-1))
     plain = nn.Linear(64, 300, bias=False)
     fallback = GreedyHead.for_head(plain)
     assert not fallback.screened and torch.equal(fallback(x.float()), plain(x.float()).argmax(-1))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subcoder.pruner import kernels as sparse
-from subcoder.pruner.kernels import native as _build, packing
+from subcoder.pruner.kernels import debug, native as _build, packing
 from subcoder.pruner.kernels.linear import SparseLinear
 
 _CACHE_AT_IMPORT = os.environ.get("SUBCODER_CACHE_DIR")
@@ -38,7 +38,7 @@ def ops():
             os.environ["SUBCODER_CACHE_DIR"] = saved
     if not ok:
         missing_tool = reason.startswith(("no C++ compiler", "ninja is not installed"))
-        if os.environ.get("SUBCODER_SPARSE") != "0" and _build._why_not_here() is None and not missing_tool:
+        if _build._why_not_here() is None and not missing_tool:
             pytest.fail(f"the kernel should build on this machine: {reason}")
         pytest.skip(reason)
     return _build.get_ops()
@@ -189,12 +189,11 @@ def test_all_isas_available_here_agree(ops):
     w, m = _case(64, 200, "row0.5", seed=9)
     layer = SparseLinear(*sparse.pack_rows(w, m), (64, 200))
     x = torch.randn(3, 200).to(torch.bfloat16)
-    try:
-        for isa in range(1, best + 1):
-            ops.set_isa(isa)
+    for isa in range(1, best + 1):
+        with debug.overrides(isa=isa):
+            assert debug.current_isa() == isa
             _check(layer(x), _reference(x, w, m, None), torch.bfloat16, 200)
-    finally:
-        ops.set_isa(best)
+    assert debug.current_isa() == best
 
 
 @pytest.mark.parametrize("shape", [(37, 100), (256, 64), (10, 1000), (7, 9000)])
@@ -227,13 +226,14 @@ def test_bad_inputs_are_refused(ops):
 # ----------------------------------------------------------------------------- fallback
 
 
-def test_fallback_when_disabled(monkeypatch, caplog):
-    monkeypatch.setenv("SUBCODER_SPARSE", "0")
-    ok, reason = sparse.kernel_available()
-    assert not ok and "SUBCODER_SPARSE=0" in reason
+def test_fallback_when_disabled(monkeypatch):
+    """use_kernel=False: the dense weight expanded per call, never the kernel (whatever the
+    environment says: the kernels read none of it)."""
+    monkeypatch.setenv("SUBCODER_SPARSE", "1")
+    monkeypatch.setattr(_build, "get_ops", lambda: pytest.fail("the kernel was consulted"))
     w, m = _case(37, 100, "row0.5")
     bias = torch.randn(37)
-    layer = SparseLinear(*sparse.pack_rows(w, m), (37, 100), bias=bias)
+    layer = SparseLinear(*sparse.pack_rows(w, m), (37, 100), bias=bias, use_kernel=False)
     for dt in (torch.bfloat16, torch.float32):
         x = torch.randn(2, 3, 100).to(dt)
         y = layer(x)
@@ -269,9 +269,7 @@ def _prunable(model) -> list[str]:
 
 
 @pytest.mark.parametrize("kernel", [True, False])
-def test_sparsify_tiny_llama_same_logits(ops, monkeypatch, kernel):
-    if not kernel:
-        monkeypatch.setenv("SUBCODER_SPARSE", "0")
+def test_sparsify_tiny_llama_same_logits(ops, kernel):
     model = _tiny_llama(torch.bfloat16)
     gen = torch.Generator().manual_seed(7)
     masks = {}
@@ -286,9 +284,10 @@ def test_sparsify_tiny_llama_same_logits(ops, monkeypatch, kernel):
         ref = model(ids).logits.float()
         ref_step = model(ids[:, :1]).logits.float()
     emb = model.get_input_embeddings().weight
-    report = sparse.sparsify(model, masks)
+    report = sparse.sparsify(model, masks, kernel=kernel)
     assert sorted(report.replaced) == sorted(_prunable(model)) or len(report.replaced) == len(masks)
     assert all(isinstance(model.get_submodule(n), SparseLinear) for n in report.replaced)
+    assert all(model.get_submodule(n).use_kernel is kernel for n in report.replaced)
     assert report.linear_bytes_after < report.linear_bytes_before
     assert report.model_bytes_after < report.model_bytes_before
     assert report.kernel is kernel
@@ -352,6 +351,29 @@ def test_sparse_linear_survives_dtype_casts(ops):
     x = torch.randn(2, 40).to(torch.bfloat16)
     assert layer(x).dtype == torch.bfloat16
     assert torch.equal(packing.unpack(*layer.packed(), 40, torch.float32), (w * m).to(torch.bfloat16).float())
+
+
+def test_debug_overrides_restore_the_previous_values(ops):
+    """The benchmark knobs hold inside the block only, also when the block raises."""
+    best = debug.best_isa()
+    with pytest.raises(KeyError):
+        with debug.overrides(isa=1, decode_attention=False, gemm_min_batch=3):
+            assert debug.current_isa() == 1
+            assert int(ops.set_decode_attention(0)) == 0  # it was off
+            assert int(ops.set_gemm_min_batch(3)) == 3
+            raise KeyError("boom")
+    assert debug.current_isa() == best
+    assert int(ops.set_decode_attention(1)) == 1  # back on
+    before = int(ops.set_gemm_min_batch(16))
+    ops.set_gemm_min_batch(before)
+    assert before == 16
+    with debug.overrides():  # nothing asked, nothing changed
+        assert debug.current_isa() == best
+
+
+def test_debug_knobs_are_not_production_exports():
+    for name in ("set_isa", "set_decode_attention", "set_gemm_min_batch", "overrides", "debug"):
+        assert name not in sparse.__all__
 
 
 def test_kernel_passes_its_load_time_self_check():
