@@ -15,7 +15,7 @@ from typing import Callable
 from subcoder.pruner import paths
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-OURS = ("server", "pruner")
+OURS = ("subcoder.server", "subcoder.pruner")  # the loggers of our modules (their __name__)
 
 
 def setup(level: int = logging.INFO, log_file: str | None = None) -> Path | None:
