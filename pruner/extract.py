@@ -10,12 +10,13 @@ from pathlib import Path
 from . import paths
 from .calibration import CalibrationSet, CalibrationSpec, build_calibration, check_language
 from .config import PruneConfig
-from .errors import ConfigError
-from .loaded import LoadedModel
+from .errors import ConfigError, CorruptError
+from .loaded import LoadedModel, resolve_dtype
 from .loader import load_model
+from .presets import resolve_model, weights_hash
 from .progress import CancelFn, ProgressFn, check_cancel, report
 from .prune import PruneReport, prune_model
-from .storage import FORMAT_VERSION, save_submodel, size_report
+from .storage import FORMAT_VERSION, save_submodel, size_report, verify
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ def planned_key(model: str, language: str, config: PruneConfig, calibration: Cal
     the calibration windows' tokenization: about a second). Lets a caller look in the cache first."""
     from transformers import AutoTokenizer
 
-    from .loaded import resolve_dtype
-
-    from .presets import resolve_model, weights_hash
-
     calibration = calibration or CalibrationSpec()
     check_language(language, allow_general=calibration.source == "corpus")
     directory = resolve_model(model, cache_dir=cache_dir, progress=progress)
@@ -60,9 +57,7 @@ def planned_key(model: str, language: str, config: PruneConfig, calibration: Cal
 
 
 def _reusable(target: Path, key: str) -> ExtractResult | None:
-    from .errors import CorruptError
-    from .storage import verify
-
+    """The sub-model already at `target`, when it is intact and was built from the same inputs."""
     if not (target / "manifest.json").is_file():
         return None
     try:
@@ -105,7 +100,6 @@ def extract(
     if offload:
         if isinstance(model, LoadedModel):
             raise ConfigError("offload loads the model itself: pass its name, not a loaded model")
-        from .presets import resolve_model
         from .offload import DiskOffload
 
         disk = DiskOffload(resolve_model(model, cache_dir=cache_dir, progress=progress), str(model), dtype,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .errors import ModelError
-from .loaded import MANIFEST, WEIGHTS, sha256_file
+from .errors import CacheError, ModelError
+from .loaded import WEIGHTS, sha256_file
 from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def convert_gguf(gguf_path: Path, target: Path, digest: str, *, progress: Progre
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16)
-    except Exception as exc:
+    except Exception as exc:  # the GGUF reader raises whatever a damaged file provokes; the user needs one line
         raise ModelError(f"cannot read GGUF {gguf_path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     config = model.config.to_dict()
     config.pop("quantization_config", None)
@@ -245,7 +245,7 @@ def weights_hash(path: Path) -> str:
     value = digest.hexdigest()
     try:
         paths.atomic_write_bytes(recorded, (value + "\n").encode())
-    except Exception:
+    except CacheError:
         pass  # read-only model directory: recompute next time
     return value
 
