@@ -38,6 +38,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     method: 'wanda',
     calibration: 'corpus',
     mixRatio: 0.5,
+    // subcoder.pruner.languages.LANGUAGES, in its order (tests/pruner/test_languages.py holds them equal)
     languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
     device: 'cpu',
     dtype: 'auto',

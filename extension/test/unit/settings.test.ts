@@ -37,6 +37,11 @@ test('package.json declares every server setting with the same default', () => {
     }
 });
 
+test('package.json offers exactly the default languages', () => {
+    const items = (contributed['subcoder.languages'] as unknown as { items: { enum: string[] } }).items;
+    assert.deepEqual(items.enum, SERVER_DEFAULTS.languages);
+});
+
 test('package.json declares nothing the mapping does not know', () => {
     const known = new Set([...SERVER_KEYS, 'enable', 'python', 'trace.server'].map((k) => `subcoder.${k}`));
     assert.deepEqual(Object.keys(contributed).filter((k) => !known.has(k)), []);
