@@ -114,3 +114,11 @@ def test_prune_overlap_export_generate_models(capsys, tmp_path, tiny_dir, ws):
 def test_help_teaches():
     out = subprocess.run([sys.executable, "-m", "subcoder.pruner.cli", "prune", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--calibration" in out.stdout and "Wanda" in out.stdout
+
+
+def test_eval_arguments_are_checked_before_any_work(capsys):
+    code, _, err = run(capsys, "eval", "--model", "no-such-model", "--resume")
+    assert code == 2 and [ln for ln in err.splitlines() if ln.strip()] == ["subcoder eval: --resume needs --out"]
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", "no-such-model", "--languages", "python,cobol"])
+    assert exc.value.code == 2 and "choose from python, java, cpp, javascript" in capsys.readouterr().err
