@@ -104,6 +104,12 @@ def check_args(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SubcoderError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    language = getattr(args, "language", None)
+    if language is not None:
+        from .languages import GENERAL, LANGUAGES
+
+        if language not in LANGUAGES and language != GENERAL:
+            raise SubcoderError(f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)} or {GENERAL}")
     mix = getattr(args, "mix_ratio", None)
     if mix is not None and not 0.0 <= mix <= 1.0:
         raise SubcoderError(f"--mix-ratio must be between 0 and 1, not {mix}")
@@ -289,8 +295,10 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .calibration import SOURCES
+    # Light modules only: `subcoder --help` and argument errors must answer without importing torch.
     from .languages import GENERAL, LANGUAGES
+
+    sources = ("corpus", "workspace", "mix")  # pruner.calibration.SOURCES (which imports torch); a test ties them
 
     parser = argparse.ArgumentParser(
         prog="subcoder",
@@ -311,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (default: unstructured)")
     p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
                    help="wanda scores |W|·||X|| from calibration; magnitude scores |W| alone, the baseline (default: wanda)")
-    p.add_argument("--calibration", default="corpus", choices=list(SOURCES),
+    p.add_argument("--calibration", default="corpus", choices=list(sources),
                    help="shipped corpus, your workspace's files, or a mix (default: corpus)")
     p.add_argument("--workspace", help="folder whose files calibrate (with --calibration workspace/mix)")
     p.add_argument("--mix-ratio", type=float, default=0.5, help="share of workspace windows in a mix (default: 0.5)")

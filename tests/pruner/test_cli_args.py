@@ -17,6 +17,7 @@ from subcoder.pruner.cli import main
     (["generate", "--file", "/definitely/missing.py"], "no such file"),
     (["generate", "--max-new-tokens", "-5"], "--max-new-tokens must be at least 1"),
     (["prune", "--samples", "0"], "--samples must be at least 1"),
+    (["prune", "-l", "klingon"], "unknown language 'klingon'"),
     (["prune", "--mix-ratio", "1.5"], "--mix-ratio must be between 0 and 1"),
     (["prune", "--calibration", "workspace", "--workspace", "/definitely/missing"], "not a folder"),
 ])
@@ -25,7 +26,8 @@ def test_bad_arguments_fail_before_any_work(argv, words, capsys, tmp_path, monke
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
-    assert not (tmp_path / "cache").exists()  # nothing was fetched or created
+    cache = tmp_path / "cache"
+    assert not (cache / "models").exists() and not (cache / "submodels").exists()  # nothing fetched or built
 
 
 def test_cache_dir_that_is_a_file(capsys, tmp_path):
@@ -67,3 +69,12 @@ def test_every_command_has_a_description(command):
     for action in sub._actions:
         if action.dest != "help":
             assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+
+
+def test_parser_sources_match_calibration():
+    from subcoder.pruner.calibration import SOURCES
+    from subcoder.pruner.cli import build_parser
+
+    prune = next(a for a in build_parser()._actions if a.dest == "command").choices["prune"]
+    (calibration,) = [a for a in prune._actions if a.dest == "calibration"]
+    assert tuple(calibration.choices) == SOURCES
