@@ -4,6 +4,7 @@ Layout under the root (`cacheDir` setting, else `subcoder.pruner.paths.submodels
 
     <key>/               a complete sub-model (written by `subcoder.pruner.paths.atomic_dir`, so complete or absent)
     .<key>.tmp-*/        a build in progress (or left by a killed one: removed under the entry's lock)
+    .<key>.old-*/        the entry a forced rebuild is replacing (left when killed between its two renames)
     .locks/<key>.lock    held by whichever process builds <key>: two servers sharing the cache build it once
 
 Use of an entry is recorded in its folder's modification time, which eviction orders by.
@@ -87,7 +88,7 @@ class CacheManager:
 
     def clean_partial(self, key: str) -> None:
         """Remove what a killed build of `key` left behind; call only while holding `lock(key)`."""
-        for leftover in self.root.glob(f".{key}.tmp-*"):
+        for leftover in [*self.root.glob(f".{key}.tmp-*"), *self.root.glob(f".{key}.old-*")]:
             log.info("removing a partial build left behind: %s", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
 

@@ -16,12 +16,11 @@ SHARED_KERNELS = cache_dir() / "kernels"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch, request):
-    """Fast tests get an empty cache of their own; real-model tests share the user's model cache
-    (so a preset is fetched and converted once per machine)."""
+def _isolated_cache(tmp_path_factory, monkeypatch, request):
+    """Fast tests get an empty cache of their own (beside their tmp_path, which stays empty for them); real-model
+    tests share the user's model cache (so a preset is fetched and converted once per machine)."""
     if "real" not in request.keywords:
-        cache = tmp_path / "cache"
-        cache.mkdir(exist_ok=True)
+        cache = tmp_path_factory.mktemp("cache")
         SHARED_KERNELS.mkdir(parents=True, exist_ok=True)
         (cache / "kernels").symlink_to(SHARED_KERNELS, target_is_directory=True)
         monkeypatch.setenv("SUBCODER_CACHE_DIR", str(cache))

@@ -43,10 +43,10 @@ def test_lru_eviction_spares_kept_and_locked(tmp_path):
 
 def test_clean_partial(tmp_path):
     cache = CacheManager(tmp_path)
-    (tmp_path / ".k.tmp-abc").mkdir()
-    (tmp_path / ".other.tmp-abc").mkdir()
+    for name in (".k.tmp-abc", ".k.old-123", ".other.tmp-abc", "k"):
+        (tmp_path / name).mkdir()
     cache.clean_partial("k")
-    assert not (tmp_path / ".k.tmp-abc").exists() and (tmp_path / ".other.tmp-abc").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-abc", "k"]
 
 
 @pytest.mark.parametrize("limit", [16])
