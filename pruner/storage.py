@@ -231,8 +231,13 @@ def dense_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, tor
     return state, masks, packed
 
 
-def load_submodel(directory: Path, *, dtype="auto", device="cpu", sparse: bool | None = None, name=None) -> LoadedModel:
-    """Rebuild an ordinary transformers model with exactly the pruned weights (bit-exact)."""
+def load_submodel(directory: Path, *, dtype="auto", device="cpu", name=None) -> tuple[LoadedModel, dict]:
+    """An ordinary transformers model with exactly the pruned weights (bit-exact, zeros where pruned),
+    and the packed form of each pruned weight (name -> (mask words, values, shape)).
+
+    Whether the packed form then runs on the sparse kernel is the loader's decision
+    (subcoder.pruner.loader.load_model), not storage's.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
@@ -252,7 +257,7 @@ def load_submodel(directory: Path, *, dtype="auto", device="cpu", sparse: bool |
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = _tied_names(model)
     missing = [m for m in missing if m not in tied]
-    if missing or unexpected:
+    if missing or unexpected:  # a weight left out would keep no_init_weights' garbage: refuse
         raise CorruptError(f"{directory}: weights do not fit the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
@@ -268,24 +273,22 @@ def load_submodel(directory: Path, *, dtype="auto", device="cpu", sparse: bool |
         manifest=manifest,
         weights_dtype=checkpoint_dtype(directory),
     )
-    loaded = LoadedModel(model, tokenizer, info)
-    if str(device) == "cpu" and sparse is not False:
-        _use_sparse_kernel(loaded, packed, required=bool(sparse))
-    return loaded
+    return LoadedModel(model, tokenizer, info), packed
 
 
-def _use_sparse_kernel(loaded: LoadedModel, packed: dict, required: bool) -> None:
-    """Swap pruned linears for the sparse CPU kernel where it is available (one log line if not)."""
-    try:
-        from . import kernels as sparse
-    except ImportError:
-        return
-    ok, reason = sparse.kernel_available()
-    if not ok:
-        log.info("sparse kernel off: %s; pruned layers run dense", reason)
-        return
-    sparse.sparsify(loaded.model, packed)
-    loaded.info.sparse_kernel = True
+def is_submodel_weights(directory: Path) -> bool:
+    """Whether `directory` holds weights written by subcoder (packed, with its metadata), whatever
+    else it holds: a sub-model whose manifest is gone must not load as a plain checkpoint."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                if "subcoder" in (fh.metadata() or {}):
+                    return True
+        except Exception:  # noqa: BLE001 - an unreadable file is the plain loader's error to report
+            continue
+    return False
 
 
 def export_dense(directory: Path, target: Path) -> Path:

@@ -7,7 +7,8 @@ import torch
 
 from subcoder.pruner.calibration import CalibrationSpec
 from subcoder.pruner.config import PruneConfig
-from subcoder.pruner.errors import CorruptError
+from subcoder.pruner.engine.options import EngineOptions
+from subcoder.pruner.errors import CorruptError, ModelError
 from subcoder.pruner.extract import extract
 from subcoder.pruner.loader import load_model
 from subcoder.pruner.storage import export_dense, load_masks, pack_mask, size_report, unpack_mask
@@ -160,3 +161,104 @@ def test_device_auto_places_through_accelerate(base_dir, workspace, tmp_path):
     b = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "auto", device="auto")
     ma, mb = load_masks(a.path), load_masks(b.path)
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+# --------------------------------------------------------------------------- the loader's kernel decision
+
+
+@pytest.fixture
+def submodel(tmp_path, workspace):
+    base = save_tiny_model_dir(tmp_path / "base-llama", "llama")
+    return extract(str(base), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub").path
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """This machine as one where the kernel cannot run (the real availability check, told the CPU lacks it)."""
+    from subcoder.pruner.kernels import native
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_why_not_here", lambda: "the CPU has no AVX2+FMA (and no AVX-512 BF16)")
+
+
+def _sparse_layers(loaded) -> int:
+    from subcoder.pruner.kernels import SparseLinear
+
+    return sum(isinstance(m, SparseLinear) for m in loaded.model.modules())
+
+
+def test_kernel_decision():
+    from subcoder.pruner.loader import kernel_decision
+
+    assert kernel_decision(True, False) is True  # an explicit request wins over the option
+    assert kernel_decision(False, True) is False
+    assert kernel_decision(None, True) is None  # when available
+    assert kernel_decision(None, False) is False
+
+
+def test_required_kernel_fails_loudly_when_it_cannot_run(submodel, no_kernel):
+    with pytest.raises(ModelError) as err:
+        load_model(str(submodel), sparse=True)
+    message = str(err.value)
+    assert "sparse kernel" in message and "AVX2" in message and "\n" not in message
+
+
+def test_kernel_when_available_falls_back_to_dense(submodel, no_kernel):
+    loaded = load_model(str(submodel))
+    assert not loaded.info.sparse_kernel and _sparse_layers(loaded) == 0
+
+
+def test_kernel_runs_the_packed_weights_when_available(submodel):
+    from subcoder.pruner.kernels import kernel_available
+
+    ok, reason = kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    for sparse in (True, None):
+        loaded = load_model(str(submodel), sparse=sparse)
+        assert loaded.info.sparse_kernel and _sparse_layers(loaded) == 2 * 7, sparse
+    dense = load_model(str(submodel), sparse=False)
+    assert not dense.info.sparse_kernel and _sparse_layers(dense) == 0
+
+
+def test_options_turn_the_kernel_off_and_the_environment_is_their_default(submodel, monkeypatch):
+    off = load_model(str(submodel), options=EngineOptions(sparse_kernel=False))
+    assert not off.info.sparse_kernel and _sparse_layers(off) == 0
+    monkeypatch.setenv("SUBCODER_SPARSE", "0")
+    assert not load_model(str(submodel)).info.sparse_kernel
+
+
+def test_submodel_without_its_manifest_is_refused(submodel):
+    (submodel / "manifest.json").unlink()
+    with pytest.raises(ModelError, match="without its manifest.json"):
+        load_model(str(submodel))
+
+
+def test_checkpoint_missing_a_weight_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    directory = save_tiny_model_dir(tmp_path / "base", "qwen2")
+    weights = directory / "model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="missing.*model.layers.1.mlp.up_proj.weight"):
+        load_model(str(directory))
+
+
+def test_submodel_missing_a_weight_is_refused(submodel):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from subcoder.pruner.loaded import sha256_file
+
+    weights = submodel / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys() if k != "model.norm.weight"}
+    save_file(tensors, str(weights), metadata=meta)
+    manifest = json.loads((submodel / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = sha256_file(weights)  # consistent, only incomplete
+    (submodel / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptError, match="missing.*model.norm.weight"):
+        load_model(str(submodel), sparse=False)
