@@ -3,6 +3,10 @@
 Clients send camelCase keys (`maxNewTokens`) in `initializationOptions` and `workspace/configuration`.
 An invalid value falls back to its default and is reported (one line per field), never raised:
 a typo in an editor's settings must not stop completions.
+
+`sparseKernel` is the engine option `sparse_kernel` (subcoder.pruner.engine.options): the environment
+variable SUBCODER_SPARSE gives its default, a value the client sends wins, and a setting that
+overrides the variable says so once. `Settings.engine_options()` is what models are loaded with.
 """
 
 from __future__ import annotations
@@ -14,10 +18,15 @@ from typing import Any
 
 from subcoder.pruner.languages import LANGUAGES
 from subcoder.pruner.config import Pattern, PruneConfig
+from subcoder.pruner.engine.options import ENV_NAMES, EngineOptions
 from subcoder.pruner.errors import ConfigError
 from subcoder.pruner.presets import DEFAULT_PRESET
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
+
+
+def _sparse_kernel_default() -> bool:
+    return EngineOptions.from_env().sparse_kernel
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class Settings:
     cache_dir: str = ""  # "" = the platform's user cache
     cache_size_limit_mb: int = 4096
     log_level: str = "info"
-    sparse_kernel: bool = True
+    sparse_kernel: bool = field(default_factory=_sparse_kernel_default)  # default: SUBCODER_SPARSE (on unless "0")
     serve_base_model_while_building: bool = True
     context_tokens: int = 1024  # prompt budget (prefix + suffix)
     calibration_samples: int = 32  # windows of calibration_seq_len tokens
@@ -50,6 +59,10 @@ class Settings:
         """The settings that change which sub-model is built: a change means a new build."""
         return (self.model, self.sparsity, self.pattern, self.method, self.calibration, self.mix_ratio,
                 self.dtype, self.cache_dir, self.calibration_samples, self.calibration_seq_len)
+
+    def engine_options(self, environ=None) -> EngineOptions:
+        """The engine's switches: the environment's, with this `sparse_kernel` in place of its variable."""
+        return EngineOptions.from_env(environ, sparse_kernel=self.sparse_kernel)
 
     def model_fields(self) -> tuple:
         """The settings that change how the models are loaded."""
@@ -168,6 +181,8 @@ def parse_settings(raw: Any, base: Settings | None = None) -> Parsed:
         except ValueError as exc:
             problems.append(f"setting subcoder.{key}={value!r} ignored: must be {exc}")
     settings = dataclasses.replace(base, **values)
+    if values.get("sparse_kernel") is True and not _sparse_kernel_default():
+        problems.append(f"setting subcoder.sparseKernel=true overrides {ENV_NAMES['sparse_kernel']}=0")
     try:
         settings.prune_config()
     except ConfigError as exc:

@@ -41,3 +41,20 @@ def test_every_setting_the_extension_declares_is_read():
     read = {_camel(f.name) for f in dataclasses.fields(Settings)}
     # every server setting is declared (extension-only ones, such as the server command, may be extra)
     assert read <= declared, read - declared
+
+
+def test_sparse_kernel_is_the_engine_option(monkeypatch):
+    """The environment variable is the default; a setting the client sends wins, and says so when
+    the two disagree; the engine options carry the setting's value."""
+    monkeypatch.delenv("SUBCODER_SPARSE", raising=False)
+    assert Settings().sparse_kernel is True and Settings().engine_options({}).sparse_kernel is True
+    off = parse_settings({"sparseKernel": False})
+    assert off.problems == [] and off.settings.engine_options({}).sparse_kernel is False
+
+    monkeypatch.setenv("SUBCODER_SPARSE", "0")
+    assert parse_settings({}).settings.sparse_kernel is False  # the variable, when nothing is sent
+    on = parse_settings({"sparseKernel": True}, Settings())
+    assert on.settings.sparse_kernel is True
+    assert on.problems == ["setting subcoder.sparseKernel=true overrides SUBCODER_SPARSE=0"]
+    options = on.settings.engine_options({"SUBCODER_SPARSE": "0", "SUBCODER_SPECULATE": "0"})
+    assert options.sparse_kernel is True and options.speculate is False  # the rest still from the environment
