@@ -11,7 +11,7 @@ from subcoder.pruner.prune import prune_model
 from subcoder.pruner.storage import load_masks
 from tiny_models import save_tiny_model_dir, tiny_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt_neox"])

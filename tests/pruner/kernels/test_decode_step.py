@@ -7,6 +7,8 @@ from transformers import DynamicCache
 from subcoder.pruner.kernels.decode_step import FastDecoder
 from tiny_models import tiny_model
 
+pytestmark = pytest.mark.kernel  # these tests use the C++ kernel (compiled on first use)
+
 
 def _cache_kw(model, cache):
     import inspect

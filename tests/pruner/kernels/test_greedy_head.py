@@ -11,6 +11,8 @@ from torch import nn
 from subcoder.pruner.kernels.greedy_head import GreedyHead, quantize_rows
 from subcoder.pruner.kernels.linear import DenseBF16Linear
 
+pytestmark = pytest.mark.kernel  # these tests use the C++ kernel (compiled on first use)
+
 
 def _ops():
     from subcoder.pruner import kernels as sparse

@@ -18,6 +18,8 @@ from subcoder.pruner import kernels as sparse
 from subcoder.pruner.kernels import debug, native as _build, packing
 from subcoder.pruner.kernels.linear import SparseLinear
 
+pytestmark = pytest.mark.kernel  # these tests use the C++ kernel (compiled on first use)
+
 _CACHE_AT_IMPORT = os.environ.get("SUBCODER_CACHE_DIR")
 
 
