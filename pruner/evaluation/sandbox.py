@@ -7,7 +7,8 @@ killed with SIGKILL afterwards. Output goes to files in the private directory (c
 file-size limit), not to pipes, so a program that prints forever cannot exhaust our memory.
 
 On Linux with unprivileged user namespaces (probed once per process), each run also gets its own
-user, mount, PID, network, IPC and UTS namespaces. Then it is guaranteed that:
+user, mount, PID, network, IPC and UTS namespaces, built by jail.py, which this module starts as a
+script per run (`jail_plan` decides what the run sees). Then it is guaranteed that:
 
 - no process outlives the run: the program runs under an init of its own PID namespace, and when
   the program exits, times out or is killed, that init dies and the kernel kills every process in
@@ -16,8 +17,8 @@ user, mount, PID, network, IPC and UTS namespaces. Then it is guaranteed that:
   (writes elsewhere fail with EROFS; the run's directory keeps its real path);
 - the user's home is hidden: $HOME, the account's home from the password database, /root and /home
   are empty read-only directories inside, except the Python running the evaluation (sys.prefix,
-  sys.base_prefix) and PATH directories that lie under them, mounted back read-only so toolchains
-  installed there (pyenv, nvm, sdkman) still run;
+  sys.base_prefix) and the PATH directories that lie under them (see `jail_plan`), mounted back
+  read-only so toolchains installed there (pyenv, nvm, sdkman) still run;
 - there is no network: only a loopback interface of the namespace's own, so even 127.0.0.1
   services of the host are unreachable;
 - the program runs without capabilities (uid 1000 inside, mapped to the invoking user) and with
@@ -37,7 +38,6 @@ wherever the user can, open sockets and read the user's files.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pwd
@@ -58,7 +58,7 @@ OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept in the result
 FILE_LIMIT = 64 * 1024 * 1024  # bytes any single file may grow to (RLIMIT_FSIZE)
 SCRATCH = ("/tmp", "/dev/shm")  # replaced by fresh private tmpfs inside the jail
 HOMES = ("/root", "/home")  # hidden besides $HOME and the account's home
-SETUP_FAILED = 125  # exit code of the jail when it could not be built (the program never ran)
+JAIL = Path(__file__).resolve().with_name("jail.py")  # run as a script inside the namespaces, never imported
 
 
 @dataclass
@@ -155,9 +155,10 @@ def _plan_for(task_dir, env: dict) -> dict:
                      prefixes=dirs(prefixes), path_dirs=dirs(env.get("PATH", "").split(os.pathsep)))
 
 
-def _jail_argv(plan: dict, cmd: list[str]) -> list[str]:
-    # -I -S: the helper needs only the standard library, and nothing from the user's site
-    return [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(plan), "--", *cmd]
+def jail_argv(plan: dict, cmd: list[str]) -> list[str]:
+    """The command line that runs `cmd` in jail.py under `plan` (-I -S: jail.py needs only the standard library)."""
+    items = [f"dir={plan['dir']}", *(f"{kind}={path}" for kind in ("scratch", "hide", "keep") for path in plan[kind])]
+    return [sys.executable, "-I", "-S", str(JAIL), *items, "--", *cmd]
 
 
 # --------------------------------------------------------------------------- jail or rlimits only
@@ -182,7 +183,7 @@ def _probe() -> str:
     probe_dir = tempfile.mkdtemp(prefix="subcoder-probe-")
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        argv = _jail_argv(_plan_for(probe_dir, env), [sys.executable, "-I", "-S", "-c", ""])
+        argv = jail_argv(_plan_for(probe_dir, env), [sys.executable, "-I", "-S", "-c", ""])
         res = subprocess.run(argv, cwd=probe_dir, env=env, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"the jail did not start: {exc}"
@@ -264,7 +265,7 @@ class Sandbox:
         out_path, err_path = self.dir / ".stdout", self.dir / ".stderr"
         cpu = int(timeout) + 2
         run_env = self.env(env)
-        argv = _jail_argv(_plan_for(self.dir, run_env), cmd) if isolation().namespaces else cmd
+        argv = jail_argv(_plan_for(self.dir, run_env), cmd) if isolation().namespaces else cmd
         started = time.perf_counter()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
@@ -292,160 +293,3 @@ class Sandbox:
         out_path.unlink(missing_ok=True)
         err_path.unlink(missing_ok=True)
         return result
-
-
-# --------------------------------------------------------------------------- inside the jail
-# Everything below runs in the helper process (`python sandbox.py PLAN -- CMD...`), never in the caller.
-
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
-MOUNT_ATTR_RDONLY, AT_RECURSIVE, AT_FDCWD, SYS_MOUNT_SETATTR = 0x1, 0x8000, -100, 442  # 442 on every arch
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-INNER_ID = 1000  # uid/gid inside: not 0, so exec drops every capability of the namespace
-
-
-class _Libc:
-    def __init__(self):
-        import ctypes
-
-        self.ct = ctypes
-        self.lib = ctypes.CDLL(None, use_errno=True)
-
-    def _check(self, rc: int, what: str) -> None:
-        if rc != 0:
-            err = self.ct.get_errno()
-            raise OSError(err, f"{what}: {os.strerror(err)}")
-
-    def unshare(self, flags: int) -> None:
-        self._check(self.lib.unshare(self.ct.c_int(flags)), "unshare")
-
-    def mount(self, source, target: str, fstype, flags: int, data=None) -> None:
-        enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-        rc = self.lib.mount(enc(source), enc(target), enc(fstype), self.ct.c_ulong(flags), enc(data))
-        self._check(rc, f"mount {fstype or source} on {target}")
-
-    def set_readonly(self, path: str, readonly: bool, recursive: bool = False) -> None:
-        ct = self.ct
-        attr = (ct.c_uint64 * 4)(MOUNT_ATTR_RDONLY if readonly else 0, 0 if readonly else MOUNT_ATTR_RDONLY, 0, 0)
-        rc = self.lib.syscall(ct.c_long(SYS_MOUNT_SETATTR), ct.c_long(AT_FDCWD), ct.c_char_p(path.encode()),
-                              ct.c_long(AT_RECURSIVE if recursive else 0), ct.byref(attr), ct.c_long(ct.sizeof(attr)))
-        self._check(rc, f"mount_setattr {path}")
-
-    def prctl(self, option: int, value: int) -> None:
-        ct = self.ct
-        self._check(self.lib.prctl(ct.c_int(option), ct.c_ulong(value), ct.c_ulong(0), ct.c_ulong(0),
-                                   ct.c_ulong(0)), "prctl")
-
-
-def _enter_namespaces(libc: _Libc) -> None:
-    uid, gid = os.getuid(), os.getgid()
-    if uid == 0:
-        os.setgroups([])  # root's supplementary groups would otherwise follow it in, unremovable
-    libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{INNER_ID} {uid} 1"), ("gid_map", f"{INNER_ID} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as fh:
-            fh.write(text)
-
-
-def _build_view(libc: _Libc, plan: dict) -> None:
-    """Read-only root, fresh scratch tmpfs, empty homes with toolchains mounted back, the run's directory writable."""
-    libc.mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host
-    libc.set_readonly("/", True, recursive=True)
-    binds = [*plan["keep"], plan["dir"]]
-    # open what gets mounted back before the tmpfs hide it; bound later through /proc/self/fd
-    fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in binds}
-    for path in plan["scratch"]:
-        libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
-    for path in plan["hide"]:
-        libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    for path in binds:
-        os.makedirs(path, exist_ok=True)
-        libc.mount(f"/proc/self/fd/{fds[path]}", path, None, MS_BIND | MS_REC)  # read-only, like its source
-    libc.set_readonly(plan["dir"], False)
-    for path in plan["hide"]:
-        libc.set_readonly(path, True)
-    try:  # a /proc of the new PID namespace; some containers forbid it, then the host's stays (read-only)
-        libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        pass
-
-
-def _loopback_up() -> None:
-    import fcntl
-    import socket
-    import struct
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0)))[1]
-        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
-
-
-def _exec_program(libc: _Libc, cmd: list[str], workdir: str):
-    try:
-        os.chdir(workdir)
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
-        os.execvp(cmd[0], cmd)
-    except OSError as exc:
-        os.write(2, f"cannot start {cmd[0]}: {exc}\n".encode())
-    os._exit(127)
-
-
-def _init(libc: _Libc, plan: dict, cmd: list[str], alive_r: int, status_w: int) -> int:
-    """PID 1 of the namespace: build the view, run the program, reap orphans, report its wait status."""
-    import select
-
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the helper killed (timeout) -> init dies -> all die
-    if select.select([alive_r], [], [], 0)[0]:
-        return SETUP_FAILED  # the helper died before the line above: nobody would kill us
-    try:
-        _build_view(libc, plan)
-        _loopback_up()
-    except OSError as exc:
-        os.write(2, f"sandbox: cannot build the jail: {exc}\n".encode())
-        return SETUP_FAILED
-    program = os.fork()
-    if program == 0:
-        _exec_program(libc, cmd, plan["dir"])
-    while True:
-        pid, status = os.waitpid(-1, 0)  # orphans are reparented to us: reap them on the way
-        if pid == program:
-            os.write(status_w, str(status).encode())
-            return 0  # returning ends the namespace: the kernel kills whatever the program left running
-
-
-def _jail_main(argv: list[str]) -> int:
-    plan, cmd = json.loads(argv[0]), argv[2:]
-    libc = _Libc()
-    try:
-        _enter_namespaces(libc)
-    except OSError as exc:
-        print(f"sandbox: cannot create namespaces: {exc}", file=sys.stderr)
-        return SETUP_FAILED
-    alive_r, alive_w = os.pipe()  # init sees EOF once we are gone
-    status_r, status_w = os.pipe()
-    init = os.fork()  # the first child in the new PID namespace is its init
-    if init == 0:
-        os.close(alive_w)
-        os.close(status_r)
-        try:
-            code = _init(libc, plan, cmd, alive_r, status_w)
-        except BaseException as exc:  # never let a forked child run on into the caller's code
-            os.write(2, f"sandbox: the jail's init failed: {exc!r}\n".encode())
-            code = SETUP_FAILED
-        os._exit(code)
-    os.close(alive_r)
-    os.close(status_w)
-    _, init_status = os.waitpid(init, 0)
-    report = os.read(status_r, 32)
-    code = os.waitstatus_to_exitcode(int(report) if report else init_status)
-    if code < 0:  # the program died of a signal: die of the same one, so our caller sees it too
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
-        return 128 - code
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(_jail_main(sys.argv[1:]))

@@ -4,6 +4,7 @@ dir, and where Linux allows it a jail: no writes outside that dir, no network, n
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from subcoder.pruner.evaluation import sandbox
-from subcoder.pruner.evaluation.sandbox import Sandbox, jail_plan
+from subcoder.pruner.evaluation import jail, sandbox
+from subcoder.pruner.evaluation.sandbox import Sandbox, jail_argv, jail_plan
 
 jailed = pytest.mark.skipif(not sandbox.isolation().namespaces,
                             reason=f"no namespaces here: {sandbox.isolation().why}")
@@ -68,6 +69,14 @@ def test_exit_codes_and_signals_reach_the_caller():
                           "os.kill(os.getpid(), signal.SIGSEGV) if sys.argv[1] == 'segv' else sys.exit(3)\n")
         assert box.run([sys.executable, "p.py", "exit"]).returncode == 3
         assert box.run([sys.executable, "p.py", "segv"]).returncode == -11
+
+
+@pytest.mark.skipif(not shutil.which("dd"), reason="dd not found on PATH")
+def test_file_size_limit_kills_with_sigxfsz():
+    with Sandbox() as box:  # the default disposition, as for any program started from a shell
+        res = box.run(["dd", "if=/dev/zero", "of=big", "bs=1M", "count=100"], timeout=20)
+        assert res.returncode == -signal.SIGXFSZ
+        assert (box.dir / "big").stat().st_size <= sandbox.FILE_LIMIT
 
 
 def test_nothing_survives_normal_exit_or_timeout():
@@ -133,19 +142,20 @@ WRITER = ("import sys\n"
 def test_writes_outside_the_run_directory_fail(tmp_path):
     here = Path(__file__).resolve().parent  # on the real root filesystem, outside /tmp and the home
     targets = [here / f".escape-{uuid.uuid4().hex}", tmp_path / "escape.txt"]
+    private = f"/tmp/subcoder-private-{uuid.uuid4().hex}"  # the jail's own /tmp: writable, never the host's
     try:
         with Sandbox() as box:
             box.write("w.py", WRITER)
-            res = box.run([sys.executable, "w.py", *map(str, targets), "/tmp/private.txt", "inside.txt"])
+            res = box.run([sys.executable, "w.py", *map(str, targets), private, "inside.txt"])
             assert res.ok, res.stderr
             assert (box.dir / "inside.txt").read_text() == "escaped"  # the run's own directory is writable
         outside, host_tmp, private_tmp, inside = res.stdout.split()
         assert outside == "OSError" and host_tmp == "FileNotFoundError"  # read-only root; /tmp is a fresh one
         assert private_tmp == "wrote" and inside == "wrote"
         assert not any(t.exists() for t in targets)
-        assert not Path("/tmp/private.txt").exists()
+        assert not Path(private).exists()
     finally:
-        for t in targets:
+        for t in (*targets, Path(private)):
             t.unlink(missing_ok=True)
 
 
@@ -210,6 +220,14 @@ def test_plan_hides_homes_and_mounts_toolchains_back():
                  "/home/ann/.pyenv/versions/3.11.7",  # covers its own bin
                  "/tmp/clone/.venv"],  # a checkout under /tmp still runs its Python
     }
+
+
+def test_jail_reads_back_the_plan_it_is_given():
+    plan = {"dir": "/tmp/a b", "scratch": ["/tmp"], "hide": ["/home", "/root"], "keep": ["/root/x=y"]}
+    cmd = ["g++", "--", "dir=main.cpp"]
+    argv = jail_argv(plan, cmd)
+    assert argv[:4] == [sys.executable, "-I", "-S", str(sandbox.JAIL)]
+    assert jail.parse(argv[4:]) == (plan, cmd)
 
 
 @pytest.mark.parametrize("lang", ["cpp", "javascript"])
