@@ -185,13 +185,16 @@ def _print_sample(path: Path, args, language: str) -> None:
 
 def cmd_generate(args) -> int:
     from .engine.completer import Completer
+    from .engine.options import EngineOptions
     from .loader import load_model
 
     name = _submodel_or_model(args.model, args.cache_dir)
     prefix = _read_text(Path(args.file)) if args.file else (args.prompt if args.prompt is not None else SAMPLE_PROMPT)
+    options = EngineOptions.from_env()  # read once, for the loader and the engine alike
     loaded = load_model(name, dtype=args.dtype, device=args.device, sparse=None if args.sparse else False,
-                        cache_dir=args.cache_dir)
-    completion = Completer(loaded).complete(prefix, args.suffix, max_new_tokens=args.max_new_tokens, mode=args.mode)
+                        options=options, cache_dir=args.cache_dir)
+    completer = Completer(loaded, options=options)
+    completion = completer.complete(prefix, args.suffix, max_new_tokens=args.max_new_tokens, mode=args.mode)
     if args.json:
         print(json.dumps(completion.__dict__))
     else:
@@ -316,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-l", "--language", default="python", help=f"{', '.join(LANGUAGES)} or {GENERAL} (default: python)")
     p.add_argument("-s", "--sparsity", type=float, help="fraction of weights removed, in (0,1) (default: 0.5, or N/M)")
-    p.add_argument("-p", "--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (default: unstructured)")
+    p.add_argument("-p", "--pattern", default="unstructured",
+                   help="unstructured, or N:M: N of every M consecutive weights pruned (2:4, 4:8) (default: unstructured)")
     p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
                    help="wanda scores |W|·||X|| from calibration; magnitude scores |W| alone, the baseline (default: wanda)")
     p.add_argument("--calibration", default="corpus", choices=list(sources),
