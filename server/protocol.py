@@ -206,12 +206,10 @@ class Framer:
             why = "JSON nested too deeply"
         except ValueError:  # JSONDecodeError, UnicodeDecodeError, int strings over 4300 digits
             why = "the body is not JSON"
-        # A length that ran past this message into the next one: give the next one its chance.
-        found = _HEADER_LINE.search(body)
-        size = found.start() if found else len(body)
-        if found:
-            self._buf[:0] = body[size:]
-        out.append(Dropped(size, why, body[: min(size, _PREVIEW)]))
+        # Skip from the body's second byte up to the next header: a length that ran past this message
+        # into the next one's header must not cost that message too.
+        self._buf[:0] = body[1:]
+        self._skip = _Skip(why, body[:_PREVIEW], size=min(1, len(body)))
 
 
 # ---------------------------------------------------------------------------------------- JSON-RPC
@@ -248,7 +246,8 @@ def describe(exc: Exception) -> str:
     """One line saying what in the params did not fit, without stack or paths."""
     if isinstance(exc, BaseValidationError):
         problems = cattrs.transform_error(exc, path="", format_exception=_format_problem)
-        text = "; ".join(p.replace(" @ .", " at ", 1) for p in problems[:3])
+        text = "; ".join(f"{where.lstrip('.') or 'params'}: {what}" for what, _, where in
+                         (p.rpartition(" @ ") for p in problems[:3]))
     else:
         text = f"params do not fit the method ({type(exc).__name__})"
     return _short(text, 300)
