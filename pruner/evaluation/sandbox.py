@@ -16,8 +16,8 @@ script per run (`jail_plan` decides what the run sees). Then it is guaranteed th
 - the filesystem is read-only except the run's directory and a fresh, private /tmp and /dev/shm
   (writes elsewhere fail with EROFS; the run's directory keeps its real path);
 - the user's home is hidden: $HOME, the account's home from the password database, /root and /home
-  are empty read-only directories inside, except the Python running the evaluation (sys.prefix,
-  sys.base_prefix) and the PATH directories that lie under them (see `jail_plan`), mounted back
+  are empty read-only directories inside, except what lies under them of the Python running the
+  evaluation (sys.prefix, sys.base_prefix), NODE_PATH and PATH (see `jail_plan`), mounted back
   read-only so toolchains installed there (pyenv, nvm, sdkman) still run;
 - there is no network: only a loopback interface of the namespace's own, so even 127.0.0.1
   services of the host are unreachable;
@@ -150,7 +150,9 @@ def _plan_for(task_dir, env: dict) -> dict:
     except KeyError:
         account_home = ""
     homes = (os.environ.get("HOME", ""), account_home, *HOMES)
-    prefixes = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
+    # the Python running us (humaneval runs sys.executable) and node's module directories (js-md5)
+    prefixes = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                *env.get("NODE_PATH", "").split(os.pathsep))
     return jail_plan(os.path.realpath(task_dir), scratch=dirs(SCRATCH), homes=dirs(homes),
                      prefixes=dirs(prefixes), path_dirs=dirs(env.get("PATH", "").split(os.pathsep)))
 
