@@ -7,12 +7,14 @@ so a completion in flight keeps the model it started with.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
-from subcoder.pruner.engine.completer import Completer
 from subcoder.pruner.languages import LSP_IDS
+
+from subcoder.pruner.engine.options import EngineOptions
+
+from .editor import EditorCompleter
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ LANGUAGE_IDS = LSP_IDS
 
 @dataclass
 class Served:
-    completer: Completer
+    completer: EditorCompleter
     language: str | None  # the sub-model's language; None for the base model
     key: str = ""
     size_bytes: int = 0
@@ -63,18 +65,25 @@ class ModelSet:
 
 
 def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_tokens: int, cache_dir=None,
-                   fim_order: str = "spm") -> Completer:
-    """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError."""
+                   fim_order: str = "spm", options: EngineOptions | None = None) -> EditorCompleter:
+    """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError.
+
+    `options`: the engine's switches (None: from the environment), for the loader and the engine alike.
+    """
     import torch
 
+    from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.loader import load_model
 
+    options = EngineOptions.from_env() if options is None else options
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_model(name, dtype=dtype, device=device, sparse=None if sparse else False, cache_dir=cache_dir or None)
-    completer = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order)
+    loaded = load_model(name, dtype=dtype, device=device, sparse=None if sparse else False, options=options,
+                        cache_dir=cache_dir or None)
+    engine = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order, options=options)
+    completer = EditorCompleter(engine)
     # Here, on the loader thread, so that the first request does not pay the model's first-call costs.
-    if os.environ.get("SUBCODER_WARM_UP", "").strip() != "0":
+    if options.warm_up:
         try:
             log.info("warmed up %s in %.2f s", name, completer.warm_up())
         except Exception:  # noqa: BLE001 - a failed warm-up only costs the first request its speed

@@ -16,6 +16,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from subcoder.pruner.engine.prompt import PromptBuilder, context_budget
+from subcoder.pruner.engine.stops import StopRule, stop_ids
+
 StopFn = Callable[[str], "int | None"]  # text so far -> characters to keep when generation must stop
 
 
@@ -36,38 +39,17 @@ class Request:
 
 
 # --------------------------------------------------------------------------- stop rules
+# The engine's rules (subcoder.pruner.engine.stops), as the text -> characters-to-keep callables a
+# Request takes.
 
-
-def stop_after_line(text: str) -> int | None:
-    """End of the first line with content (leading blank lines are skipped, as the editor does)."""
-    start = 0
-    while (nl := text.find("\n", start)) >= 0:
-        if text[:nl].strip():
-            return nl
-        start = nl + 1
-    return None
+# End of the first line with content (leading blank lines are skipped, as the editor does).
+stop_after_line: StopFn = StopRule("single-line").check
 
 
 def stop_function_end(language: str) -> StopFn:
-    """End of a completed function body: the first line that starts at column 0.
-
-    Python: cut before it (a new `def`, `if __name__`, `print`...). Brace languages: a `}` at column 0
-    closes the function (or Java's class) and is kept; anything else at column 0 is cut.
-    """
-    brace = language != "python"
-
-    def rule(text: str) -> int | None:
-        pos = 0
-        while (nl := text.find("\n", pos)) >= 0:
-            if nl + 1 >= len(text):
-                return None  # the next line has not started yet
-            ch = text[nl + 1]
-            if not ch.isspace():
-                return nl + 2 if brace and ch == "}" else nl
-            pos = nl + 1
-        return None
-
-    return rule
+    """End of a completed function body: the first line that starts at column 0 (kept when it is
+    the `}` closing a brace language's function)."""
+    return StopRule.function_end(closing_brace=language != "python").check
 
 
 # --------------------------------------------------------------------------- generation
@@ -75,14 +57,16 @@ def stop_function_end(language: str) -> StopFn:
 
 class BatchGenerator:
     def __init__(self, loaded, *, context_tokens: int = 1024, use_fim: bool = True):
-        from subcoder.pruner.engine.completer import Completer, PromptBuilder
-
-        completer = Completer(loaded, context_tokens=context_tokens)
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.stop_ids = completer.stop_ids
-        self.fim = use_fim and completer.fim
-        self.prompts = completer.prompts if self.fim else PromptBuilder(self.tokenizer, None, context_tokens=completer.context_tokens)
+        self.model.eval()
+        context_tokens = context_budget(self.model, context_tokens)
+        fim = getattr(getattr(loaded, "info", None), "fim", None)
+        fim_prompts = PromptBuilder(self.tokenizer, fim, context_tokens=context_tokens)
+        # The model's FIM markers stop generation even when prompts are prefix-only, as in the editor.
+        self.stop_ids = stop_ids(self.tokenizer, self.model, fim_prompts.fim_ids)
+        self.fim = use_fim and fim_prompts.fim_ids is not None
+        self.prompts = fim_prompts if self.fim else PromptBuilder(self.tokenizer, None, context_tokens=context_tokens)
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         pad = self.tokenizer.pad_token_id

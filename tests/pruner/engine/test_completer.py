@@ -1,19 +1,17 @@
-"""subcoder.pruner.engine.completer: prompt building, stop rules, greedy decoding, KV-cache reuse, cancellation."""
+"""subcoder.pruner.engine.completer: greedy decoding, KV-cache reuse per key, cancellation, warm-up."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from subcoder.pruner.engine.completer import Completer
+from subcoder.pruner.engine.options import EngineOptions
+from subcoder.pruner.engine.stops import StopRule, postprocess
 from subcoder.pruner.errors import Cancelled
-from subcoder.pruner.engine.completer import Completer, PromptBuilder, StopRule, postprocess, resolve_mode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from tinymodel import make_tiny_model, make_tokenizer  # noqa: E402
+from tinymodel import make_tiny_model, make_tokenizer
 
 FIM = SimpleNamespace(prefix="<|fim_prefix|>", suffix="<|fim_suffix|>", middle="<|fim_middle|>")
 CODE = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(200))
@@ -32,101 +30,6 @@ def loaded(tokenizer):
 @pytest.fixture(scope="module")
 def loaded_plain(tokenizer):
     return SimpleNamespace(model=make_tiny_model(tokenizer, seed=1), tokenizer=tokenizer, info=SimpleNamespace(fim=None))
-
-
-# --- pure parts --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "prefix, suffix, expected",
-    [
-        ("x = foo(", "", "single-line"),
-        ("x = foo(", ")\n", "single-line"),
-        ("x = ", "bar()\n", "single-line"),
-        ("def f():\n    ", "\n", "multi-line"),
-        ("def f():\n", "", "multi-line"),
-    ],
-)
-def test_auto_mode(prefix, suffix, expected):
-    assert resolve_mode("auto", prefix, suffix) == expected
-
-
-def test_bad_mode():
-    with pytest.raises(ValueError):
-        resolve_mode("paragraph", "", "")
-
-
-def test_single_line_stops_at_first_line_with_content():
-    rule = StopRule("single-line", "x = 1", "")
-    assert rule.check("2 + 3") is None
-    assert rule.check("2 + 3\ny") == 5
-    at_end = StopRule("single-line", "def f():", "")
-    assert at_end.check("\n    return 1\n") == len("\n    return 1")
-    mid = StopRule("single-line", "foo(", "bar)")
-    assert mid.check("\nx") == 0
-
-
-def test_multi_line_stops_at_block_end_and_suffix_repeat():
-    rule = StopRule("multi-line", "def f(x):\n    ", "\n\ndef g():\n    pass\n")
-    text = "y = x\n    return y\n\ndef h():\n"
-    assert text[: rule.check(text)] == "y = x\n    return y\n"
-    brace = StopRule("multi-line", "if (x) {\n", "")
-    text = "    foo();\n}\nbar();\n"
-    assert text[: brace.check(text)] == "    foo();\n}"
-    repeat = StopRule("multi-line", "    ", "    return total\n")
-    text = "total = a + b\n    return total\n"
-    assert text[: repeat.check(text)] == "total = a + b"
-    blanks = StopRule("multi-line", "", "")
-    assert blanks.check("a = 1\n\n\nb") == len("a = 1\n")
-
-
-def test_postprocess_trims_overlap_and_drops_duplicates():
-    assert postprocess("a, b)", ")\n", "single-line") == "a, b"
-    assert postprocess("   \n", "", "multi-line") == ""
-    assert postprocess("bar()", "bar()\n", "single-line") == ""
-    assert postprocess("x = 1  ", "", "single-line") == "x = 1"
-
-
-def test_prompt_fim_layout_and_budget(tokenizer):
-    builder = PromptBuilder(tokenizer, FIM, context_tokens=128)
-    vocab = tokenizer.get_vocab()
-    prompt = builder.build(CODE, "print(1)\n" * 100)
-    assert prompt.fim and len(prompt.ids) <= 128
-    # SPM (the default): the suffix first, then the prefix, so typing only appends to the prompt
-    assert prompt.ids[0] == vocab["<|fim_suffix|>"] and prompt.ids[-1] == vocab["<|fim_middle|>"]
-    assert prompt.ids[1 + prompt.suffix_tokens] == vocab["<|fim_prefix|>"]
-    assert 0 < prompt.suffix_tokens <= 128 // 8
-    psm = PromptBuilder(tokenizer, FIM, context_tokens=128, order="psm").build(CODE, "print(1)\n" * 100)
-    assert psm.ids[0] == vocab["<|fim_prefix|>"] and psm.ids[1 + psm.prefix_tokens] == vocab["<|fim_suffix|>"]
-    assert sorted(psm.ids) == sorted(prompt.ids)
-    assert CODE[prompt.cut - 1] == "\n", "the prefix is cut at a line start"
-    plain = PromptBuilder(tokenizer, None, context_tokens=128).build("def f(", "x)")
-    assert not plain.fim and tokenizer.decode(list(plain.ids)) == "def f("
-
-
-def test_prompt_cut_is_stable_while_typing(tokenizer):
-    builder = PromptBuilder(tokenizer, FIM, context_tokens=256)
-    first = builder.build(CODE, "")
-    anchor = (first.cut, CODE[: first.cut])
-    typed = builder.build(CODE + "def g(", "", anchor=anchor)
-    assert typed.cut == first.cut
-    assert typed.ids[: first.prefix_tokens - 1] == first.ids[: first.prefix_tokens - 1]
-
-
-def test_spm_prompt_grows_only_at_its_end_while_typing(tokenizer):
-    """What makes typing cheap: the previous prompt (less its last token or two, where the newly typed
-    characters merge) is a prefix of the next one, suffix included."""
-    builder = PromptBuilder(tokenizer, FIM, context_tokens=256)
-    suffix = "\n    return total\n\n\nprint(f(3))\n"
-    first = builder.build(CODE + "    total = ", suffix)
-    anchor = (first.cut, (CODE + "    total = ")[: first.cut])
-    typed = builder.build(CODE + "    total = sum(", suffix, anchor=anchor)
-    keep = len(first.ids) - 3  # the <middle> token and the last prefix tokens may change
-    assert typed.ids[:keep] == first.ids[:keep]
-    assert typed.suffix_tokens == first.suffix_tokens > 0
-
-
-# --- decoding ----------------------------------------------------------------------------------
 
 
 def _reference(loaded, prefix, suffix, n, mode):
@@ -157,7 +60,7 @@ def test_greedy_matches_generate(which, request):
 
 
 def test_kv_reuse_gives_the_same_text_as_a_cold_run(loaded):
-    warm = Completer(loaded, context_tokens=1024, follow_typing=False)
+    warm = Completer(loaded, context_tokens=1024)
     prefix = CODE[:1500]  # fits the budget whole, so cold and warm prompts are the same
     first = warm.complete(prefix, "\n", max_new_tokens=8, mode="multi-line", key="doc")
     assert first.reused_tokens == 0
@@ -171,46 +74,29 @@ def test_kv_reuse_gives_the_same_text_as_a_cold_run(loaded):
     assert other.reused_tokens == 0
 
 
-def test_typing_the_suggestion_keeps_its_rest(loaded):
-    completer = Completer(loaded, context_tokens=256)
-    suffix = "\n\nprint(1)\n"
-    for i in range(40):  # a prompt whose (random-model) suggestion is long enough to type into
-        prefix = CODE[: 37 * i] + "def add(a, b):\n    return "
-        first = completer.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
-        if len(first.text.strip()) >= 4 and not first.text[:2].isspace():
-            break
-    else:
-        pytest.skip("the tiny model suggested nothing long enough")
-    got = completer.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line", key="doc")
-    assert got.stop_reason == "typed-ahead" and got.new_tokens == 0
-    assert got.text == postprocess(first.text[2:], suffix, "multi-line")
-    # Further along the same suggestion: still its rest (measured from the suggestion, not the last answer).
-    got = completer.complete(prefix + first.text[:3], suffix, max_new_tokens=8, mode="multi-line", key="doc")
-    assert got.stop_reason == "typed-ahead" and got.text == postprocess(first.text[3:], suffix, "multi-line")
-    # Typing something else, a changed suffix, another document, or after forget(): the model decodes.
-    other = "\x01" if first.text[0] != "\x01" else "\x02"
-    assert completer.complete(prefix + other, suffix, max_new_tokens=8, mode="multi-line",
-                              key="doc").stop_reason != "typed-ahead"
-    completer.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
-    assert completer.complete(prefix + first.text[:2], suffix + "x", max_new_tokens=8, mode="multi-line",
-                              key="doc").stop_reason != "typed-ahead"
-    assert completer.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line",
-                              key="other").stop_reason != "typed-ahead"
-    completer.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
-    completer.forget("doc")
-    assert completer.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line",
-                              key="doc").stop_reason != "typed-ahead"
-    exact = Completer(loaded, context_tokens=256, follow_typing=False)
-    exact.complete(prefix, suffix, max_new_tokens=8, mode="multi-line", key="doc")
-    assert exact.complete(prefix + first.text[:2], suffix, max_new_tokens=8, mode="multi-line",
-                          key="doc").stop_reason != "typed-ahead"
-
-
-def test_result_cache(loaded):
+def test_every_request_decodes(loaded):
+    """The engine keeps no answers: the same request twice decodes twice (its cache covers the prompt)."""
     completer = Completer(loaded, context_tokens=128)
-    a = completer.complete("def f(x):\n    return", "", max_new_tokens=6)
-    b = completer.complete("def f(x):\n    return", "", max_new_tokens=6)
-    assert b.stop_reason == "cached" and b.text == a.text and b.new_tokens == 0
+    a = completer.complete("def f(x):\n    return", "", max_new_tokens=6, key="doc")
+    b = completer.complete("def f(x):\n    return", "", max_new_tokens=6, key="doc")
+    assert (b.text, b.new_tokens) == (a.text, a.new_tokens) and b.stop_reason not in ("cached", "typed-ahead")
+    assert b.reused_tokens == b.prompt_tokens - 1
+    assert completer.stats.requests == 2
+
+
+def test_forget_drops_the_kv_cache(loaded):
+    completer = Completer(loaded, context_tokens=256)
+    completer.complete(CODE[:600], "", max_new_tokens=4, key="doc")
+    completer.forget("doc")
+    assert completer.complete(CODE[:600], "", max_new_tokens=4, key="doc").reused_tokens == 0
+
+
+def test_sessions_are_bounded(loaded):
+    completer = Completer(loaded, context_tokens=128, sessions=2)
+    for key in ("a", "b", "c"):
+        completer.complete("def f(x):\n    return", "", max_new_tokens=2, key=key)
+    assert completer.complete("def f(x):\n    return", "", max_new_tokens=2, key="a").reused_tokens == 0
+    assert completer.complete("def f(x):\n    return", "", max_new_tokens=2, key="c").reused_tokens > 0
 
 
 def test_cancel_between_tokens_keeps_the_cache_usable(loaded):
@@ -231,11 +117,14 @@ def test_cancel_between_tokens_keeps_the_cache_usable(loaded):
     assert after.text == cold.text
 
 
-def test_undecodable_bytes_are_never_suggested():
-    from subcoder.pruner.engine.completer import postprocess
-
-    assert postprocess("x = 1\ufffd\ufffd", "", "single-line") == "x = 1"
-    assert postprocess("\ufffdabc", "", "single-line") == ""
+def test_options_choose_the_decode_step(loaded):
+    off = Completer(loaded, context_tokens=256, options=EngineOptions(fast_step=False, speculate=True))
+    assert off.decoder is None and not off.speculate  # speculation needs the fused step to verify
+    on = Completer(loaded, context_tokens=256, options=EngineOptions(fast_step=False), speculate=False)
+    assert not on.speculate
+    prefix = CODE[:700] + "def g(x):\n    "
+    plain = Completer(loaded, context_tokens=256).complete(prefix, "", max_new_tokens=8, mode="multi-line")
+    assert off.complete(prefix, "", max_new_tokens=8, mode="multi-line").text == plain.text
 
 
 def test_warm_up_leaves_nothing_behind(loaded):
@@ -243,7 +132,7 @@ def test_warm_up_leaves_nothing_behind(loaded):
     cold = completer.complete("def add(a, b):\n    return", "", max_new_tokens=6, key="doc")
     fresh = Completer(loaded, context_tokens=256)
     assert fresh.warm_up() > 0
-    assert not fresh._sessions and not fresh._results and not fresh._shown
+    assert not fresh._sessions
     assert fresh.stats.requests == 0
     # a warmed-up completer answers exactly as a cold one
     again = fresh.complete("def add(a, b):\n    return", "", max_new_tokens=6, key="doc")

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from subcoder.pruner.engine.completer import Completer
+from subcoder.pruner.engine.options import EngineOptions
 from subcoder.pruner.engine.speculate import PromptLookup
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from tinymodel import make_tiny_model, make_tokenizer  # noqa: E402
+from tinymodel import make_tiny_model, make_tokenizer
 
 FIM = SimpleNamespace(prefix="<|fim_prefix|>", suffix="<|fim_suffix|>", middle="<|fim_middle|>")
 
@@ -61,8 +58,8 @@ CODE = "".join(f"def add{i % 7}(a, b):\n    return a + b + {i % 3}\n\n" for i in
 
 
 def test_speculative_completions_equal_plain_greedy(loaded):
-    fast = Completer(loaded, context_tokens=512, follow_typing=False, speculate=True)
-    plain = Completer(loaded, context_tokens=512, follow_typing=False, speculate=False)
+    fast = Completer(loaded, context_tokens=512, speculate=True)
+    plain = Completer(loaded, context_tokens=512, speculate=False)
     assert fast.speculate and not plain.speculate
     cut = len(CODE) // 2
     for extra in range(0, 40, 3):  # typing forward: each request extends the previous prompt (cache reuse)
@@ -82,7 +79,8 @@ def test_speculative_completions_equal_plain_greedy(loaded):
 
 
 def test_speculation_off_without_the_fused_step(loaded, monkeypatch):
-    monkeypatch.setenv("SUBCODER_FUSED_STEP", "0")
+    assert not Completer(loaded, options=EngineOptions(fused_step=False)).speculate
+    monkeypatch.setenv("SUBCODER_FUSED_STEP", "0")  # the default options come from the environment
     assert not Completer(loaded).speculate
 
 
@@ -91,13 +89,13 @@ def test_confirmed_and_refuted_drafts_keep_greedy_tokens_and_an_exact_cache(load
     third draft's last token): accepted runs, refutations, stops inside a draft, the length limit."""
     import subcoder.pruner.engine.speculate as speculate
 
-    plain = Completer(loaded, context_tokens=512, follow_typing=False, speculate=False)
+    plain = Completer(loaded, context_tokens=512, speculate=False)
     cases = [(CODE[:700], CODE[700:], "multi-line", 40), (CODE[:1200], "", "multi-line", 25),
              (CODE[:950], CODE[950:], "single-line", 40)]
     for prefix, suffix, mode, limit in cases:
         fed: list[int] = []
-        real_feed = plain._feed
-        monkeypatch.setattr(plain, "_feed", lambda ids, cache: (fed.extend(ids), real_feed(ids, cache))[1])
+        real_feed = plain.feed
+        monkeypatch.setattr(plain, "feed", lambda ids, cache: (fed.extend(ids), real_feed(ids, cache))[1])
         want = plain.complete(prefix, suffix, max_new_tokens=limit, mode=mode)
         monkeypatch.undo()
         prompt_len = want.prompt_tokens
@@ -113,7 +111,7 @@ def test_confirmed_and_refuted_drafts_keep_greedy_tokens_and_an_exact_cache(load
             return draft
 
         monkeypatch.setattr(speculate.PromptLookup, "propose", propose)
-        fast = Completer(loaded, context_tokens=512, follow_typing=False, speculate=True)
+        fast = Completer(loaded, context_tokens=512, speculate=True)
         got = fast.complete(prefix, suffix, max_new_tokens=limit, mode=mode, key="k")
         assert (got.text, got.new_tokens) == (want.text, want.new_tokens)
         assert fast.stats.accepted > 0 and fast.stats.drafted > fast.stats.accepted
