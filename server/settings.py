@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,12 +88,12 @@ def _choice(options):
 
 def _number(kind, low, high):
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("a number")
-        value = kind(value)
+        # JSON gives 1e400 and Infinity as inf, and NaN as nan: int() of those raises, and nan compares false.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"a number between {low} and {high}")
         if not (low <= value <= high):
             raise ValueError(f"between {low} and {high}")
-        return value
+        return kind(value)
     return check
 
 
@@ -178,7 +179,7 @@ def parse_settings(raw: Any, base: Settings | None = None) -> Parsed:
             continue
         try:
             values[f.name] = _CHECKS[f.name](value)
-        except ValueError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # one bad value never drops the rest of the update
             problems.append(f"setting subcoder.{key}={value!r} ignored: must be {exc}")
     settings = dataclasses.replace(base, **values)
     if values.get("sparse_kernel") is True and not _sparse_kernel_default():

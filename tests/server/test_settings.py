@@ -58,3 +58,17 @@ def test_sparse_kernel_is_the_engine_option(monkeypatch):
     assert on.problems == ["setting subcoder.sparseKernel=true overrides SUBCODER_SPARSE=0"]
     options = on.settings.engine_options({"SUBCODER_SPARSE": "0", "SUBCODER_SPECULATE": "0"})
     assert options.sparse_kernel is True and options.speculate is False  # the rest still from the environment
+
+
+def test_non_finite_and_odd_numbers_fall_back_and_the_rest_applies():
+    # What a client's JSON can hold: 1e400 and Infinity decode to inf, NaN to nan.
+    for bad in (json.loads("1e400"), float("inf"), float("-inf"), float("nan"), -5, 0, "64", [8], {"n": 8}, True):
+        parsed = parse_settings({"maxNewTokens": bad, "sparsity": 0.6, "contextTokens": bad})
+        assert parsed.settings.max_new_tokens == Settings().max_new_tokens, bad
+        assert parsed.settings.context_tokens == Settings().context_tokens, bad
+        assert parsed.settings.sparsity == 0.6, bad
+        assert len(parsed.problems) == 2 and all(p.startswith("setting subcoder.") for p in parsed.problems), bad
+    raw = json.loads('{"subcoder": {"sparsity": NaN, "mixRatio": Infinity, "maxNewTokens": 1e400, "dtype": "float32"}}')
+    parsed = parse_settings(raw)
+    assert (parsed.settings.sparsity, parsed.settings.mix_ratio, parsed.settings.dtype) == (0.5, 0.5, "float32")
+    assert len(parsed.problems) == 3
