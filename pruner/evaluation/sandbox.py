@@ -120,7 +120,7 @@ def jail_plan(task_dir: str, *, scratch, homes, prefixes, path_dirs) -> dict:
     """The mounts of one run, from resolved absolute paths (pure).
 
     scratch: directories replaced by fresh writable tmpfs; homes: directories replaced by empty
-    read-only ones; prefixes (Python installations) and path_dirs (PATH entries) under either are
+    read-only ones; prefixes (Python installations, NODE_PATH) and path_dirs (PATH) under either are
     mounted back read-only, a PATH `bin` with its prefix when that lies two or more levels below
     the hidden directory (~/.nvm/versions/node/v20/bin: yes; ~/.local/bin: only bin itself).
     """
