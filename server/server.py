@@ -69,7 +69,7 @@ class SubcoderServer(LanguageServer):
 
     def status(self) -> dict:
         """The `subcoder.status` command's result: the status notification plus the session's counters."""
-        return {**self.session.status(), "counters": self.session.counters.to_dict()}
+        return {**self.session.status(), **self.session.details()}
 
     def show_once(self, kind: str, text: str, level=types.MessageType.Warning) -> None:
         """A user-facing message, at most once per kind per session (the log has every occurrence)."""

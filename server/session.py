@@ -79,6 +79,7 @@ class Counters:
 
     requests: int = 0  # completion requests that reached the session
     served: Counter = field(default_factory=Counter)  # model ("base" or a language) -> requests it decoded
+    tokens: int = 0  # new tokens decoded, all requests together
     builds_started: int = 0
     builds_finished: int = 0  # a build child delivered a sub-model...
     builds_extracted: int = 0  # ...which it extracted itself (not found ready in the shared cache)
@@ -90,7 +91,7 @@ class Counters:
     base_loaded: int = 0
 
     def to_dict(self) -> dict:
-        return {"requests": self.requests, "served": dict(self.served), "buildsStarted": self.builds_started,
+        return {"requests": self.requests, "served": dict(self.served), "tokens": self.tokens, "buildsStarted": self.builds_started,
                 "buildsFinished": self.builds_finished, "buildsExtracted": self.builds_extracted,
                 "buildsFailed": self.builds_failed, "buildsCancelled": self.builds_cancelled,
                 "cacheHits": self.cache_hits, "cacheMisses": self.cache_misses,
@@ -149,6 +150,11 @@ class ServingSession:
             "message": self.message,
             "languages": [e.to_dict() for e in self.detection.languages] if self.detection else [],
         }
+
+    def details(self) -> dict:
+        """What the `subcoder.status` command adds to the status object: counters, loaded and queued languages."""
+        return {"counters": self.counters.to_dict(), "subModels": sorted(self.models.subs),
+                "queued": sorted(self._queued - set(self.models.subs))}
 
     def _set(self, state: State, message: str = "", percent: int | None = None) -> None:
         self.state, self.message = state, message
@@ -408,6 +414,7 @@ class ServingSession:
             if self._inflight.get(uri) is flag:
                 del self._inflight[uri]
         self.counters.served[served.language or "base"] += 1
+        self.counters.tokens += result.new_tokens
         log.info("%s: %s model, %d prompt tokens (%d reused), %d new, %.0f ms (%s; %d decode passes, %.0f ms in the "
                  "model)", request, served.language or "base", result.prompt_tokens, result.reused_tokens,
                  result.new_tokens, (time.perf_counter() - started) * 1000, result.stop_reason, result.passes,

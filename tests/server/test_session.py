@@ -288,7 +288,7 @@ async def test_completions_pick_a_model_and_queue_the_documents_language(tmp_pat
     assert got.text.startswith("<") and rig.session.models.subs.keys() == {"javascript"}
     assert rig.session.status()["state"] == "ready"
     assert rig.session.counters.to_dict()["served"] == {"base": 1, "javascript": 1}
-    assert rig.session.counters.requests == 3
+    assert rig.session.counters.requests == 3 and rig.session.counters.tokens == 2
     rig.session.forget("file:///x.js")
     assert rig.session.models.subs["javascript"].completer.forgotten == ["file:///x.js"]
 
