@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 from .settings import LOG_LEVELS, python_log_level
@@ -18,15 +19,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_tcp(text: str) -> tuple[str, int]:
+    """(host, port) from `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (localhost); ValueError says what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"--tcp needs HOST:PORT with a port from 0 to 65535, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1]:P: the brackets only separate the address's colons from the port's
+    elif ":" in host:
+        raise ValueError(f"--tcp: write an IPv6 address in brackets, as [{host}]:{port_text}")
+    return host or "127.0.0.1", int(port_text)
+
+
+def _check_host(host: str, port: int) -> None:
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"--tcp: cannot use host {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def run(args: list[str]) -> int:
     options = parser().parse_args(args)
     host = port = None
     if options.tcp:
-        host, _, port_text = options.tcp.rpartition(":")
         try:
-            port = int(port_text)
-        except ValueError:
-            print(f"subcoder serve: --tcp needs HOST:PORT, got {options.tcp!r}", file=sys.stderr)
+            host, port = parse_tcp(options.tcp)
+            _check_host(host, port)
+        except ValueError as exc:
+            print(f"subcoder serve: {exc}", file=sys.stderr)
             return 2
     from . import logs
 
@@ -37,7 +57,11 @@ def run(args: list[str]) -> int:
     logging.getLogger(__name__).info("subcoder serve starting (log file %s)", log_path)
     try:
         if options.tcp:
-            server.start_tcp(host or "127.0.0.1", port)
+            try:
+                server.start_tcp(host, port)
+            except OSError as exc:  # the address is taken or not ours: one line, not a traceback
+                print(f"subcoder serve: cannot listen on {options.tcp}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
         else:
             stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
             # stdout carries JSON-RPC: anything a library prints goes to stderr instead.
