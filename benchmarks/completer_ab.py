@@ -9,8 +9,8 @@ a shared machine's memory bandwidth -- which moves whole replays by a third from
 next -- hits both alike. Prints extension-request p50 for each, the median per-request time ratio
 B / A, and whether every suggestion came out the same.
 
-  head       A: full logits (SUBCODER_HEAD_SCREEN=0)   B: the greedy head (int8 screen + exact re-check)
-  speculate  A: plain greedy (SUBCODER_SPECULATE=0)   B: drafts verified several tokens per pass
+  head       A: full logits (head_screen off)         B: the greedy head (int8 screen + exact re-check)
+  speculate  A: plain greedy (speculate off)          B: drafts verified several tokens per pass
   thread     A: called on the main thread             B: called on a worker thread, as the server does
   attention  A: torch's SDPA kernel per query          B: the kernel library's decode attention
 """
@@ -18,7 +18,6 @@ B / A, and whether every suggestion came out the same.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SWITCHES = {"head": "SUBCODER_HEAD_SCREEN", "speculate": "SUBCODER_SPECULATE"}
+SWITCHES = {"head": "head_screen", "speculate": "speculate"}  # --compare -> the EngineOptions field A turns off
 
 
 def main(argv=None) -> int:
@@ -49,27 +48,24 @@ def main(argv=None) -> int:
     from subcoder.pruner.extract import extract
     from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.loader import load_model
-    from subcoder.pruner.kernels.native import active_ops
+    from subcoder.pruner.engine.options import EngineOptions
+    from subcoder.pruner.kernels import debug
     from server_latency import make_segment, pick_files, plan_requests
 
     loaded = load_model(str(extract(args.model, "python", PruneConfig(0.5)).path))
     pool = ThreadPoolExecutor(1)
     switch = SWITCHES.get(args.compare)
     completers = {}
-    for name, value in (("A", "0"), ("B", "1")):
-        if switch:
-            os.environ[switch] = value  # read when the Completer (and its decoder) is built
-        completers[name] = Completer(loaded)
-    if switch:
-        os.environ.pop(switch)
-
-    ops = active_ops()
+    for name, on in (("A", False), ("B", True)):
+        options = EngineOptions.from_env(**({switch: on} if switch else {}))
+        completers[name] = Completer(loaded, options=options)
 
     def call(name, req):
-        if args.compare == "attention":
-            ops.set_decode_attention(int(name == "B"))
         run = lambda: completers[name].complete(req.prefix, req.suffix, max_new_tokens=args.max_new_tokens,
                                                 key=f"seg{req.segment}")
+        if args.compare == "attention":
+            with debug.overrides(decode_attention=name == "B"):
+                return run()
         return pool.submit(run).result() if args.compare == "thread" and name == "B" else run()
 
     requests = []

@@ -113,7 +113,7 @@ def torch_round(model, short_ids: list[int], long_ids: list[int], new_tokens: in
 def speculative_round(model, fast, short_ids: list[int], long_ids: list[int], new_tokens: int) -> dict:
     """As `torch_round` with the lean step, decoding through `subcoder.pruner.engine.speculate.Decoding` with drafts
     looked up in the prompt and the text so far -- the Completer's decode loop, without stop rules."""
-    from subcoder.pruner.engine.completer import _crop
+    from subcoder.pruner.engine.completer import crop_cache
     from subcoder.pruner.engine.kvcache import new_cache
     from subcoder.pruner.engine.speculate import Decoding, PromptLookup
 
@@ -128,7 +128,7 @@ def speculative_round(model, fast, short_ids: list[int], long_ids: list[int], ne
     fed = list(short_ids)
     decoding = Decoding(int(logits.argmax()), step=lambda t: fast.next_tokens([t], cache)[0], fed=fed,
                         budget=new_tokens, verify=lambda toks: fast.next_tokens(toks, cache),
-                        crop=lambda n: _crop(cache, n), lookup=PromptLookup(short_ids))
+                        crop=lambda n: crop_cache(cache, n), lookup=PromptLookup(short_ids))
     ids: list[int] = []
     t0 = time.perf_counter()
     for token in decoding.tokens():
@@ -183,11 +183,10 @@ def submodel_dir(model: str, language: str) -> Path:
 
 def pruned_bytes(model) -> tuple[int, int]:
     """(bytes of the pruned linears as they sit in memory, bytes of every tensor, shared counted once)."""
-    from subcoder.pruner.kernels import SparseLinear
-    from subcoder.pruner.kernels.linear import _model_bytes
+    from subcoder.pruner.kernels import SparseLinear, model_bytes
 
     layers = sum(m.nbytes() for m in model.modules() if isinstance(m, SparseLinear))
-    return layers, _model_bytes(model)
+    return layers, model_bytes(model)
 
 
 def dense_pruned_bytes(model, names: list[str]) -> int:
@@ -224,17 +223,19 @@ def main(argv=None) -> int:
     long_ids = long_prompt(tok, args.language)
     print(f"sub-model {path.name}: prompts {len(short_ids)} and {len(long_ids)} tokens, {args.tokens} new tokens, "
           f"{args.threads} threads", flush=True)
-    fast_model = load_model(str(path), dtype="bfloat16", sparse=True)
-    if not fast_model.info.sparse_kernel:
-        print(f"sparse kernel not in use ({reason}); nothing to compare", file=sys.stderr)
+    from subcoder.pruner.errors import ModelError
+
+    try:
+        fast_model = load_model(str(path), dtype="bfloat16", sparse=True)
+    except ModelError as exc:
+        print(f"{exc}; nothing to compare", file=sys.stderr)
         return 1
     from subcoder.pruner.kernels.decode_step import FastDecoder
-    from subcoder.pruner.kernels.linear import _model_bytes
 
     step = FastDecoder.for_model(fast_model.model)
     layer_bytes, model_bytes = pruned_bytes(fast_model.model)
     names = [n for n, m in fast_model.model.named_modules() if isinstance(m, sparse.SparseLinear)]
-    dense_layers, dense_model = dense_pruned_bytes(dense.model, names), _model_bytes(dense.model)
+    dense_layers, dense_model = dense_pruned_bytes(dense.model, names), sparse.model_bytes(dense.model)
 
     engines = {
         "dense": lambda: torch_round(dense.model, short_ids, long_ids, args.tokens),

@@ -29,12 +29,14 @@ def main(argv=None) -> int:
 
     from subcoder.pruner.evaluation import humaneval
     from subcoder.pruner.evaluation.decode import BatchGenerator
-    from subcoder.pruner.cli import _submodel_or_model
-    from subcoder.pruner.engine.completer import FIM_ORDERS
+    from subcoder.pruner.engine.prompt import FIM_ORDERS
     from subcoder.pruner.loader import load_model
+    from subcoder.pruner.paths import submodels_dir
 
     torch.set_num_threads(args.threads)
-    loaded = load_model(_submodel_or_model(args.model, None))
+    # a language name picks the newest cached sub-model for it, as `subcoder generate -m python` does
+    cached = sorted(submodels_dir().glob(f"{args.model}-*"), key=lambda p: p.stat().st_mtime)
+    loaded = load_model(str(cached[-1]) if cached else args.model)
     print(f"model {loaded.info.name}; {args.limit} HumanEval single-line infilling tasks", flush=True)
     for order in FIM_ORDERS:
         gen = BatchGenerator(loaded, context_tokens=1024, use_fim=True)

@@ -320,16 +320,15 @@ def bare_cost(completer, req: Request, max_new_tokens: int) -> dict:
     prefill + that many single decode steps timed bare."""
     import torch
 
-    got = completer.complete(req.prefix, req.suffix, max_new_tokens=max_new_tokens)
-    completer._results.clear()  # the same prompt must be decoded again if asked again
+    got = completer.complete(req.prefix, req.suffix, max_new_tokens=max_new_tokens)  # the engine keeps no results
     prompt = completer.prompts.build(req.prefix, req.suffix)
-    cache = completer._new_cache()
+    cache = completer.new_cache()
     with torch.inference_mode():
         t0 = time.perf_counter()
-        token = completer._feed(list(prompt.ids), cache)
+        token = completer.feed(list(prompt.ids), cache)
         t1 = time.perf_counter()
         for _ in range(got.new_tokens):
-            token = completer._feed([token], cache)
+            token = completer.feed([token], cache)
         t2 = time.perf_counter()
     return {"prompt_tokens": len(prompt.ids), "new_tokens": got.new_tokens,
             "prefill_s": t1 - t0, "decode_s": t2 - t1, "bare_s": t2 - t0, "inprocess_s": got.seconds}
@@ -355,7 +354,9 @@ def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) 
     import torch
     from transformers import StoppingCriteriaList
 
-    from subcoder.pruner.engine.completer import Completer, StopRule, resolve_mode
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.engine.prompt import resolve_mode
+    from subcoder.pruner.engine.stops import StopRule
     from subcoder.pruner.loader import load_model
 
     loaded = load_model(model_name, sparse=False)
@@ -416,7 +417,9 @@ def run_llama(gguf: Path, model_name: str, requests: list[Request], max_new_toke
     users run); with "spm" the prompt ids are the server's exactly."""
     from llama_cpp import Llama, LlamaRAMCache
 
-    from subcoder.pruner.engine.completer import Completer, StopRule, resolve_mode
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.engine.prompt import resolve_mode
+    from subcoder.pruner.engine.stops import StopRule
     from subcoder.pruner.loader import load_model
 
     loaded = load_model(model_name, sparse=False)
@@ -496,16 +499,16 @@ class PassProbe:
         self.completer = Completer(load_model(str(sub_path)))
         text = "\n".join(r["text"] for r in read_documents("python", "heldout"))
         self.ids = self.completer.tokenizer(text[:16000])["input_ids"][:801]
-        self.cache = self.completer._new_cache()
+        self.cache = self.completer.new_cache()
         with torch.inference_mode():
-            self.completer._feed(self.ids[:800], self.cache)
+            self.completer.feed(self.ids[:800], self.cache)
 
     def ms(self) -> float | None:
         import torch
 
-        from subcoder.pruner.engine.completer import _crop
+        from subcoder.pruner.engine.completer import crop_cache
 
-        fast = self.completer._fast
+        fast = self.completer.decoder
         if fast is None or not fast.fused:
             return None
         times = []
@@ -514,7 +517,7 @@ class PassProbe:
                 t0 = time.perf_counter()
                 fast.next_tokens(self.ids[800:801], self.cache)
                 times.append(time.perf_counter() - t0)
-                _crop(self.cache, 800)
+                crop_cache(self.cache, 800)
         return 1e3 * statistics.median(times)
 
 

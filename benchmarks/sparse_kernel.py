@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from subcoder.pruner import kernels as sparse  # noqa: E402
-from subcoder.pruner.kernels import native as _build  # noqa: E402
+from subcoder.pruner.kernels import debug  # noqa: E402
 
 DECODE_SHAPES = [  # (out, in, label)
     (896, 896, "q/o proj 0.5B"),
@@ -121,8 +121,7 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
-    ops = _build.get_ops()
-    isa = _build.ISA_NAMES.get(int(ops.get_isa()), "?") if ops is not None else "none"
+    isa = debug.ISA_NAMES.get(debug.current_isa(), "?") if sparse.kernel_available()[0] else "none"
     return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, kernel ISA {isa}, "
             f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), "
             f"Python {platform.python_version()}")

@@ -39,12 +39,12 @@ def main(argv=None) -> int:
     from subcoder.pruner.config import PruneConfig
     from subcoder.pruner.corpora import read_documents
     from subcoder.pruner.extract import extract
-    from subcoder.pruner.engine.completer import Completer, _crop
+    from subcoder.pruner.engine.completer import Completer, crop_cache
     from subcoder.pruner.loader import load_model
 
     sub = extract(args.model, args.language, PruneConfig(0.5)).path
     completer = Completer(load_model(str(sub)))
-    fast = completer._fast
+    fast = completer.decoder
     if fast is None or not fast.fused:
         print("the fused decode step is not available here (no sparse kernel?): nothing to measure", file=sys.stderr)
         return 1
@@ -53,25 +53,25 @@ def main(argv=None) -> int:
     if len(ids) < args.context + args.max_rows:
         print(f"not enough held-out text for {args.context} tokens", file=sys.stderr)
         return 1
-    cache = completer._new_cache()
+    cache = completer.new_cache()
     rows = range(1, args.max_rows + 1)
     new = {t: ids[args.context:args.context + t] for t in rows}
     times = {part: {t: [] for t in rows} for part in ("pass", "layers", "head")}
     with torch.inference_mode():
-        completer._feed(ids[: args.context], cache)
+        completer.feed(ids[: args.context], cache)
         hidden = {}
         for t in rows:
-            hidden[t] = fast._hidden(new[t], cache, 0)[0]
-            _crop(cache, args.context)
+            hidden[t] = fast.hidden_states(new[t], cache)[0]
+            crop_cache(cache, args.context)
         for _ in range(args.repeat):
             for t in rows:
                 t0 = time.perf_counter()
                 fast.next_tokens(new[t], cache)
                 t1 = time.perf_counter()
-                _crop(cache, args.context)
-                fast._hidden(new[t], cache, 0)
+                crop_cache(cache, args.context)
+                fast.hidden_states(new[t], cache)
                 t2 = time.perf_counter()
-                _crop(cache, args.context)
+                crop_cache(cache, args.context)
                 fast.head(hidden[t])
                 t3 = time.perf_counter()
                 times["pass"][t].append(t1 - t0)
