@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import platformdirs
 
-from .errors import CacheError
+from .errors import CacheError, SubcoderError
 
 CACHE_ENV = "SUBCODER_CACHE_DIR"
 
@@ -45,16 +48,102 @@ def ensure_writable(path: Path) -> Path:
     return path
 
 
+def write_errno(exc: BaseException) -> int | None:
+    """The OS error number behind a failed write: an OSError's own, or the one a native writer puts in its
+    message (safetensors raises `SafetensorError('... No space left on device (os error 28)')`)."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def write_failure(exc: BaseException, what: Path) -> CacheError | None:
+    """The one-line CacheError for an I/O failure while writing `what`, or None when `exc` is not one."""
+    if isinstance(exc, SubcoderError):
+        return None
+    code = write_errno(exc)
+    if code is None:
+        return None
+    where = Path(what).parent
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return CacheError(f"no space left on the device holding {where} while writing {Path(what).name}")
+    if code == errno.EFBIG:
+        return CacheError(f"cannot write {what}: a file grew past the size limit of this process or file system")
+    return CacheError(f"cannot write {what}: {os.strerror(code)}")
+
+
+# Temporary names carry the writer's pid, so a leftover whose writer is gone can be told from a write in progress.
+_TEMP = re.compile(r"^\..+\.(?:tmp|old|del)-(?:(\d+)(?:-|$))?")
+STALE_UNOWNED_S = 600.0  # a leftover that names no pid (an older version's) is stale after this long
+STALE_OWNED_S = 86400.0  # ...and one whose pid still runs after a day: that pid is some other process by now
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
+
+
+def is_stale_temp(name: str, age_s: float, alive) -> bool:
+    """Whether `name` is a leftover of an interrupted atomic write (`atomic_dir`, `atomic_file`, a removal)."""
+    found = _TEMP.match(name)
+    if found is None:
+        return False
+    if found.group(1) is None:
+        return age_s > STALE_UNOWNED_S
+    return not alive(int(found.group(1))) or age_s > STALE_OWNED_S
+
+
+def clean_stale_temps(folder: Path, *, now: float | None = None) -> list[Path]:
+    """Remove what interrupted atomic writes left directly in `folder` (SIGKILL, a power cut: no cleanup ran);
+    writes in progress are left alone. Returns what was removed; never raises."""
+    removed = []
+    now = time.time() if now is None else now
+    try:
+        children = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for child in children:
+        try:
+            stale = is_stale_temp(child.name, now - child.lstat().st_mtime, pid_alive)
+        except OSError:
+            continue
+        if not stale:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                child.unlink()
+        if not child.exists():
+            removed.append(child)
+    return removed
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so `finally` blocks and the cleanup of atomic writes run
+    (by default SIGTERM ends the process on the spot and leaves `.tmp-` folders behind). Main thread only."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path):
     """Yield a temporary directory beside `target`; on success rename it to `target` in one step.
 
     On any error (or cancellation) the temporary directory is removed, so readers only ever see a
-    complete directory or none. An existing `target` is replaced.
+    complete directory or none. An existing `target` is replaced. A failed write (full disk, read-only
+    folder, file-size limit) is a CacheError naming the path, whichever library did the writing.
     """
     target = Path(target)
     ensure_writable(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():
@@ -64,13 +153,10 @@ def atomic_dir(target: Path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise CacheError(f"no space left on the device holding {target.parent}") from None
-        raise CacheError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and (error := write_failure(exc, target)) is not None:
+            raise error from None
         raise
 
 
@@ -80,21 +166,17 @@ def atomic_file(path: Path):
     on success rename it to `path` in one step, on any error remove it. Readers never see half a file."""
     path = Path(path)
     ensure_writable(path.parent)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise CacheError(f"no space left on the device holding {path.parent}") from None
-        raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if isinstance(exc, Exception) and (error := write_failure(exc, path)) is not None:
+            raise error from None
         raise
 
 
