@@ -147,7 +147,7 @@ class FastDecoder:
     def verify(self, tokens: list[int], cache, first_row: int = 0) -> torch.Tensor | None:
         """Logits (len(tokens) - first_row, vocab) after each of tokens[first_row:], all of `tokens`
         appended to `cache` in one pass; None when the fused step cannot run here."""
-        h = self.hidden_states(tokens, cache, first_row)
+        h = self._hidden(tokens, cache, first_row)
         return None if h is None else self.model.lm_head(h)[0]
 
     @torch.inference_mode()
@@ -156,7 +156,7 @@ class FastDecoder:
         one pass: draft verification, or with first_row = len(tokens) - 1 a short prompt extension.
         Exactly the argmax of `verify`'s logits. None when the fused step cannot run here, except
         for a single token, which then takes the step's operator loop."""
-        h = self.hidden_states(tokens, cache, first_row)
+        h = self._hidden(tokens, cache, first_row)
         if h is None:
             return [int(self.step(tokens[0], cache).argmax())] if len(tokens) == 1 else None
         return self.head(h[0]).tolist()
@@ -166,6 +166,9 @@ class FastDecoder:
         """The final-norm hidden states (1, len(tokens) - first_row, hidden) after tokens[first_row:],
         all of `tokens` appended to `cache` in one fused pass (what `verify` and `next_tokens` feed to
         the head); None when the fused step cannot run here."""
+        return self._hidden(tokens, cache, first_row)
+
+    def _hidden(self, tokens, cache, first_row: int) -> torch.Tensor | None:
         pos = int(cache.get_seq_length())
         x = self.inner.embed_tokens(torch.tensor([tokens]))  # (1, T, hidden)
         cos, sin = self.inner.rotary_emb(x, torch.arange(pos, pos + len(tokens)).unsqueeze(0))  # (1, T, d)

@@ -103,6 +103,8 @@ def test_next_tokens_equal_the_argmax_of_verify_on_a_model():
         assert fast.next_tokens(tokens, caches[1]) == want, step
         assert torch.equal(caches[0].layers[0].keys[..., :caches[0].get_seq_length(), :],
                            caches[1].layers[0].keys[..., :caches[1].get_seq_length(), :])
+    hidden = fast.hidden_states([7, 8, 9], caches[0])  # what the head is fed: the same tokens
+    assert hidden.shape == (1, 3, 64) and fast.head(hidden[0]).tolist() == fast.next_tokens([7, 8, 9], caches[1])
 
 
 def test_the_switch_and_unsupported_heads_fall_back_to_full_logits():
