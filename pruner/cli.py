@@ -227,12 +227,15 @@ def _submodel_or_model(name: str, cache_dir) -> str:
 def cmd_models(args) -> int:
     from .presets import cached_models
     from .units import human_bytes
-    from .paths import submodels_dir
+    from .paths import clean_stale_temps, models_dir, submodels_dir
     from .storage import read_manifest
 
     rows = cached_models(args.cache_dir)
     subs = []
     root = submodels_dir(args.cache_dir)
+    for folder in (root, models_dir(args.cache_dir)):  # what killed writes left (their writer is gone)
+        for leftover in clean_stale_temps(folder):
+            print(f"removed {leftover}, left by an interrupted write", file=sys.stderr)
     for d in sorted(root.glob("*")) if root.is_dir() else []:
         if d.is_dir() and not d.name.startswith("."):
             try:
@@ -407,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         _quiet_libraries(args.verbose)
+    from .paths import terminate_as_interrupt
+
+    terminate_as_interrupt()  # `kill` cleans up like Ctrl-C: no half-written folder stays
     try:
         return args.func(args)
     except SubcoderError as exc:

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,11 +127,13 @@ def clean_stale_temps(folder: Path, *, now: float | None = None) -> list[Path]:
 
 def terminate_as_interrupt() -> None:
     """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so `finally` blocks and the cleanup of atomic writes run
-    (by default SIGTERM ends the process on the spot and leaves `.tmp-` folders behind). Main thread only."""
+    (by default SIGTERM ends the process on the spot and leaves `.tmp-` folders behind). Only the main thread
+    may set a handler: elsewhere (a test calling the CLI from a thread) this does nothing."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 @contextlib.contextmanager

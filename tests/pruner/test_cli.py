@@ -122,3 +122,45 @@ def test_eval_arguments_are_checked_before_any_work(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--model", "no-such-model", "--languages", "python,cobol"])
     assert exc.value.code == 2 and "choose from python, java, cpp, javascript" in capsys.readouterr().err
+
+
+def test_a_really_full_disk_is_the_cache_error(capsys, tmp_path, tiny_dir, ws):
+    """The weights' writer (safetensors) fails with ENOSPC inside its own code: still one cache error line."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        code, _, err = run(capsys, "prune", "-M", str(tiny_dir), "--calibration", "workspace", "--workspace", str(ws),
+                           "--samples", "2", "--seq-len", "32", "-o", str(disk / "out"), "-q", "--no-sample")
+        line = one_error_line(err)
+        assert code == 2 and "no space left" in line and str(disk) in line, err
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_models_removes_what_killed_writes_left(capsys, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    subs = tmp_path / "submodels"
+    (subs / f".python-abc.tmp-{dead.pid}-x1").mkdir(parents=True)
+    (subs / f".python-def.tmp-{os.getpid()}-x1").mkdir()  # a write still in progress
+    (tmp_path / "models" / f".smollm2.tmp-{dead.pid}-x2").mkdir(parents=True)
+    code, _, err = run(capsys, "models", "--cache-dir", str(tmp_path))
+    assert code == 0 and err.count("interrupted write") == 2, err
+    assert [p.name for p in subs.iterdir()] == [f".python-def.tmp-{os.getpid()}-x1"]
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_is_an_interrupt_that_leaves_nothing(tmp_path, tiny_dir, ws):
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "subcoder.pruner.cli", "prune", "-M", str(tiny_dir), "--calibration",
+                              "workspace", "--workspace", str(ws), "--samples", "2", "--seq-len", "32", "-o", str(out),
+                              "--no-sample"], stderr=subprocess.PIPE, text=True)
+    child.stderr.read(1)  # the first progress bar: the work has begun
+    child.terminate()
+    err = child.stderr.read()
+    assert child.wait(60) == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["ws"]
