@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -415,25 +416,37 @@ def _deliver(protocol: LanguageServerProtocol, item: Any) -> None:
 
 def _stdin_reader(stdin, loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[bytes]]:
     """Chunks of stdin, read on a daemon thread (an executor's thread blocked in a read would hold the
-    process at exit); a small queue keeps a fast client from filling memory."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
-    read = getattr(stdin, "read1", None) or stdin.read
+    process at exit); at most four chunks wait, so a fast client cannot fill memory. The thread reads
+    the file descriptor itself: a daemon thread blocked inside a buffered reader holds its lock, and
+    the interpreter aborts when it finds that lock taken at exit."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    room = threading.Semaphore(4)
+    try:
+        fd = stdin.fileno()
+        read = lambda size: os.read(fd, size)  # noqa: E731
+    except (AttributeError, OSError, ValueError):  # not a real file (an in-memory stream)
+        read = getattr(stdin, "read1", None) or stdin.read
 
     def run() -> None:
-        while True:
+        chunk = b"-"
+        while chunk:
+            room.acquire()
             try:
                 chunk = read(CHUNK_BYTES)
             except (OSError, ValueError):
                 chunk = b""
             try:
-                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-            except (RuntimeError, asyncio.CancelledError):
-                return  # the loop is gone: the server is exiting
-            if not chunk:
-                return
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except RuntimeError:
+                return  # the loop is closed: the server is exiting
+
+    async def get() -> bytes:
+        chunk = await queue.get()
+        room.release()
+        return chunk
 
     threading.Thread(target=run, name="subcoder-stdin", daemon=True).start()
-    return queue.get
+    return get
 
 
 def serve_stdio(server, stdin, stdout) -> None:

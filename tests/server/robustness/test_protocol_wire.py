@@ -21,12 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rawlsp  # noqa: E402
 from corpus import DOC, DOC_TEXT, ERROR, RESULT, completion, framing_cases, jsonrpc_cases  # noqa: E402
-from lsp_fixtures import fast_settings  # noqa: E402
+from lsp_fixtures import WAIT_S, fast_settings  # noqa: E402
+
+from subcoder.pruner.paths import cache_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 FRAMING, JSONRPC = framing_cases(), jsonrpc_cases()
 _PATH = re.compile(r"(^|[\s'\"(])/[\w.-]+/|\\[\w.-]+\\|\.py\b|Traceback")
+# Read before any test points SUBCODER_CACHE_DIR elsewhere: the compiled kernel is shared, as in tests/conftest.py.
+SHARED_KERNELS = cache_dir() / "kernels"
+FLOOD_DOC = "file:///robustness/flood.py"
 BEFORE_INIT = ("before-init-completion", "before-init-shutdown")
 
 
@@ -35,6 +40,8 @@ def client(request, tiny_model_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp(f"serve-{request.param}")
     root = cache / "empty-workspace"
     root.mkdir()
+    SHARED_KERNELS.mkdir(parents=True, exist_ok=True)
+    (cache / "kernels").symlink_to(SHARED_KERNELS, target_is_directory=True)
     c = rawlsp.start(request.param, cache)
     c.transport = request.param
     c.tried = c.survived = c.nulls = 0
@@ -46,7 +53,7 @@ def client(request, tiny_model_dir, tmp_path_factory):
                                                            "text": DOC_TEXT}})
         c.request("init", "initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {},
                                          "initializationOptions": fast_settings(tiny_model_dir)})
-        assert "result" in c.response("init", timeout=240), c.response("init")
+        assert "result" in c.response("init", timeout=WAIT_S), c.response("init")
         c.notify("initialized", {})
         c.notify("textDocument/didOpen", {"textDocument": {"uri": DOC, "languageId": "python", "version": 1,
                                                            "text": DOC_TEXT}})
@@ -123,13 +130,17 @@ def test_every_request_answered_once(client):
 def test_flood_of_cancelled_completions(client):
     """300 completion requests, nine in ten cancelled at once: each gets one response, memory stays put."""
     client.wait(lambda: any(n["params"].get("state") in ("base", "ready")
-                            for n in client.notifications("subcoder/status")), 240, "the base model")
+                            for n in client.notifications("subcoder/status")), WAIT_S, "the base model")
     _probe(client, "flood-warmup")
     before = client.rss_mib()
     started = time.monotonic()
+    # One line per request, so that no two share a prompt and the answered ones really decode.
+    lines = [f"value_{i} = " for i in range(300)]
+    client.notify("textDocument/didOpen", {"textDocument": {"uri": FLOOD_DOC, "languageId": "python", "version": 1,
+                                                            "text": "\n".join(lines)}})
     ids = [f"flood-{client.transport}-{i}" for i in range(300)]
     for i, msg_id in enumerate(ids):
-        client.send(completion(msg_id))
+        client.send(completion(msg_id, i, len(lines[i]), uri=FLOOD_DOC))
         if i % 10:
             client.notify("$/cancelRequest", {"id": msg_id})
     client.wait(lambda: all(client.responses(i) for i in ids), 240, "300 responses")
