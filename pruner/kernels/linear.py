@@ -16,7 +16,6 @@ from . import native
 log = logging.getLogger("subcoder.pruner.kernels")
 
 _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
-_PAD = 32  # zero values after the last kept one: the AVX2 kernel reads 16 bytes at a time
 # Batches from this size on multiply with torch (dense lm_head); below it the row kernel wins.
 DENSE_KERNEL_MAX_BATCH = 8
 
@@ -62,7 +61,8 @@ class SparseLinear(nn.Module):
         values = _as_bf16_values(values.detach().reshape(-1).cpu())
         if values.numel() < nnz:
             raise ValueError(f"{values.numel()} values for a mask that keeps {nnz}")
-        padded = torch.zeros(nnz + _PAD, dtype=torch.bfloat16)
+        # zeros after the last kept value, as many as the kernel's SIMD loads may read (its contract)
+        padded = torch.zeros(nnz + (native.value_padding() if self.use_kernel else 0), dtype=torch.bfloat16)
         padded[:nnz] = values[:nnz]
         self.nnz = nnz
         # int16 storage so that model.to(dtype) / .float() never converts the packed values.

@@ -1,4 +1,13 @@
-"""Compile (once) and load the C++ kernels in kernel.cpp; decide whether they can be used here."""
+"""Compile (once) and load the C++ kernels in csrc/; decide whether they can be used here.
+
+Two places in the cache's `kernels/` directory:
+- `build-<toolchain hash>/`: the ninja build, one object file per source. Its name changes only with
+  the flags, torch and the compiler, so after an edit ninja recompiles just the sources that changed
+  (and those including a changed header).
+- `subcoder_sparse_<content hash>.so`: the linked library, installed atomically under a hash of every
+  source and header as well. A process loads the library whose hash matches its sources, so an edited
+  checkout never runs a stale kernel, and a built one loads without touching the compiler.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +17,22 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
+from ..cpu import cpu_flags
+
 log = logging.getLogger("subcoder.pruner.kernels")
 
 ENV_SWITCH = "SUBCODER_SPARSE"
-SOURCE = Path(__file__).with_name("kernel.cpp")
-# No -m flags: each kernel function names its instruction set in a target attribute and the right
-# one is picked at run time, so the library also loads (and runs AVX2 code) on CPUs without AVX-512.
+SOURCE_DIR = Path(__file__).with_name("csrc")
+LIBRARY = "subcoder_sparse"  # the TORCH_LIBRARY namespace and the stable build's name
+# No -m flags: each kernel function names its instruction set in a target attribute or pragma region
+# (csrc/isa.h) and the right one is picked at run time, so the library also loads (and runs AVX2
+# code) on CPUs without AVX-512.
 CFLAGS = ["-O3", "-fopenmp", "-DNDEBUG", "-fno-math-errno", "-Wno-unused-function"]
 LDFLAGS = ["-fopenmp"]  # torch has already loaded its libgomp.so.1; the extension shares that runtime
 
@@ -28,38 +42,38 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
-def _cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
-
-
 def kernel_dir() -> Path:
     """Where built kernels live: `$SUBCODER_CACHE_DIR/kernels`, else the user cache's `subcoder/kernels`."""
-    try:
-        from ..paths import cache_dir
+    from ..paths import cache_dir
 
-        root = cache_dir()
-    except ImportError:  # pragma: no cover - paths.py is part of the package
-        import platformdirs
-
-        root = Path(os.environ.get("SUBCODER_CACHE_DIR") or platformdirs.user_cache_dir("subcoder", appauthor=False))
-    return Path(root).expanduser() / "kernels"
+    return Path(cache_dir()).expanduser() / "kernels"
 
 
-def build_name() -> str:
-    """Extension name: changes whenever the source, the flags, torch or the compiler change."""
-    h = hashlib.sha256()
-    h.update(SOURCE.read_bytes())
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())
-    h.update(torch.__version__.encode())
-    h.update((os.environ.get("CXX") or "c++").encode())
-    return f"subcoder_sparse_{h.hexdigest()[:16]}"
+def sources(root: Path = SOURCE_DIR) -> list[Path]:
+    """The translation units: every .cpp of csrc/, in name order (one object file each)."""
+    return sorted(root.glob("*.cpp"))
+
+
+def _toolchain() -> bytes:
+    return "\0".join([*CFLAGS, *LDFLAGS, torch.__version__, os.environ.get("CXX") or "c++"]).encode()
+
+
+def source_hash(root: Path = SOURCE_DIR) -> str:
+    """A hash of every source and header under `root` (names and bytes) and of the toolchain."""
+    h = hashlib.sha256(_toolchain())
+    for path in sorted(p for p in root.iterdir() if p.suffix in (".cpp", ".h")):
+        h.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_name(root: Path = SOURCE_DIR) -> str:
+    """The installed library's name: changes whenever a source, the flags, torch or the compiler change."""
+    return f"{LIBRARY}_{source_hash(root)}"
+
+
+def build_dir() -> Path:
+    """The ninja build directory: the same across source edits, so unchanged objects are reused."""
+    return kernel_dir() / f"build-{hashlib.sha256(_toolchain()).hexdigest()[:12]}"
 
 
 def _why_not_here() -> str | None:
@@ -71,49 +85,79 @@ def _why_not_here() -> str | None:
         return f"needs an x86-64 CPU, this is {machine or 'unknown'}"
     if not sys.platform.startswith("linux"):
         return f"only built on Linux, this is {sys.platform}"
-    flags = _cpu_flags()
-    if flags is not None and not ({"avx2", "fma"} <= flags):
+    flags = cpu_flags()  # empty: unknown here, the library's own detection decides
+    if flags and not ({"avx2", "fma"} <= flags):
         return "the CPU has no AVX2+FMA (and no AVX-512 BF16)"
     return None
+
+
+def _try_load(lib: Path) -> bool:
+    if not lib.is_file():
+        return False
+    try:
+        torch.ops.load_library(str(lib))
+        return True
+    except OSError:  # corrupt: rebuilt below
+        return False
+
+
+def _build(lib: Path) -> str | None:
+    """Compile csrc/ in the stable build directory and install the library as `lib`; loads the built
+    library into this process. None when done, else why not (one line)."""
+    from filelock import FileLock
+    from torch.utils import cpp_extension
+
+    cxx = os.environ.get("CXX") or "c++"
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx}) on PATH to build it"
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not installed (pip install ninja) to build it"
+    where = build_dir()
+    where.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(where) + ".lock"):  # one builder per directory, released even if killed
+        if _try_load(lib):  # another process installed it while we waited
+            return None
+        # torch's own lock file is left behind by a build that was killed, and then waited on
+        # forever; holding our lock, any such file is stale.
+        (where / "lock").unlink(missing_ok=True)
+        before = build_name()
+        log.info("building the sparse kernel in %s (the first time about a minute)", where)
+        try:
+            # copies: load() appends torch's own flags to the lists it is given
+            cpp_extension.load(name=LIBRARY, sources=[str(p) for p in sources()], extra_cflags=list(CFLAGS),
+                               extra_ldflags=list(LDFLAGS), build_directory=str(where), is_python_module=False,
+                               verbose=False)
+        except Exception as exc:  # noqa: BLE001 - any build or load failure means: fall back
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = next((ln for ln in lines if "error:" in ln), lines[0] if lines else type(exc).__name__)
+            return f"could not build or load it ({first[:200]}; build dir {where})"
+        if build_name() == before:  # not edited during the build: the library is what `lib` names
+            _install(where / f"{LIBRARY}.so", lib)
+    return None
+
+
+def _install(built: Path, lib: Path) -> None:
+    """Copy the library to its content-hashed name atomically (a reader never sees half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=lib.parent, prefix=lib.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(built, tmp)
+        os.replace(tmp, lib)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _load() -> tuple[object | None, str]:
     reason = _why_not_here()
     if reason:
         return None, reason
-    name = build_name()
-    build_dir = kernel_dir() / name
-    lib = build_dir / f"{name}.so"
-    loaded = False
-    if lib.is_file():
-        try:
-            torch.ops.load_library(str(lib))
-            loaded = True
-        except OSError:  # half-written by a concurrent build, or corrupt: build (under ninja's lock)
-            pass
-    try:
-        if not loaded:
-            from torch.utils import cpp_extension
-
-            cxx = os.environ.get("CXX") or "c++"
-            if shutil.which(cxx) is None:
-                return None, f"no C++ compiler ({cxx}) on PATH to build it"
-            if not cpp_extension.is_ninja_available():
-                return None, "ninja is not installed (pip install ninja) to build it"
-            build_dir.mkdir(parents=True, exist_ok=True)
-            log.info("building the sparse kernel in %s (once, about a minute)", build_dir)
-            cpp_extension.load(
-                name=name,
-                sources=[str(SOURCE)],
-                extra_cflags=CFLAGS,
-                extra_ldflags=LDFLAGS,
-                build_directory=str(build_dir),
-                is_python_module=False,
-                verbose=False,
-            )
-    except Exception as exc:  # noqa: BLE001 - any build or load failure means: fall back
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        return None, f"could not build or load it ({first[:200]}; build dir {build_dir})"
+    lib = kernel_dir() / f"{build_name()}.so"
+    _state["built"] = False
+    if not _try_load(lib):
+        problem = _build(lib)
+        if problem:
+            return None, problem
+        _state["built"] = True
     ops = torch.ops.subcoder_sparse
     isa = int(ops.best_isa())
     if isa == 0:
@@ -132,7 +176,6 @@ def _load() -> tuple[object | None, str]:
 
 def _self_check(ops) -> str | None:
     """Compare the kernel with dense torch on a few odd shapes and sparsities; None when all agree."""
-    from .linear import _PAD
     from ..packing import pack_rows, row_offsets
 
     g = torch.Generator().manual_seed(1234)
@@ -141,7 +184,7 @@ def _self_check(ops) -> str | None:
         keep = torch.rand(out_f, in_f, generator=g) < density
         x = torch.randn(batch, in_f, generator=g).to(torch.bfloat16)
         words, values = pack_rows(w, keep)
-        values = torch.cat([values, torch.zeros(_PAD, dtype=values.dtype)])  # the tail the SIMD loads may touch
+        values = torch.cat([values, torch.zeros(int(ops.pad_values()), dtype=values.dtype)])
         want = (x.float() @ (w.float() * keep).T)
         for xin in (x, x.float()):
             got = ops.sparse_linear(xin, words, values, row_offsets(words), in_f, None, 0).float()
@@ -163,6 +206,13 @@ def get_ops():
                 if ops is None:
                     log.warning("sparse CPU kernel unavailable, using dense torch instead: %s", reason)
     return _state["ops"]
+
+
+def value_padding() -> int:
+    """Zero values a packed `values` tensor must carry after its last kept one for the kernel (its
+    `pad_values` op, the one definition of that contract); 0 where the kernel does not run here."""
+    ops = get_ops()
+    return int(ops.pad_values()) if ops is not None else 0
 
 
 def kernel_available() -> tuple[bool, str]:

@@ -1,0 +1,343 @@
+// The linear layers: packed sparse (bitmask + bf16 values) and dense bf16, in batches.
+//
+// Rows are split between threads (at::parallel_for) so that each gets about the same number of kept
+// values. Batches up to the GEMM threshold go through the row kernels (packed_rows.h) in tiles of
+// up to 4 input rows, on the ISA chosen at run time; larger batches (prefill) expand the weight in
+// row chunks to dense and call the BLAS matmul instead.
+
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "ops.h"
+#include "packed_linear.h"
+#include "packed_rows.h"
+
+namespace subcoder {
+namespace {
+
+// Threads to use for `work` units, and the row ranges: thread t gets rows [bounds[t], bounds[t+1])
+// with about the same cost, cost(r) = roff[r] + row_cost * r (a row also costs its mask words).
+template <typename F>
+void parallel_rows(int64_t rows, const int64_t* roff, int64_t row_cost, int64_t nt, const F& f) {
+  if (nt <= 1) {
+    f(0, rows);
+    return;
+  }
+  auto cost = [&](int64_t r) { return (roff ? roff[r] : 0) + row_cost * r; };
+  const int64_t total = cost(rows);
+  std::vector<int64_t> bounds(nt + 1);
+  bounds[0] = 0;
+  bounds[nt] = rows;
+  for (int64_t t = 1; t < nt; ++t) {
+    const int64_t target = total * t / nt;
+    int64_t lo = bounds[t - 1], hi = rows;  // first row r with cost(r) >= target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (cost(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[t] = lo;
+  }
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (bounds[t] < bounds[t + 1]) f(bounds[t], bounds[t + 1]);
+  });
+}
+
+void check_packed(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in) {
+  TORCH_CHECK(mask.dim() == 2 && mask.scalar_type() == at::kInt && mask.is_contiguous() && mask.is_cpu(),
+              "subcoder_sparse: mask must be a contiguous CPU int32 tensor (out, ceil(in/32))");
+  TORCH_CHECK(mask.size(1) == divup(in, 32), "subcoder_sparse: mask has ", mask.size(1),
+              " words per row, in_features ", in, " needs ", divup(in, 32));
+  TORCH_CHECK((values.scalar_type() == at::kBFloat16 || values.scalar_type() == at::kShort) &&
+                  values.dim() == 1 && values.is_contiguous() && values.is_cpu(),
+              "subcoder_sparse: values must be a contiguous 1-D CPU bf16 (or int16) tensor");
+  TORCH_CHECK(roff.scalar_type() == at::kLong && roff.dim() == 1 && roff.numel() == mask.size(0) + 1 &&
+                  roff.is_contiguous(),
+              "subcoder_sparse: row_offsets must be int64 (out + 1,)");
+  const int64_t nnz = roff.data_ptr<int64_t>()[mask.size(0)];
+  TORCH_CHECK(values.numel() >= nnz + PAD_VALUES, "subcoder_sparse: values hold ", values.numel(),
+              " entries, the mask needs ", nnz, " plus ", PAD_VALUES, " of padding");
+}
+
+// Writes results (plus bias) straight into the output tensor, in its dtype.
+struct OutputWriter {
+  void* data;
+  bool bf16;
+  int64_t stride;  // = out_features
+  const float* bias;          // fp32 bias, or
+  const uint16_t* bias_bf16;  // bf16 bias, read in place (no per-call copy)
+  at::Tensor bias_keep;
+
+  OutputWriter(at::Tensor& y, const c10::optional<at::Tensor>& b) {
+    data = y.data_ptr();
+    bf16 = y.scalar_type() == at::kBFloat16;
+    stride = y.size(1);
+    bias = nullptr;
+    bias_bf16 = nullptr;
+    if (b.has_value() && b->defined()) {
+      TORCH_CHECK(b->numel() == stride, "subcoder_sparse: bias has ", b->numel(), " entries, expected ", stride);
+      if (b->scalar_type() == at::kBFloat16) {
+        bias_keep = b->contiguous();
+        bias_bf16 = static_cast<const uint16_t*>(bias_keep.data_ptr());
+      } else {
+        bias_keep = b->to(at::kFloat).contiguous();
+        bias = bias_keep.data_ptr<float>();
+      }
+    }
+  }
+  inline void put(int64_t b, int64_t r, float v) const {
+    if (bias) v += bias[r];
+    else if (bias_bf16) v += to_f32(bias_bf16[r]);
+    if (bf16) reinterpret_cast<c10::BFloat16*>(data)[b * stride + r] = c10::BFloat16(v);
+    else reinterpret_cast<float*>(data)[b * stride + r] = v;
+  }
+};
+
+// Batch rows handled by the tiled kernels; larger batches go through expand + matmul.
+std::atomic<int64_t> g_gemm_min_batch{16};
+
+// Output row r for every input row, in tiles of 4 and one tile of the rest: f(nb, b0, results).
+template <typename RowFn>
+inline void run_tiles(int64_t B, int64_t r, const OutputWriter& w, const RowFn& f) {
+  float tmp[4];
+  int64_t b0 = 0;
+  for (; b0 + 4 <= B; b0 += 4) {
+    f(4, b0, tmp);
+    for (int i = 0; i < 4; ++i) w.put(b0 + i, r, tmp[i]);
+  }
+  const int64_t rem = B - b0;
+  if (rem > 0) f(static_cast<int>(rem), b0, tmp);
+  for (int64_t i = 0; i < rem; ++i) w.put(b0 + i, r, tmp[i]);
+}
+
+void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                         const at::Tensor& roff, int64_t in, int isa, const OutputWriter& ow) {
+  const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
+  const PaddedInput xp = padded_input(x, in, isa);
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
+  const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const int64_t* rp = roff.data_ptr<int64_t>();
+  const int64_t xs = xp.stride;
+  const int64_t nt = n_threads_for(O * nwords * 32 * B);
+  const int64_t word_cost = 16;  // a mask word costs about as much as 16 kept values
+  dispatch_isa(isa, [&](auto tag) {
+    using I = decltype(tag);
+    const auto* xq = static_cast<const typename I::In*>(xp.data);
+    parallel_rows(O, rp, nwords * word_cost, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint32_t* mw = mp + r * nwords;
+        const uint16_t* v = vp + rp[r];
+        run_tiles(B, r, ow, [&](int nb, int64_t b, float* o) {
+          PackedRows<I>::sparse(nb, mw, nwords, v, xq + b * xs, xs, o);
+        });
+      }
+    });
+  });
+}
+
+// Expand rows [r0, r1) into `dst` (rows x ld, fp32 or bf16), threads split the rows.
+void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const int64_t* rp, int64_t r0,
+                 int64_t r1, at::Tensor& dst, int isa) {
+  const int64_t ld = dst.size(1);
+  const int64_t nt = n_threads_for((r1 - r0) * nwords * 32 / 4);  // expansion is ~4x cheaper per column
+  const bool bf16 = dst.scalar_type() == at::kBFloat16;
+  auto body = [&](int64_t a, int64_t b) {
+    if (bf16) {
+      expand_rows_bf16_avx512(mp, nwords, vp, rp, r0 + a, r0 + b,
+                              reinterpret_cast<uint16_t*>(dst.data_ptr()) + a * ld, ld);
+      return;
+    }
+    dispatch_isa(isa, [&](auto tag) {
+      PackedRows<decltype(tag)>::expand_f32(mp, nwords, vp, rp, r0 + a, r0 + b, dst.data_ptr<float>() + a * ld, ld);
+    });
+  };
+  parallel_rows(r1 - r0, nullptr, 1, nt, body);
+}
+
+// Prefill: expand the weight to dense in row chunks and multiply with the BLAS (oneDNN's bf16 GEMM
+// where the CPU multiplies bf16 natively, fp32 elsewhere). Returns (B, O) in the compute dtype.
+// Measured (benchmarks/sparse_kernel.py): expanding a 0.5B-class layer costs 1-3% of the GEMM, so a
+// layer up to WHOLE_LAYER_BYTES is expanded at once and multiplied in one call (full GEMM
+// efficiency); larger layers go in CHUNK_BYTES row chunks into a reused buffer, so the expanded copy
+// stays in cache and is never page-faulted in afresh. Each chunk's product is written straight into
+// its columns of the output (a strided BLAS output, no copy).
+constexpr int64_t WHOLE_LAYER_BYTES = int64_t(16) << 20;
+constexpr int64_t CHUNK_BYTES = int64_t(8) << 20;
+
+at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                              const at::Tensor& roff, int64_t in, int isa) {
+  const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
+  const int64_t ld = nwords * 32;
+  const auto cdt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
+  const int64_t esize = cdt == at::kBFloat16 ? 2 : 4;
+  at::Tensor xc = x.to(cdt).contiguous();
+  const int64_t chunk = O * ld * esize <= WHOLE_LAYER_BYTES
+                            ? O
+                            : std::max<int64_t>(16, std::min<int64_t>(O, CHUNK_BYTES / (ld * esize)));
+  thread_local at::Tensor wbuf;  // reused across calls and layers: no fresh pages per call
+  if (!wbuf.defined() || wbuf.scalar_type() != cdt || wbuf.numel() < chunk * ld)
+    wbuf = at::empty({chunk * ld}, x.options().dtype(cdt));
+  at::Tensor y = at::empty({B, O}, x.options().dtype(cdt));
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
+  const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const int64_t* rp = roff.data_ptr<int64_t>();
+  for (int64_t r0 = 0; r0 < O; r0 += chunk) {
+    const int64_t n = std::min(chunk, O - r0);
+    at::Tensor w = wbuf.narrow(0, 0, n * ld).view({n, ld});
+    expand_rows(mp, nwords, vp, rp, r0, r0 + n, w, isa);
+    at::Tensor w_in = w.narrow(1, 0, in);
+    if (n == O) {
+      at::mm_out(y, xc, w_in.t());
+    } else {
+      at::Tensor cols = y.narrow(1, r0, n);
+      at::mm_out(cols, xc, w_in.t());
+    }
+  }
+  return y;
+}
+
+}  // namespace
+
+PaddedInput padded_input(const at::Tensor& x_in, int64_t in, int isa) {
+  thread_local std::vector<uint32_t> storage;  // 4-byte units (fp32 or 2 x bf16), 64-byte aligned use below
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), padded = divup(in, 32) * 32;
+  const bool bf16_out = isa == ISA_AVX512;
+  const int64_t bytes = B * padded * (bf16_out ? 2 : 4);
+  storage.resize(static_cast<size_t>(divup(bytes, 4)) + 16);
+  char* base = reinterpret_cast<char*>(storage.data());
+  base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+  const bool x_bf16 = x.scalar_type() == at::kBFloat16;
+  for (int64_t b = 0; b < B; ++b) {
+    if (bf16_out) {
+      uint16_t* dst = reinterpret_cast<uint16_t*>(base) + b * padded;
+      if (x_bf16) {
+        std::memcpy(dst, reinterpret_cast<const uint16_t*>(x.data_ptr()) + b * in, in * 2);
+      } else {
+        const float* src = x.data_ptr<float>() + b * in;
+        for (int64_t c = 0; c < in; ++c) dst[c] = c10::BFloat16(src[c]).x;  // round to nearest even
+      }
+      std::fill(dst + in, dst + padded, uint16_t(0));
+    } else {
+      float* dst = reinterpret_cast<float*>(base) + b * padded;
+      if (x_bf16) {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr()) + b * in;
+        for (int64_t c = 0; c < in; ++c) {
+          const uint32_t bits = static_cast<uint32_t>(src[c]) << 16;
+          std::memcpy(dst + c, &bits, 4);
+        }
+      } else {
+        std::memcpy(dst, x.data_ptr<float>() + b * in, in * 4);
+      }
+      std::fill(dst + in, dst + padded, 0.0f);
+    }
+  }
+  return {base, padded};
+}
+
+at::Tensor row_offsets(const at::Tensor& mask) {
+  TORCH_CHECK(mask.dim() == 2 && mask.scalar_type() == at::kInt, "subcoder_sparse: mask must be int32 2-D");
+  at::Tensor m = mask.contiguous();
+  const int64_t O = m.size(0), nw = m.size(1);
+  at::Tensor out = at::empty({O + 1}, m.options().dtype(at::kLong));
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(m.data_ptr<int32_t>());
+  int64_t* op = out.data_ptr<int64_t>();
+  op[0] = 0;
+  for (int64_t r = 0; r < O; ++r) {
+    int64_t c = 0;
+    for (int64_t k = 0; k < nw; ++k) c += __builtin_popcount(mp[r * nw + k]);
+    op[r + 1] = op[r] + c;
+  }
+  return out;
+}
+
+at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                            int64_t mode) {
+  check_packed(mask, values, roff, in);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == in && x.is_cpu(), "subcoder_sparse: input must be (B, ", in, ")");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "subcoder_sparse: input must be bf16 or fp32");
+  const int isa = current_isa();
+  const int64_t B = x.size(0), O = mask.size(0);
+  if (B == 0) return at::empty({0, O}, x.options());
+  const bool gemm = mode == 2 || (mode == 0 && B >= g_gemm_min_batch.load());
+  if (gemm) {
+    at::Tensor y = sparse_matmul_gemm(x, mask, values, roff, in, isa);
+    if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
+    return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
+  }
+  at::Tensor y = at::empty({B, O}, x.options());
+  const OutputWriter ow(y, bias);
+  sparse_matmul_tiled(x, mask, values, roff, in, isa, ow);
+  return y;
+}
+
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                         const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                         int64_t mode) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "subcoder_sparse: input must be (..., ", in, ")");
+  if (x.dim() == 2) return sparse_linear_2d(x, mask, values, roff, in, bias, mode);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = mask.size(0);
+  return sparse_linear_2d(x.reshape({-1, in}), mask, values, roff, in, bias, mode).view(shape);
+}
+
+at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
+                  weight.is_cpu(),
+              "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+  const int64_t O = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == in, "subcoder_sparse: input must be (B, ", in, ")");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "subcoder_sparse: input must be bf16 or fp32");
+  const int isa = current_isa();
+  const int64_t B = x.size(0);
+  at::Tensor y = at::empty({B, O}, x.options());
+  if (B == 0) return y;
+  const OutputWriter ow(y, bias);
+  const PaddedInput xp = padded_input(x, in, isa);
+  const int64_t xs = xp.stride;
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+  const int64_t nt = n_threads_for(O * in * B);
+  dispatch_isa(isa, [&](auto tag) {
+    using I = decltype(tag);
+    const auto* xq = static_cast<const typename I::In*>(xp.data);
+    parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint16_t* w = wp + r * in;
+        run_tiles(B, r, ow, [&](int nb, int64_t b, float* o) { PackedRows<I>::dense(nb, w, in, xq + b * xs, xs, o); });
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1),
+              "subcoder_sparse: input must be (..., ", weight.size(1), ")");
+  if (x.dim() == 2) return dense_linear_2d(x, weight, bias);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight.size(0);
+  return dense_linear_2d(x.reshape({-1, x.size(-1)}), weight, bias).view(shape);
+}
+
+at::Tensor expand(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,
+                  int64_t r0, int64_t r1, at::ScalarType dtype) {
+  check_packed(mask, values, roff, in);
+  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= mask.size(0), "subcoder_sparse: bad row range");
+  const int isa = current_isa();
+  const int64_t ld = mask.size(1) * 32;
+  const bool native_bf16 = dtype == at::kBFloat16 && isa == ISA_AVX512;
+  at::Tensor buf = at::empty({r1 - r0, ld}, mask.options().dtype(native_bf16 ? at::kBFloat16 : at::kFloat));
+  expand_rows(reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>()), mask.size(1),
+              reinterpret_cast<const uint16_t*>(values.data_ptr()), roff.data_ptr<int64_t>(), r0, r1, buf, isa);
+  at::Tensor out = buf.narrow(1, 0, in);
+  return out.to(dtype).contiguous();
+}
+
+int64_t set_gemm_min_batch(int64_t b) { return g_gemm_min_batch.exchange(std::max<int64_t>(1, b)); }
+
+}  // namespace subcoder

@@ -1,0 +1,37 @@
+// The row kernels of the linear layers, one instantiation per instruction set.
+//
+// Packed layout (docs/ARCHITECTURE.md, "Storage format"): for a weight W (out, in)
+//   mask   int32 (out, nwords), nwords = ceil(in / 32); bit j (LSB first) of word k in row r is set
+//          when W[r, 32k + j] is kept; padding bits are 0.
+//   values bf16 (nnz + PAD_VALUES at least,), the kept values row by row, columns ascending.
+//   roff   int64 (out + 1,), prefix sum of the rows' popcounts (computed once at load).
+// Inputs arrive zero-padded to 32 * nwords columns in the ISA's element type (`I::In`).
+//
+// Defined in packed_rows_impl.h; instantiated in packed_rows_avx2.cpp and packed_rows_avx512.cpp.
+
+#pragma once
+
+#include <cstdint>
+
+#include "isa.h"
+
+namespace subcoder {
+
+template <class I>
+struct PackedRows {
+  using In = typename I::In;
+  // One packed row (mask words mw, values from v) against nb = 1..4 input rows x + b * xs.
+  static void sparse(int nb, const uint32_t* mw, int64_t nwords, const uint16_t* v, const In* x, int64_t xs,
+                     float* out);
+  // One dense bf16 row of `in` values against nb = 1..4 input rows.
+  static void dense(int nb, const uint16_t* w, int64_t in, const In* x, int64_t xs, float* out);
+  // Rows [r0, r1) of a packed weight, dense fp32, into dst (row stride ld >= 32 * nwords).
+  static void expand_f32(const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
+                         int64_t r0, int64_t r1, float* dst, int64_t ld);
+};
+
+// The same as dense bf16 (AVX-512 only: the vpexpandw result is stored as it is).
+void expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
+                             int64_t r0, int64_t r1, uint16_t* dst, int64_t ld);
+
+}  // namespace subcoder

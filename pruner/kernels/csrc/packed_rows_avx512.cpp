@@ -1,0 +1,23 @@
+// The row kernels for AVX-512 BF16 (isa.h: why a pragma region and not an attribute), and the
+// expansion to bf16 only this ISA has.
+
+#include "packed_rows.h"
+
+SC_BEGIN_TARGET(SC_TARGET_AVX512)
+#include "packed_rows_impl.h"
+
+template struct subcoder::PackedRows<subcoder::Avx512>;
+
+void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const uint16_t* values,
+                                       const int64_t* roff, int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* mw = mask + r * nwords;
+    const uint16_t* v = values + roff[r];
+    uint16_t* d = dst + (r - r0) * ld;
+    for (int64_t k = 0; k < nwords; ++k) {
+      _mm512_storeu_si512(d + 32 * k, Avx512::expand(v, mw[k]));
+      v += Avx512::popcount(mw[k]);
+    }
+  }
+}
+SC_END_TARGET
