@@ -1,6 +1,6 @@
 """Loading a causal LM for inference: one call for every kind of name (preset, directory, GGUF file,
-hub id, sub-model directory), and the one place that decides whether a sub-model's pruned layers run
-on the sparse CPU kernel."""
+hub id, sub-model directory), and the one place that decides whether a model runs on the CPU kernel:
+a sub-model's pruned layers on the sparse kernel, a dense model's linears on its dense bf16 matvec."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def load_model(
 
     `sparse` (sub-models): True runs the pruned layers on the sparse CPU kernel or raises ModelError
     saying why it cannot; False keeps them dense; None leaves it to `options.sparse_kernel` (then:
-    on the kernel when it is available here). `options`: None reads EngineOptions from the
+    on the kernel when it is available here). A dense model's linears go on the kernel's dense bf16
+    matvec (`options.dense_kernel`) unless `sparse` is False or the kernel is off: pruning loads with
+    sparse=False, because it hooks torch's nn.Linear. `options`: None reads EngineOptions from the
     environment, once, here.
     """
     options = EngineOptions.from_env() if options is None else options
@@ -53,7 +55,10 @@ def load_model(
         fim=detect_fim(tokenizer),
         weights_dtype=checkpoint_dtype(directory),
     )
-    return LoadedModel(model, tokenizer, info)
+    loaded = LoadedModel(model, tokenizer, info)
+    if options.dense_kernel and kernel_decision(sparse, options.sparse_kernel) is not False:
+        _dense_on_kernel(loaded, device=device)
+    return loaded
 
 
 def kernel_decision(sparse: bool | None, option: bool) -> bool | None:
@@ -81,6 +86,34 @@ def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool)
         return
     kernels.sparsify(loaded.model, packed)
     loaded.info.sparse_kernel = True
+
+
+def _dense_on_kernel(loaded: LoadedModel, *, device) -> None:
+    """Put a dense model's bf16 linears (decoder layers and lm_head) on the kernel's dense matvec:
+    the fused decode step then runs them as it runs a sub-model's (kind "dense bf16"), and the greedy
+    head screens lm_head as it does there, so a dense model gets the same engine. The wrappers share
+    the Parameters (no copy; a tied lm_head stays tied); prefills of 8+ tokens still multiply with
+    torch. Left as they are where the kernel cannot run, or the weights are not bf16 (fp32 on CPUs
+    without native bf16, where torch's fp32 BLAS is the fast path)."""
+    import torch
+    from torch import nn
+
+    from . import kernels
+
+    if str(device) != "cpu":
+        return
+    ok, reason = kernels.kernel_available()
+    if not ok:
+        log.info("dense kernel off: %s; the model's linears stay torch's", reason)
+        return
+    model = loaded.model
+    wrapped = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.is_contiguous():
+                setattr(module, child_name, kernels.DenseBF16Linear.from_linear(child))
+                wrapped += 1
+    log.info("dense kernel: %d linears of %s on the bf16 matvec", wrapped, loaded.info.name)
 
 
 def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 # field -> the environment variable that sets its default ("0" turns the switch off)
 ENV_NAMES = {
     "sparse_kernel": "SUBCODER_SPARSE",
+    "dense_kernel": "SUBCODER_DENSE_KERNEL",
     "fast_step": "SUBCODER_FAST_STEP",
     "fused_step": "SUBCODER_FUSED_STEP",
     "head_screen": "SUBCODER_HEAD_SCREEN",
@@ -32,6 +33,11 @@ class EngineOptions:
     # sub-model. Off, they are expanded per call (slow, same results to bf16 rounding).
     # Env SUBCODER_SPARSE, server setting sparseKernel (the setting wins).
     sparse_kernel: bool = True
+    # A dense (unpruned) bf16 model's linears on the kernel's bf16 matvec, so that it decodes on the
+    # same engine as a sub-model (fused step, greedy head, drafts): "no pruning" is compared and served
+    # on equal terms. Off, they stay torch's nn.Linear (what plain transformers runs).
+    # SUBCODER_DENSE_KERNEL; the loader also leaves them alone when the sparse kernel is off.
+    dense_kernel: bool = True
     # The lean batch-1 decode step: one token skips the Hugging Face forward's per-call machinery
     # (about a third of a step). Off, every token goes through the model's forward. SUBCODER_FAST_STEP.
     fast_step: bool = True

@@ -1,0 +1,92 @@
+"""A dense model on the sub-models' engine: the loader wraps its linears for the kernel's bf16 matvec,
+the Completer then decodes it with the fused step and the greedy head, and the greedy tokens are the
+ones the model's own forward picks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from subcoder.pruner import kernels
+from subcoder.pruner.engine.completer import Completer
+from subcoder.pruner.engine.options import EngineOptions
+from subcoder.pruner.loader import load_model
+from tinymodel import save_tiny_model
+
+CODE = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(60))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "m", fim=True)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    ok, reason = kernels.kernel_available()
+    if not ok:
+        pytest.skip(reason)
+
+
+def _linears(model) -> dict[str, type]:
+    return {n: type(m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, kernels.DenseBF16Linear))}
+
+
+def test_a_dense_model_runs_on_the_dense_kernel(model_dir, kernel):
+    loaded = load_model(str(model_dir), dtype="bfloat16")
+    kinds = _linears(loaded.model)
+    assert kinds and set(kinds.values()) == {kernels.DenseBF16Linear}
+    completer = Completer(loaded)
+    assert completer.decoder is not None and completer.decoder.fused
+    assert completer.decoder.head.screened
+    # the wrappers share the weights: nothing is copied
+    plain = load_model(str(model_dir), dtype="bfloat16", sparse=False)
+    assert kernels.model_bytes(loaded.model) == kernels.model_bytes(plain.model)
+
+
+@pytest.mark.parametrize("how", [{"sparse": False}, {"options": EngineOptions(dense_kernel=False)},
+                                 {"options": EngineOptions(sparse_kernel=False)}, {"dtype": "float32"}])
+def test_the_model_keeps_torchs_linears_when_asked_or_not_bf16(model_dir, how):
+    """sparse=False is how pruning loads (it hooks nn.Linear); fp32 weights keep torch's fp32 BLAS."""
+    loaded = load_model(str(model_dir), **{"dtype": "bfloat16", **how})
+    assert set(_linears(loaded.model).values()) == {nn.Linear}
+
+
+@torch.inference_mode()
+def _greedy_with_own_forward(model, ids: list[int], n: int) -> list[int]:
+    """Greedy tokens from the model's own forward, one token per call, no cache: the reference."""
+    ids = list(ids)
+    out = []
+    for _ in range(n):
+        token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+@pytest.mark.parametrize("speculate", [False, True])
+def test_greedy_tokens_are_the_models_own(model_dir, kernel, speculate):
+    """Token for token the greedy choice of plain torch layers through the model's forward; and whole
+    completions, with and without drafts (the prompt repeats itself, so drafts are found and verified
+    several tokens per pass), equal to the engine with every speed-up off."""
+    plain = load_model(str(model_dir), dtype="bfloat16", sparse=False)
+    options = EngineOptions(speculate=speculate)
+    loaded = load_model(str(model_dir), dtype="bfloat16", options=options)
+    completer = Completer(loaded, context_tokens=512, options=options)
+    prefix = CODE[:600]
+
+    prompt = completer.prompts.build(prefix, "")
+    want = _greedy_with_own_forward(plain.model, prompt.ids, 16)
+    cache = completer.new_cache()
+    tokens = [completer.feed(list(prompt.ids), cache)]  # the fused step and the greedy head
+    while len(tokens) < len(want):
+        tokens.append(completer.feed([tokens[-1]], cache))
+    assert tokens == want
+
+    slow = EngineOptions(dense_kernel=False, fast_step=False, speculate=False)
+    reference = Completer(load_model(str(model_dir), dtype="bfloat16", options=slow), context_tokens=512,
+                          options=slow)
+    got = completer.complete(prefix, "", max_new_tokens=24, mode="multi-line")
+    assert got.new_tokens > 0
+    assert got.text == reference.complete(prefix, "", max_new_tokens=24, mode="multi-line").text
