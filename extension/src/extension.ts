@@ -15,7 +15,7 @@ import {
     InstallState,
     ProbeResult,
 } from './common/python';
-import { onDidChangeInterpreter, selectedInterpreter } from './common/pythonExtension';
+import { ManagedRuntime } from './common/runtimeUi';
 import {
     createClient,
     executeServerCommand,
@@ -31,6 +31,7 @@ import * as api from './common/vscodeapi';
 import { spawn } from 'child_process';
 
 let client: LanguageClient | undefined;
+let runtime: ManagedRuntime | undefined;
 let statusBar: StatusBar | undefined;
 let restartChain: Promise<void> = Promise.resolve();
 let restartQueued = false;
@@ -47,10 +48,17 @@ function currentSettings(scope?: vscode.ConfigurationScope): ServerSettings {
     return settings;
 }
 
-async function interpreter(): Promise<Interpreter> {
+/**
+ * `subcoder.python` when set, else the managed runtime (installed on the user's consent; undefined
+ * until then). Never the Python extension's selection: that is the user's project environment.
+ */
+async function interpreter(): Promise<Interpreter | undefined> {
     const setting = api.getConfiguration(SECTION).get<string>('python');
-    const fromExtension = setting?.trim() ? undefined : await selectedInterpreter();
-    return chooseInterpreter({ setting, pythonExtension: fromExtension, ctx: pathContext() });
+    if (setting?.trim()) {
+        return chooseInterpreter({ setting, ctx: pathContext() });
+    }
+    const python = await runtime!.ensure(true);
+    return python ? { path: python, source: 'runtime' } : undefined;
 }
 
 function runProbe(command: string, args: string[]): Promise<ProbeResult> {
@@ -118,6 +126,12 @@ async function startServer(reason: string): Promise<void> {
     bar.render();
 
     const interp = await interpreter();
+    if (!interp) {
+        bar.model.client = 'not-installed';
+        bar.model.problem = runtime?.problem;
+        bar.render();
+        return;
+    }
     traceInfo(`Starting the server (${reason}) with ${describeInterpreter(interp)}`);
     const installed = await checkServerInstalled(interp.path, runProbe);
     if (installed.kind !== 'ok') {
@@ -214,6 +228,20 @@ function runningClient(): LanguageClient | undefined {
     return undefined;
 }
 
+async function reinstallRuntime(): Promise<void> {
+    if (api.getConfiguration(SECTION).get<string>('python')?.trim()) {
+        void api.showInformationMessage('Subcoder: "subcoder.python" is set, so the server does not use Subcoder\'s own runtime. Clear the setting to use it.');
+        return;
+    }
+    // The server runs from the venv: stop it before the venv goes (Windows keeps open files locked).
+    await stopClient();
+    statusBar!.model.client = 'not-installed';
+    statusBar!.model.problem = 'Reinstalling the Python runtime';
+    statusBar!.render();
+    await runtime!.reinstall();
+    await restartServer('runtime reinstalled');
+}
+
 async function rebuild(): Promise<void> {
     const c = runningClient();
     if (!c) {
@@ -293,24 +321,18 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     context.subscriptions.push(channel);
     statusBar = new StatusBar();
     context.subscriptions.push(statusBar);
+    runtime = new ManagedRuntime(context, () => restartServer('runtime installed'));
     traceInfo(`Subcoder ${context.extension.packageJSON.version} activating`);
 
     context.subscriptions.push(
         api.registerCommand('subcoder.rebuild', rebuild),
         api.registerCommand('subcoder.restart', () => restartServer('user')),
+        api.registerCommand('subcoder.reinstallRuntime', reinstallRuntime),
         api.registerCommand('subcoder.showLogs', () => channel.show()),
         api.registerCommand('subcoder.showStatus', showStatus),
         api.registerCommand('subcoder.toggleLanguage', toggleLanguage),
         api.onDidChangeConfiguration((e) => void onConfigurationChanged(e)),
     );
-    const pythonChanged = await onDidChangeInterpreter(() => {
-        if (!api.getConfiguration(SECTION).get<string>('python')?.trim()) {
-            void restartServer('Python interpreter changed');
-        }
-    });
-    if (pythonChanged) {
-        context.subscriptions.push(pythonChanged);
-    }
     await restartServer('activation');
 }
 

@@ -4,7 +4,8 @@
  */
 import { expandPath, PathContext } from './settings';
 
-export type InterpreterSource = 'setting' | 'python-extension' | 'default';
+/** `runtime`: the managed venv in the extension's storage (runtime.ts), used when `subcoder.python` is empty. */
+export type InterpreterSource = 'setting' | 'runtime' | 'python-extension' | 'default';
 
 export interface Interpreter {
     path: string;
@@ -43,6 +44,8 @@ export function describeInterpreter(interp: Interpreter): string {
     switch (interp.source) {
         case 'setting':
             return `${interp.path} (from subcoder.python)`;
+        case 'runtime':
+            return `${interp.path} (Subcoder's own runtime)`;
         case 'python-extension':
             return `${interp.path} (selected in the Python extension)`;
         default:
@@ -122,9 +125,9 @@ export function installMessage(state: InstallState): string | undefined {
         case 'ok':
             return undefined;
         case 'missing-module':
-            return `Subcoder: the subcoder server is not installed in ${state.python}. Install it with: ${state.install}`;
+            return `Subcoder: the subcoder server is not installed in ${state.python}. Clear "subcoder.python" to let Subcoder set up its own runtime, or install it there with: ${state.install}`;
         case 'no-interpreter':
-            return `Subcoder: cannot run Python interpreter ${state.python} (${state.detail}). Set "subcoder.python" or select an interpreter in the Python extension.`;
+            return `Subcoder: cannot run Python interpreter ${state.python} (${state.detail}). Fix "subcoder.python", or clear it to let Subcoder set up its own runtime.`;
         case 'probe-failed':
             return `Subcoder: ${state.python} failed while looking for the subcoder server: ${state.detail}`;
     }

@@ -10,6 +10,7 @@ import {
     SERVER_KEYS,
     serverSettings,
 } from '../../src/common/settings';
+import { RUNTIME_KEYS } from '../../src/common/runtime';
 
 const ctx = { home: '/home/u', workspaceFolder: '/ws' };
 const packageJson = JSON.parse(readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8'));
@@ -43,7 +44,7 @@ test('package.json offers exactly the default languages', () => {
 });
 
 test('package.json declares nothing the mapping does not know', () => {
-    const known = new Set([...SERVER_KEYS, 'enable', 'python', 'trace.server'].map((k) => `subcoder.${k}`));
+    const known = new Set([...SERVER_KEYS, 'enable', 'python', 'trace.server', ...RUNTIME_KEYS].map((k) => `subcoder.${k}`));
     assert.deepEqual(Object.keys(contributed).filter((k) => !known.has(k)), []);
 });
 
