@@ -57,8 +57,10 @@ def client(request, tiny_model_dir, tmp_path_factory):
         c.notify("initialized", {})
         c.notify("textDocument/didOpen", {"textDocument": {"uri": DOC, "languageId": "python", "version": 1,
                                                            "text": DOC_TEXT}})
+        c.rss_start = c.rss_mib()
         yield c
-        print(f"\n{request.param}: {c.survived} of {c.tried} cases survived")
+        print(f"\n{request.param}: {c.survived} of {c.tried} cases survived; RSS {c.rss_start:.0f} MiB after "
+              f"initialize, {c.rss_mib():.0f} MiB at the end")
         c.request("bye", "shutdown")
         assert "result" in c.response("bye")
         c.notify("exit")
@@ -125,6 +127,12 @@ def test_invalid_request(client, case):
 def test_every_request_answered_once(client):
     counts = Counter(repr(m.get("id")) for m in client.responses() if m.get("id") is not None)
     assert [i for i, n in counts.items() if n > 1] == []
+
+
+def test_nothing_the_client_is_shown_carries_a_traceback(client):
+    shown = [n["params"]["message"] for m in ("window/showMessage", "window/logMessage") for n in client.notifications(m)]
+    assert shown and not [text for text in shown if "Traceback" in text or 'File "' in text]
+    print(f"\n{client.transport}: shown to the user: {[t for t in shown if t.startswith('Error')][:5]}")
 
 
 def test_flood_of_cancelled_completions(client):
