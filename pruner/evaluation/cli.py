@@ -1,5 +1,5 @@
-"""`subcoder eval ...` and `subcoder eval study ...`: argument parsing only; the work is in runner/study,
-the tables and RESULTS.md in report."""
+"""`subcoder eval ...`, `subcoder eval study ...` and `subcoder eval frontier ...`: argument parsing only;
+the work is in runner/study/frontier, the tables and RESULTS.md in report."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if argv and argv[0] == "study":
         return study_main(argv[1:])
+    if argv and argv[0] == "frontier":
+        return frontier_main(argv[1:])
     args = eval_parser().parse_args(argv)
     if args.resume and not args.out:
         print("subcoder eval: --resume needs --out", file=sys.stderr)
@@ -190,4 +192,63 @@ def study_main(argv: list[str]) -> int:
         print(f"subcoder eval study: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.docs_dir / 'RESULTS.md'} in {study['wall_s'] / 60:.1f} min")
+    return 0
+
+
+def frontier_parser() -> argparse.ArgumentParser:
+    from .frontier import LAYOUTS, FrontierPlan
+
+    d = FrontierPlan()
+    p = argparse.ArgumentParser(
+        prog="subcoder eval frontier",
+        description="Quality against cost per language on one engine: a base preset dense and its sub-models "
+                    "(own-language calibration), next-line exact match and edit similarity in FIM layouts and "
+                    "held-out perplexity with 95%% intervals (bootstrap over files), paired tests against dense, "
+                    "decode ms/token, memory and disk. Resumable per cell; writes FRONTIER.md and a plot.")
+    p.add_argument("--model", default=d.base, help=f"base preset (default {d.base})")
+    p.add_argument("--configs", default=",".join(d.configurations),
+                   help="comma list: dense, sparsities (0.5 or 50%%), N:M patterns (default dense,0.5,0.3)")
+    p.add_argument("--languages", type=_csv(LANGUAGES), default=d.languages, help="comma list (default python)")
+    p.add_argument("--layouts", type=_csv(LAYOUTS), default=d.layouts, help="FIM layouts (default psm,spm)")
+    p.add_argument("--cells", type=_csv(("cost", "ppl", "nextline")), default=d.cells,
+                   help="what to measure (default cost,ppl,nextline)")
+    p.add_argument("--tasks", type=_positive, default=d.tasks, help=f"next-line tasks per language (default {d.tasks})")
+    p.add_argument("--windows", type=int, default=d.windows, help=f"perplexity windows per language, 0 = all "
+                                                                    f"(default {d.windows})")
+    p.add_argument("--context-tokens", type=_positive, default=d.context_tokens,
+                   help=f"prompt budget (default {d.context_tokens})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
+    p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/frontier"), help="per-cell results")
+    p.add_argument("--report", type=Path, default=Path("docs/FRONTIER.md"), help="the report (the plot beside it)")
+    p.add_argument("--report-only", action="store_true", help="write the report from the cells on disk, measure nothing")
+    return p
+
+
+def frontier_main(argv: list[str]) -> int:
+    from subcoder.pruner.errors import SubcoderError
+
+    from .frontier import Configuration, FrontierPlan, run_configuration, write_report
+    from .runner import set_threads
+
+    args = frontier_parser().parse_args(argv)
+    try:
+        configs = [Configuration.parse(args.model, c) for c in args.configs.split(",") if c.strip()]
+    except ValueError as exc:
+        print(f"subcoder eval frontier: --configs: {exc}", file=sys.stderr)
+        return 2
+    plan = FrontierPlan(base=args.model, configurations=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
+                        languages=args.languages, layouts=args.layouts, tasks=args.tasks, windows=args.windows,
+                        context_tokens=args.context_tokens, seed=args.seed, cells=args.cells)
+    command = "subcoder eval frontier " + " ".join(argv)
+    try:
+        if not args.report_only:
+            set_threads(args.threads)
+            for cfg in configs:
+                run_configuration(plan, cfg, args.work_dir, progress=sys.stderr.isatty())
+        write_report(plan, args.work_dir, args.report, command=command.strip())
+    except SubcoderError as exc:
+        print(f"subcoder eval frontier: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.report}")
     return 0

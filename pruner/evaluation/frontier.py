@@ -1,0 +1,533 @@
+"""The frontier: each configuration's quality against its cost, per language, on one engine.
+
+A configuration is a base preset dense, or one of its Wanda sub-models (own-language calibration)
+at a sparsity and pattern. For each configuration and language, the cells are:
+
+  ppl          held-out perplexity over windows cut file by file (perplexity.file_windows),
+               per-window losses kept
+  nextline:L   next-line completion in FIM layout L (psm, spm) over tasks spread across the
+               held-out files (nextline.spread_tasks), each task's result kept with its file
+  cost         (per configuration) decode ms/token, resident memory, weight and disk bytes
+
+Every configuration runs on the same engine, `subcoder.pruner.engine.completer.Completer` (the loader
+puts a dense model's linears on the kernel's dense bf16 layer, as a sub-model's pruned ones are on
+the packed layer), so the differences are the weights and nothing else. Each cell is a JSON file under
+the work directory, written atomically and every few tasks, so a run resumes where it stopped.
+`summarize` (pure) turns the cells into intervals and paired tests against the dense model
+(stats.py); `write_report` writes docs/FRONTIER.md and the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import stats
+from .runner import Bar, _atomic_json, environment, pick_dtype
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("psm", "spm")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    base: str
+    sparsity: float = 0.0  # 0: the dense base model
+    pattern: str = "unstructured"
+
+    @property
+    def dense(self) -> bool:
+        return self.sparsity == 0 and self.pattern == "unstructured"
+
+    @property
+    def name(self) -> str:
+        if self.dense:
+            return "dense"
+        return self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}"
+
+    @classmethod
+    def parse(cls, base: str, text: str) -> Configuration:
+        """`dense`, a sparsity (`0.5`, `50%`), or an N:M pattern (`2:4`, 50%)."""
+        text = text.strip()
+        if text == "dense":
+            return cls(base)
+        if ":" in text:
+            from subcoder.pruner.config import Pattern
+
+            Pattern.parse(text)
+            return cls(base, 0.5, text)
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+        if not 0 < value < 1:
+            raise ValueError(f"sparsity must be in (0, 1), got {text!r}")
+        return cls(base, value)
+
+
+@dataclass
+class FrontierPlan:
+    base: str = "qwen2.5-coder-0.5b"
+    configurations: tuple[str, ...] = ("dense", "0.5", "0.3")
+    languages: tuple[str, ...] = ("python",)
+    layouts: tuple[str, ...] = LAYOUTS
+    tasks: int = 300  # next-line tasks per language
+    windows: int = 64  # perplexity windows per language (None or 0: all)
+    seq_len: int = 512
+    context_tokens: int = 512  # prompt budget, as the study's; the editor's default is 1024
+    max_new_tokens: int = 48
+    decode_prompts: int = 3  # cost: prompts decoded ...
+    decode_tokens: int = 48  # ... this many single-token steps each
+    seed: int = 0
+    cells: tuple[str, ...] = ("cost", "nextline", "ppl")
+
+    def settings(self, cell: str) -> dict:
+        """What a cell's results depend on: a stored cell with other settings is redone."""
+        common = {"seed": self.seed, "base": self.base}
+        if cell == "ppl":
+            return {**common, "windows": self.windows, "seq_len": self.seq_len}
+        if cell.startswith("nextline"):
+            # Not the number of tasks: the first n of a larger draw are the draw for n (spread_tasks),
+            # so a cell grows or is cut to the n asked for.
+            return {**common, "context_tokens": self.context_tokens, "max_new_tokens": self.max_new_tokens}
+        return {**common, "decode_prompts": self.decode_prompts, "decode_tokens": self.decode_tokens,
+                "context_tokens": self.context_tokens}
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def submodel_path(cfg: Configuration, language: str) -> str:
+    """The base itself, or the cached sub-model calibrated on `language` (built on first use)."""
+    if cfg.dense:
+        return cfg.base
+    from subcoder.pruner.calibration import CalibrationSpec
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.extract import extract
+
+    res = extract(cfg.base, language, PruneConfig(sparsity=cfg.sparsity, pattern=cfg.pattern, method="wanda"),
+                  CalibrationSpec(), dtype=pick_dtype("auto"))
+    return str(res.path)
+
+
+def dense_kernel_linears(model) -> int:
+    """How many linears run on the kernel's dense bf16 layer: the loader puts a dense model's there
+    (EngineOptions.dense_kernel), so dense and pruned decode through the same fused step."""
+    from subcoder.pruner.kernels.linear import DenseBF16Linear
+
+    return sum(1 for m in model.modules() if isinstance(m, DenseBF16Linear))
+
+
+def load_for_engine(path: str):
+    from subcoder.pruner.loader import load_model
+
+    loaded = load_model(path, dtype=pick_dtype("auto"))
+    return loaded, dense_kernel_linears(loaded.model)
+
+
+def rss_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def disk_bytes(path: str) -> int:
+    from subcoder.pruner.presets import resolve_model
+
+    directory = resolve_model(path)
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin"))
+
+
+def decode_cost(completer, prompts: list[list[int]], tokens: int) -> dict:
+    """Milliseconds per single-token decode step after each prompt (no drafts: the step itself)."""
+    steps: list[float] = []
+    for ids in prompts:
+        cache = completer.new_cache()
+        token = completer.feed(ids, cache)
+        for _ in range(tokens):
+            t0 = time.perf_counter()
+            token = completer.feed([token], cache)
+            steps.append((time.perf_counter() - t0) * 1000)
+    steps.sort()
+    return {"ms_per_token": round(statistics.median(steps), 2), "ms_p10": round(steps[len(steps) // 10], 2),
+            "ms_p90": round(steps[(9 * len(steps)) // 10], 2), "steps": len(steps)}
+
+
+# --------------------------------------------------------------------------- running cells
+
+
+def _cell_file(work: Path, cfg: Configuration, language: str, cell: str) -> Path:
+    from .study import model_slug
+
+    return work / model_slug(cfg.base) / cfg.name.replace(":", "of") / f"{language}-{cell.replace(':', '-')}.json"
+
+
+def _load_cell(path: Path, settings: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("settings") == settings else None
+
+
+def _say(msg: str) -> None:
+    print(f"[frontier {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, progress: bool = True) -> None:
+    """Every missing cell of one configuration, in every language; loads each model once."""
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.kernels import model_bytes
+
+    from .nextline import coverage, score, spread_tasks
+    from .perplexity import file_windows, window_losses
+
+    for language in plan.languages:
+        wanted = []
+        for cell in plan.cells:
+            names = [f"nextline:{lay}" for lay in plan.layouts] if cell == "nextline" else [cell]
+            for name in names:
+                if name == "cost" and language != plan.languages[0]:
+                    continue
+                stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name))
+                if stored is None or not stored.get("complete") or len(stored.get("results", ())) < _wanted(plan, name):
+                    wanted.append((name, stored))
+        if not wanted:
+            continue
+        path = submodel_path(cfg, language)
+        t0 = time.perf_counter()
+        loaded, wrapped = load_for_engine(path)
+        load_s = time.perf_counter() - t0
+        _say(f"{cfg.name} {language}: loaded {path} in {load_s:.0f} s"
+             + f" ({wrapped} linears on the dense bf16 kernel)")
+        completers = {lay: Completer(loaded, context_tokens=plan.context_tokens, fim_order=lay) for lay in LAYOUTS}
+        for name, stored in wanted:
+            out = _cell_file(work, cfg, language, name)
+            data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": name,
+                    "settings": plan.settings(name), "model": path, "environment": environment(),
+                    "complete": False}
+            started = time.perf_counter()
+            if name == "cost":
+                c = completers[LAYOUTS[0]]
+                c.warm_up()
+                prompts = [list(c.prompt(t["prefix"], t["suffix"]).ids)
+                           for t in spread_tasks(language, plan.decode_prompts, plan.seed + 1)]
+                data.update(decode_cost(c, prompts, plan.decode_tokens))
+                data.update({"rss_bytes": rss_bytes(), "weight_bytes": model_bytes(loaded.model),
+                             "disk_bytes": disk_bytes(path), "load_s": round(load_s, 1),
+                             "dense_kernel_linears": wrapped, "loadavg": os.getloadavg()[0],
+                             "sparse_kernel": bool(getattr(loaded.info, "sparse_kernel", False))})
+            elif name == "ppl":
+                tok = loaded.tokenizer
+                windows = file_windows(tok, language, n_windows=plan.windows or None, seq_len=plan.seq_len,
+                                       seed=plan.seed)
+                bar = Bar(len(windows), f"{cfg.name} {language} ppl", enabled=progress)
+                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                losses = window_losses(loaded.model, [w["ids"] for w in windows], batch_size=2, pad_id=pad, bar=bar)
+                bar.close()
+                data["windows"] = [{"file": w["file"], "nll": round(s, 4), "tokens": c}
+                                   for w, (s, c) in zip(windows, losses)]
+            else:
+                layout = name.split(":", 1)[1]
+                items = spread_tasks(language, plan.tasks, plan.seed)
+                data["coverage"] = coverage(items)
+                c = completers[layout]
+                bar = Bar(len(items), f"{cfg.name} {language} {layout}", enabled=progress)
+
+                def save(results, data=data, out=out):
+                    data["results"] = results
+                    _atomic_json(out, data)
+
+                data["results"] = score(
+                    lambda p, s, c=c: c.complete(p, s, max_new_tokens=plan.max_new_tokens, mode="single-line").text,
+                    items, layout=layout, done=(stored or {}).get("results"), save=save, bar=bar)
+                bar.close()
+            data["seconds"] = round(time.perf_counter() - started, 1)
+            data["complete"] = True
+            _atomic_json(out, data)
+            _say(f"{cfg.name} {language} {name}: {cell_summary(data)} ({data['seconds']:.0f} s)")
+
+
+def _wanted(plan: FrontierPlan, cell: str) -> int:
+    return plan.tasks if cell.startswith("nextline") else 0
+
+
+def cell_summary(data: dict) -> str:
+    if data["cell"] == "cost":
+        return f"{data['ms_per_token']} ms/token, weights {data['weight_bytes'] / 2**20:.0f} MiB"
+    if data["cell"] == "ppl":
+        nll = sum(w["nll"] for w in data["windows"]) / sum(w["tokens"] for w in data["windows"])
+        return f"perplexity {2.718281828 ** nll:.3f} over {len(data['windows'])} windows"
+    res = data["results"]
+    return (f"exact {sum(r['exact'] for r in res)}/{len(res)}, similarity "
+            f"{sum(r['similarity'] for r in res) / max(len(res), 1):.3f}")
+
+
+def load_cells(plan: FrontierPlan, work: Path) -> dict:
+    """{language: {configuration name: {cell: data}}} for the cells on disk with the plan's settings: complete
+    ones, and next-line cells cut short (their first tasks are a smaller draw of the same kind)."""
+    out: dict = {}
+    for text in plan.configurations:
+        cfg = Configuration.parse(plan.base, text)
+        for language in plan.languages:
+            for name in ("cost", "ppl", *(f"nextline:{lay}" for lay in plan.layouts)):
+                lang = plan.languages[0] if name == "cost" else language
+                data = _load_cell(_cell_file(work, cfg, lang, name), plan.settings(name))
+                if data is not None and (data.get("complete") or data.get("results")):
+                    if "results" in data:
+                        data["results"] = data["results"][:plan.tasks]
+                    out.setdefault(language, {}).setdefault(cfg.name, {})[name] = data
+    return out
+
+
+# --------------------------------------------------------------------------- statistics (pure)
+
+
+def _iv(iv: stats.Interval) -> dict:
+    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high}
+
+
+def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
+    """Intervals per configuration and paired comparisons against `reference`, per language."""
+    import math
+
+    out: dict = {}
+    for language, by_cfg in cells.items():
+        # Next-line cells are compared on the tasks every configuration has finished (a common prefix).
+        for cell in {c for cl in by_cfg.values() for c in cl if c.startswith("nextline:")}:
+            n = min(len(cl[cell]["results"]) for cl in by_cfg.values() if cell in cl)
+            for cl in by_cfg.values():
+                if cell in cl:
+                    cl[cell] = {**cl[cell], "results": cl[cell]["results"][:n]}
+        rows: dict = {}
+        ref = by_cfg.get(reference, {})
+        for name, cl in by_cfg.items():
+            row: dict = {}
+            if "cost" in cl:
+                row["cost"] = {k: cl["cost"].get(k) for k in ("ms_per_token", "ms_p10", "ms_p90", "rss_bytes",
+                                                             "weight_bytes", "disk_bytes", "loadavg")}
+            if "ppl" in cl:
+                w = cl["ppl"]["windows"]
+                per = [x["nll"] / x["tokens"] for x in w]
+                files, toks = [x["file"] for x in w], [x["tokens"] for x in w]
+                iv = stats.cluster_bootstrap(per, files, weights=toks, seed=seed)
+                row["ppl"] = {"estimate": math.exp(iv.estimate), "low": math.exp(iv.low), "high": math.exp(iv.high),
+                              "windows": len(w), "files": len(set(files)), "tokens": sum(toks)}
+                if name != reference and "ppl" in ref and [x["file"] for x in ref["ppl"]["windows"]] == files:
+                    rper = [x["nll"] / x["tokens"] for x in ref["ppl"]["windows"]]
+                    d = stats.paired_bootstrap(per, rper, files, weights=toks, seed=seed)
+                    row["ppl_vs_ref"] = {"ratio": math.exp(d.estimate), "low": math.exp(d.low), "high": math.exp(d.high)}
+            for cell, data in cl.items():
+                if not cell.startswith("nextline:"):
+                    continue
+                res = data["results"]
+                files = [r["file"] for r in res]
+                ex = [float(r["exact"]) for r in res]
+                sim = [r["similarity"] for r in res]
+                entry = {"n": len(res), "files": len(set(files)), "coverage": data.get("coverage"),
+                         "exact": _iv(stats.cluster_bootstrap(ex, files, seed=seed)),
+                         "similarity": _iv(stats.cluster_bootstrap(sim, files, seed=seed)),
+                         "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None}
+                rres = (ref.get(cell) or {}).get("results")
+                if name != reference and rres and [r["id"] for r in rres] == [r["id"] for r in res]:
+                    rex = [float(r["exact"]) for r in rres]
+                    rsim = [r["similarity"] for r in rres]
+                    mc = stats.mcnemar_exact([bool(x) for x in ex], [bool(x) for x in rex])
+                    discordant = (mc.only_a + mc.only_b) / len(res)
+                    entry["vs_ref"] = {
+                        "exact_diff": _iv(stats.paired_bootstrap(ex, rex, files, seed=seed)),
+                        "similarity_diff": _iv(stats.paired_bootstrap(sim, rsim, files, seed=seed)),
+                        "only_this": mc.only_a, "only_ref": mc.only_b, "mcnemar_p": mc.p_value,
+                        # what n paired tasks could detect with this discordance (95%, 80% power)
+                        "exact_mde": stats.minimum_detectable_effect(len(res), stats.paired_binary_sd(discordant)),
+                        "similarity_mde": stats.minimum_detectable_effect(
+                            len(res), statistics.pstdev([a - b for a, b in zip(sim, rsim)]))}
+                row[cell] = entry
+            rows[name] = row
+        out[language] = rows
+    return out
+
+
+def best_layout(row: dict) -> str | None:
+    """The layout in which this configuration scores best (exact match, then edit similarity)."""
+    cells = [c for c in row if c.startswith("nextline:")]
+    if not cells:
+        return None
+    return max(cells, key=lambda c: (row[c]["exact"]["estimate"], row[c]["similarity"]["estimate"]))
+
+
+def pareto(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names of the points no other point beats: cost (x) no higher and quality (y) no lower, one strictly."""
+    front = []
+    for name, x, y in points:
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for _, x2, y2 in points):
+            front.append(name)
+    return front
+
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _pct(iv: dict) -> str:
+    return f"{100 * iv['estimate']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+
+
+def _sim(iv: dict) -> str:
+    return f"{iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+
+
+def _signed(iv: dict, scale: float = 100, unit: str = " pt") -> str:
+    return f"{scale * iv['estimate']:+.1f}{unit} [{scale * iv['low']:+.1f}, {scale * iv['high']:+.1f}]"
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:.0f}" if n else "–"
+
+
+def _ratio(r: dict | None) -> str:
+    return f"{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" if r else "–"
+
+
+def verdict(iv: dict) -> str:
+    """Worse / better / no difference shown, from a paired interval of (this - reference)."""
+    if iv["high"] < 0:
+        return "worse"
+    if iv["low"] > 0:
+        return "better"
+    return "no difference shown"
+
+
+def plot(summary: dict, path: Path, *, title: str) -> bool:
+    """Quality (edit similarity in each configuration's best layout, 95% interval) against decode
+    ms/token, one panel per language, the Pareto front drawn; written atomically. False when no
+    configuration has both a cost and a quality yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for language, rows in summary.items():
+        pts = []
+        for name, row in rows.items():
+            layout = best_layout(row)
+            ms = (row.get("cost") or {}).get("ms_per_token")
+            if layout and ms:
+                pts.append((name, ms, row[layout]["similarity"], layout.split(":")[1]))
+        if pts:
+            panels.append((language, pts))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (language, pts) in zip(axes[0], panels):
+        for name, ms, iv, layout in pts:
+            ax.errorbar([ms], [iv["estimate"]], yerr=[[iv["estimate"] - iv["low"]], [iv["high"] - iv["estimate"]]],
+                        fmt="o", capsize=4)
+            ax.annotate(f"{name} ({layout})", (ms, iv["estimate"]), textcoords="offset points", xytext=(6, 6))
+        front = set(pareto([(n, ms, iv["estimate"]) for n, ms, iv, _ in pts]))
+        line = sorted((ms, iv["estimate"]) for n, ms, iv, _ in pts if n in front)
+        ax.plot([x for x, _ in line], [y for _, y in line], "--", color="grey", label="Pareto front")
+        ax.set_xlabel("decode ms/token (same engine)")
+        ax.set_ylabel("next-line edit similarity")
+        ax.set_title(language)
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) -> str:
+    lines = [f"# The frontier: {plan.base}, dense against its sub-models", "",
+             f"Generated by `{command or 'subcoder eval frontier'}`; raw per-task and per-window results in "
+             "`docs/measurements/frontier/`. Every configuration decodes through the same engine "
+             "(`Completer`; the dense model's decoder linears on the kernel's dense bf16 layer). Sub-models are "
+             "Wanda, calibrated on their own language (the default calibration set). Next-line tasks: a line of a "
+             "held-out file with the text before it as prefix and the text after it as suffix, in FIM layout PSM "
+             f"or SPM, single-line, greedy, {plan.context_tokens}-token prompt budget; exact match and edit "
+             "similarity on stripped text. Intervals: 95%, percentile bootstrap over *files* (2,000 resamples); "
+             "comparisons with dense are paired on the same tasks (bootstrap of the difference over files; "
+             "exact McNemar test for exact match). MDE: the smallest difference these paired tasks detect at "
+             "95% with 80% power, given the discordance observed. Perplexity: windows cut file by file "
+             f"({plan.seq_len} tokens), pooled per token.", ""]
+    if png:
+        lines += [f"![quality against decode cost]({png})", ""]
+    for language, rows in summary.items():
+        lines += [f"## {language}", ""]
+        cov = next((r[c]["coverage"] for r in rows.values() for c in r if c.startswith("nextline:")
+                    and r[c].get("coverage")), None)
+        n = {c: r[c]["n"] for r in rows.values() for c in r if c.startswith("nextline:")}
+        if n:
+            lines.append("Next-line tasks compared: " + ", ".join(f"{c.split(':')[1].upper()} n={v}" for c, v in n.items())
+                         + (f" (the full draw: {cov['tasks']} tasks from {cov['files']} files in {cov['packages']} "
+                            f"packages, at most {cov['max_per_file']} per file)" if cov else "") + ".")
+        ppl = next((r["ppl"] for r in rows.values() if "ppl" in r), None)
+        if ppl:
+            lines.append(f"Perplexity: {ppl['windows']} windows from {ppl['files']} files, {ppl['tokens']:,} tokens.")
+        lines.append("")
+        layouts = [f"nextline:{lay}" for lay in plan.layouts]
+        head = ["configuration", "ms/token (p10–p90)", "weights MiB", "disk MiB", "RSS MiB", "perplexity"]
+        for c in layouts:
+            head += [f"{c.split(':')[1].upper()} exact", f"{c.split(':')[1].upper()} similarity"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, row in rows.items():
+            cost = row.get("cost") or {}
+            cells = [name, f"{cost['ms_per_token']} ({cost['ms_p10']}–{cost['ms_p90']})" if cost else "–",
+                     _mib(cost.get("weight_bytes")), _mib(cost.get("disk_bytes")), _mib(cost.get("rss_bytes")),
+                     f"{row['ppl']['estimate']:.3f} [{row['ppl']['low']:.3f}, {row['ppl']['high']:.3f}]"
+                     if "ppl" in row else "–"]
+            for c in layouts:
+                cells += [_pct(row[c]["exact"]), _sim(row[c]["similarity"])] if c in row else ["–", "–"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Paired against dense (this minus dense):", "",
+                  "| configuration | layout | exact match | only this / only dense, McNemar p | edit similarity "
+                  "| MDE exact / similarity | perplexity ratio |", "|---|---|---|---|---|---|---|"]
+        for name, row in rows.items():
+            for c in layouts:
+                vs = (row.get(c) or {}).get("vs_ref")
+                if not vs:
+                    continue
+                pr = row.get("ppl_vs_ref")
+                lines.append(
+                    f"| {name} | {c.split(':')[1].upper()} | {_signed(vs['exact_diff'])} ({verdict(vs['exact_diff'])}) "
+                    f"| {vs['only_this']} / {vs['only_ref']}, p = {vs['mcnemar_p']:.2g} "
+                    f"| {_signed(vs['similarity_diff'], 1, '')} ({verdict(vs['similarity_diff'])}) "
+                    f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
+                    f"| {_ratio(pr)} |")
+        lines.append("")
+        speeds = {n: (r.get("cost") or {}).get("loadavg") for n, r in rows.items()}
+        if any(v is not None for v in speeds.values()):
+            lines += ["Load average (1 min) of this shared 2-core machine when each cost was measured: "
+                      + ", ".join(f"{n} {v:.1f}" for n, v in speeds.items() if v is not None)
+                      + ". Timings taken under other load are not comparable to a quiet machine's.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(plan: FrontierPlan, work: Path, report: Path, *, command: str = "") -> dict:
+    """Summarize the cells on disk and write `report` (markdown) and its plot beside it, atomically."""
+    from .study import model_slug
+
+    summary = summarize(load_cells(plan, work), seed=plan.seed)
+    png = report.with_name(f"frontier-{model_slug(plan.base)}.png")
+    drawn = plot(summary, png, title=f"{plan.base}: next-line quality against decode cost")
+    text = render(plan, summary, command=command, png=png.name if drawn else None)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = report.with_name(f".{report.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, report)
+    return summary

@@ -1,0 +1,110 @@
+"""The frontier: task and window sampling, scoring with resume, the statistics of the cells, and one
+real run on a tiny model through the engine to the report."""
+
+import json
+import math
+
+import pytest
+
+from subcoder.pruner.evaluation import frontier
+from subcoder.pruner.evaluation.frontier import Configuration, FrontierPlan
+from subcoder.pruner.evaluation.nextline import coverage, score, spread_tasks
+from subcoder.pruner.evaluation.perplexity import file_windows
+from subcoder.pruner.evaluation.study import model_slug
+from tiny_models import byte_tokenizer, save_tiny_model_dir
+
+DOCS = [{"package": f"pkg{i % 2}", "path": f"f{i}.py",
+         "text": "\n".join(f"value_{i}_{k} = compute({k})" for k in range(3 + 4 * (i + 1)))} for i in range(3)]
+
+
+def test_spread_tasks_cover_every_file_round_robin_and_grow_stably():
+    tasks = spread_tasks("python", 9, documents=DOCS)
+    assert coverage(tasks) == {"tasks": 9, "files": 3, "packages": 2, "max_per_file": 3}
+    assert len({t["file"] for t in tasks[:3]}) == 3  # one per file before any file gives a second
+    assert spread_tasks("python", 5, documents=DOCS) == tasks[:5]  # the first n of a larger draw
+    for t in tasks:
+        doc = next(d for d in DOCS if t["file"] == f"{d['package']}:{d['path']}")
+        assert (t["prefix"] + t["target"] + "\n" + t["suffix"]).removesuffix("\n") == doc["text"]
+    assert len({t["id"] for t in spread_tasks("python", 100, documents=DOCS)}) == 4 + 8 + 12  # no repeats
+
+
+def test_file_windows_never_cross_files():
+    tok = byte_tokenizer()
+    windows = file_windows(tok, "python", n_windows=None, seq_len=64, documents=DOCS)
+    for w in windows:
+        doc = next(d for d in DOCS if w["file"] == f"{d['package']}:{d['path']}")
+        assert tok.decode(w["ids"]) in doc["text"]
+    assert len({w["file"] for w in windows[:3]}) == 3
+    assert len(file_windows(tok, "python", n_windows=4, seq_len=64, documents=DOCS)) == 4
+
+
+def test_score_resumes_without_recomputing():
+    tasks = spread_tasks("python", 4, documents=DOCS)
+    calls = []
+
+    def complete(prefix, suffix):
+        calls.append(prefix)
+        return tasks[0]["target"] if prefix == tasks[0]["prefix"] else "x"
+
+    saved = []
+    first = score(complete, tasks[:2], layout="psm", save=saved.append, save_every=1)
+    assert [r["exact"] for r in first] == [True, False] and len(saved) == 3
+    calls.clear()
+    again = score(complete, tasks, layout="psm", done=first)
+    assert len(calls) == 2 and again[:2] == first
+
+
+def test_configuration_names():
+    assert Configuration.parse("m", "dense").dense
+    assert Configuration.parse("m", "0.5").name == "u50" and Configuration.parse("m", "30%").name == "u30"
+    assert Configuration.parse("m", "2:4").name == "2:4"
+    with pytest.raises(ValueError):
+        Configuration.parse("m", "1.5")
+
+
+def test_pareto():
+    pts = [("a", 10, 0.5), ("b", 20, 0.6), ("c", 20, 0.4), ("d", 5, 0.3)]
+    assert frontier.pareto(pts) == ["a", "b", "d"]
+
+
+def _cell(results):
+    return {"results": [{"id": f"t{i}", "file": f"f{i // 2}", "exact": e, "similarity": s}
+                        for i, (e, s) in enumerate(results)], "seconds": 1.0}
+
+
+def test_summarize_pairs_on_common_tasks():
+    dense = _cell([(True, 1.0)] * 6 + [(False, 0.5)] * 2)
+    sub = _cell([(False, 0.5)] * 5 + [(True, 1.0)])  # cut short: 6 tasks
+    windows = [{"file": f"f{i}", "nll": 2.0 * (i + 1), "tokens": 2} for i in range(4)]
+    cells = {"python": {"dense": {"nextline:psm": dense, "ppl": {"windows": windows}},
+                        "u50": {"nextline:psm": sub, "ppl": {"windows": [{**w, "nll": w["nll"] + 2} for w in windows]}}}}
+    out = frontier.summarize(cells)["python"]
+    assert out["dense"]["nextline:psm"]["n"] == out["u50"]["nextline:psm"]["n"] == 6
+    vs = out["u50"]["nextline:psm"]["vs_ref"]
+    assert (vs["only_this"], vs["only_ref"]) == (0, 5) and vs["mcnemar_p"] == pytest.approx(0.0625)
+    assert vs["exact_diff"]["estimate"] == pytest.approx(-5 / 6)
+    # every window's loss is 1 nat/token higher: the ratio is e, exactly, in every resample
+    assert out["u50"]["ppl_vs_ref"]["ratio"] == pytest.approx(math.e)
+    assert out["u50"]["ppl_vs_ref"]["low"] == pytest.approx(math.e)
+    assert out["dense"]["ppl"]["estimate"] == pytest.approx(math.exp(5.0 / 2))
+
+
+def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
+    model = str(save_tiny_model_dir(tmp_path / "tiny", "llama"))
+    plan = FrontierPlan(base=model, configurations=("dense",), tasks=3, windows=2, seq_len=64, context_tokens=96,
+                        max_new_tokens=4, decode_prompts=1, decode_tokens=3)
+    work = tmp_path / "work"
+    frontier.run_configuration(plan, Configuration(model), work, progress=False)
+    files = sorted(p.name for p in work.rglob("*.json"))
+    assert files == ["python-cost.json", "python-nextline-psm.json", "python-nextline-spm.json", "python-ppl.json"]
+    psm = json.loads(next(work.rglob("python-nextline-psm.json")).read_text())
+    assert psm["complete"] and len(psm["results"]) == 3 and psm["coverage"]["files"] == 3
+    report = tmp_path / "docs" / "FRONTIER.md"
+    summary = frontier.write_report(plan, work, report, command="subcoder eval frontier --test")
+    row = summary["python"]["dense"]
+    assert row["cost"]["ms_per_token"] > 0 and row["ppl"]["windows"] == 2
+    text = report.read_text()
+    assert "| dense |" in text and "PSM n=3" in text
+    assert (report.parent / f"frontier-{model_slug(model)}.png").is_file()
+    # a second run finds every cell done and loads nothing
+    frontier.run_configuration(plan, Configuration(model), work, progress=False)
