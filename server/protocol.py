@@ -218,8 +218,9 @@ class Framer:
 
 def usable_id(value: Any) -> bool:
     """An id a response can carry back as it came (JSON-RPC: a string or a number)."""
-    return isinstance(value, (int, str)) and not isinstance(value, bool) or (
-        isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def request_error(message: dict, *, initialized: bool, shutting_down: bool, known: Callable[[str], bool]
