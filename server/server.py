@@ -120,7 +120,9 @@ class SubcoderServer(LanguageServer):
             log.info("%s: unreadable document %s", request, uri)
             return None
         lines = document.lines
-        if position.line < 0 or position.line >= max(len(lines), 1) or position.character < 0:
+        # After a final newline (or in an empty document) the cursor sits on a line `lines` does not list.
+        last = len(lines) if not source or source.endswith(("\n", "\r")) else len(lines) - 1
+        if position.line < 0 or position.line > last or position.character < 0:
             log.info("%s: position %d:%d is outside %s", request, position.line, position.character, uri)
             return None
         if "\0" in source[:8192]:

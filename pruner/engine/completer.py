@@ -172,6 +172,10 @@ class Completer:
         """`complete` for a prompt built by `prompt()` from the same prefix and suffix."""
         started = time.perf_counter()
         mode = resolve_mode(mode, prefix, suffix)
+        if not prompt.ids:
+            # A prefix-only model at the start of a document: nothing to continue from (and no logits to start
+            # the decoding with), so the answer is an empty completion, not an error.
+            return Completion("", 0, 0, 0, time.perf_counter() - started, "empty", mode, 0)
         with self._lock:
             text, new_tokens, reused, reason, passes = self._decode(prompt, prefix, suffix, mode, max_new_tokens,
                                                                     cancel, key)
