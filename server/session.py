@@ -8,6 +8,7 @@ States (the `state` field of the `subcoder/status` notification; the wire string
                                                     ├──build or load failed──▶ ready (another sub-model) | base | error
                                                     └──build cancelled──▶ ready | base | idle
     detecting | idle | error ──base model loaded, no sub-model yet──▶ base
+    detecting ──sparsity 0 (no pruning)──▶ base once the dense model is loaded (nothing is built)
     any state, no sub-model ──base model failed to load──▶ error
     any state ──settings change the model or the build, or rebuild()──▶ detecting (work in flight is dropped)
 
@@ -129,6 +130,7 @@ class ServingSession:
         self._generation = 0
         self._base_loading: int | None = None  # the generation whose base model is loading
         self._queued: set[str] = set()  # other languages whose sub-model was asked for (loaded or queued)
+        self._rebuilt_after_load: set[str] = set()  # keys whose entry failed to load once and was rebuilt
         self._inflight: dict[str, threading.Event] = {}  # document -> cancel flag of its running completion
         self._progress_request: BuildRequest | None = None  # the build the work-done progress belongs to
         self._tasks: set[asyncio.Task] = set()
@@ -223,6 +225,10 @@ class ServingSession:
         enabled = [lang for lang in self.settings.languages if lang in LANGUAGES]
         self.dominant = self.detection.dominant(enabled) if self.detection else None
         self._ensure_base()
+        if not self.settings.prunes:
+            self._set(State.BASE if self.models.base else State.IDLE,
+                      "sparsity 0: serving the dense base model, no sub-model is built")
+            return
         if self.dominant is None:
             what = "an empty workspace" if not self.detection or not self.detection.languages else \
                 f"no enabled language ({', '.join(enabled) or 'none'}) in this workspace"
@@ -233,7 +239,7 @@ class ServingSession:
     def _ensure_base(self) -> None:
         """Load the base model (served while building) unless it is loaded, loading, or not wanted."""
         if (self.models.base is not None or self._base_loading == self._generation
-                or not self.settings.serve_base_model_while_building):
+                or not (self.settings.serve_base_model_while_building or not self.settings.prunes)):
             return
         # A load for an older generation may still run: it will be dropped, so this one starts regardless.
         self._base_loading = self._generation
@@ -305,12 +311,19 @@ class ServingSession:
         self._set(State.BUILDING if not self.models.subs else self.state, f"loading the {language} sub-model", 100)
         try:
             completer = await self._in_background(lambda: self._load(path, settings, True))
-        except Exception as exc:  # noqa: BLE001 - a corrupt or unreadable entry: delete it so the next attempt rebuilds
+        except Exception as exc:  # noqa: BLE001 - a corrupt or unreadable entry: delete it and build it again
             if not isinstance(exc, SubcoderError):
                 log.exception("loading sub-model %s failed", key)
             log.warning("sub-model %s did not load (%s): removing the cache entry", key, exc)
             await asyncio.get_running_loop().run_in_executor(None, self.cache.remove, key)
-            self._failed(f"the cached {language} sub-model did not load ({exc}); it will be rebuilt")
+            if key in self._rebuilt_after_load or generation != self._generation:
+                # Built again and still unloadable: another build would fail the same way, forever.
+                self._failed(f"the {language} sub-model did not load: {exc}")
+                return
+            self._rebuilt_after_load.add(key)
+            self.notifier.show("entry-rebuilt", f"the cached {language} sub-model did not load ({exc}); "
+                                                "it will be rebuilt")
+            await self.ensure_submodel(language)  # the entry is gone: a cache miss, so a build
             return
         if generation != self._generation:
             return
@@ -385,7 +398,8 @@ class ServingSession:
         """The model's `Completion` for a document at a cursor, or None (no model yet, superseded, failed)."""
         self.counters.requests += 1
         settings = self.settings
-        served = self.models.pick(language, self.dominant, allow_base=settings.serve_base_model_while_building)
+        served = self.models.pick(language, self.dominant,
+                                  allow_base=settings.serve_base_model_while_building or not settings.prunes)
         self.want(language)
         if served is None:
             log.info("%s: no model loaded yet (%s)", request, self.state.value)
@@ -423,7 +437,7 @@ class ServingSession:
 
     def want(self, language: str | None) -> None:
         """A document in another enabled language than the dominant one: its sub-model after the current build."""
-        if (language is None or language == self.dominant or language not in LANGUAGES
+        if (language is None or not self.settings.prunes or language == self.dominant or language not in LANGUAGES
                 or language not in self.settings.languages or language in self.models.subs
                 or self.dominant is None or language in self._queued):
             return

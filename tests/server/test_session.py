@@ -7,6 +7,7 @@ detection reads a real folder.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import replace
 from types import SimpleNamespace
@@ -233,14 +234,29 @@ async def test_base_model_that_fails_to_load(tmp_path):
     assert rig.notifier.shown == [("base-load", "cannot load tiny", False)]
 
 
-async def test_a_sub_model_that_does_not_load_is_removed_from_the_cache(tmp_path):
+async def test_a_sub_model_that_does_not_load_is_removed_and_rebuilt(tmp_path):
     rig = Rig(tmp_path, serve_base_model_while_building=False)
     path = rig.entry("python-0.5")
-    rig.fail_loads.add(path)
+    rig.fail_loads.add(path)  # passes the cache's checks, fails in the loader
     await rig.session.start()
     await rig.session.settle()
-    assert rig.cache.removed == ["python-0.5"] and rig.session.state is State.ERROR
-    assert "will be rebuilt" in rig.session.message
+    assert rig.cache.removed == ["python-0.5"] and any("will be rebuilt" in text for _, text, _ in rig.notifier.shown)
+    assert [r.key for r in rig.builds.submitted] == ["python-0.5"] and rig.session.state is State.BUILDING
+    rig.fail_loads.clear()
+    shutil.rmtree(path)  # what the real cache's remove does; the build writes the entry again
+    await rig.build()
+    assert rig.session.state is State.READY and rig.loads == [path, path]
+
+
+async def test_a_rebuilt_sub_model_that_still_does_not_load_is_an_error(tmp_path):
+    rig = Rig(tmp_path, serve_base_model_while_building=False)
+    rig.fail_loads.add(rig.entry("python-0.5"))
+    await rig.session.start()
+    await rig.session.settle()
+    shutil.rmtree(next(iter(rig.fail_loads)))
+    await rig.build()  # the rebuilt entry fails the same way
+    assert len(rig.builds.submitted) == 1, "no endless rebuilds"
+    assert rig.session.state is State.ERROR and "did not load" in rig.session.message
 
 
 async def test_settings_that_change_the_build_drop_stale_work(tmp_path):
