@@ -54,7 +54,14 @@ def run(args: list[str]) -> int:
     from .server import server
 
     logging.getLogger().addHandler(logs.ClientHandler(server.send_log, python_log_level(options.log_level)))
-    logging.getLogger(__name__).info("subcoder serve starting (log file %s)", log_path)
+    log = logging.getLogger(__name__)
+    log.info("subcoder serve starting (log file %s)", log_path)
+    from subcoder.pruner import paths
+
+    paths.terminate_as_interrupt()  # `kill` ends the server like Ctrl-C: the build child is stopped with it
+    for folder in (paths.submodels_dir(), paths.models_dir()):  # what writes killed before this start left
+        for leftover in paths.clean_stale_temps(folder):
+            log.info("removed %s, left by an interrupted write", leftover)
     try:
         if options.tcp:
             try:
