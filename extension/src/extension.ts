@@ -235,9 +235,6 @@ async function reinstallRuntime(): Promise<void> {
     }
     // The server runs from the venv: stop it before the venv goes (Windows keeps open files locked).
     await stopClient();
-    statusBar!.model.client = 'not-installed';
-    statusBar!.model.problem = 'Reinstalling the Python runtime';
-    statusBar!.render();
     await runtime!.reinstall();
     await restartServer('runtime reinstalled');
 }
@@ -321,7 +318,14 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     context.subscriptions.push(channel);
     statusBar = new StatusBar();
     context.subscriptions.push(statusBar);
-    runtime = new ManagedRuntime(context, () => restartServer('runtime installed'));
+    runtime = new ManagedRuntime(context, {
+        onInstalling: (installing) => {
+            statusBar!.model.client = installing ? 'starting' : 'not-installed';
+            statusBar!.model.problem = installing ? undefined : runtime?.problem;
+            statusBar!.render();
+        },
+        onReady: () => restartServer('runtime installed'),
+    });
     traceInfo(`Subcoder ${context.extension.packageJSON.version} activating`);
 
     context.subscriptions.push(

@@ -177,6 +177,8 @@ export async function installRuntime(env: RuntimeEnv, hooks: InstallHooks, signa
 }
 
 async function installLocked(env: RuntimeEnv, paths: ReturnType<typeof runtimePaths>, hooks: InstallHooks, signal?: AbortSignal): Promise<InstallOutcome> {
+    // The previous attempt's log stays beside the new one: a Reinstall does not erase why the last one failed.
+    await fs.promises.rename(paths.log, paths.log.replace(/\.log$/, '.previous.log')).catch(() => undefined);
     const log = fs.createWriteStream(paths.log, { flags: 'w' });
     const write = (line: string) => log.write(line + '\n');
     const finish = async (outcome: InstallOutcome): Promise<InstallOutcome> => {
@@ -213,6 +215,9 @@ async function installLocked(env: RuntimeEnv, paths: ReturnType<typeof runtimePa
     }
     const steps = installSteps({ base: choice.found.python, venvDir: paths.venv, createVenv, platform: env.platform, settings: env.settings, packageSpec: pkg.spec });
     for (const step of steps) {
+        if (signal?.aborted) {
+            return finish({ kind: 'cancelled' });
+        }
         hooks.progress(step.title, 0);
         write(`== ${step.title}: ${[step.command, ...step.args].join(' ')}`);
         const result = await run(step.command, step.args, {

@@ -15,6 +15,13 @@ export const SET_UP = 'Set up runtime';
 const SHOW_LOG = 'Show log';
 const RETRY = 'Retry';
 
+export interface RuntimeHooks {
+    /** An install started, or ended without a runtime (`problem` says why). */
+    onInstalling(installing: boolean): void;
+    /** A runtime was installed outside a server start (the user's answer came later): start the server. */
+    onReady(): Promise<void>;
+}
+
 export class ManagedRuntime {
     /** One install at a time in this window; a second caller waits for the first. */
     private running: Promise<string | undefined> | undefined;
@@ -22,8 +29,7 @@ export class ManagedRuntime {
     /** Why the last attempt left no runtime, for the status bar's tooltip. */
     problem: string | undefined;
 
-    /** `onReady`: a runtime was installed outside a server start (the user's answer came later). */
-    constructor(private readonly context: vscode.ExtensionContext, private readonly onReady: () => Promise<void>) {}
+    constructor(private readonly context: vscode.ExtensionContext, private readonly hooks: RuntimeHooks) {}
 
     private async env(): Promise<RuntimeEnv> {
         return {
@@ -78,7 +84,7 @@ export class ManagedRuntime {
 
     private async installThenReady(): Promise<void> {
         if (await this.install(await this.env())) {
-            await this.onReady();
+            await this.hooks.onReady();
         }
     }
 
@@ -100,6 +106,7 @@ export class ManagedRuntime {
 
     private async installWithProgress(env: RuntimeEnv): Promise<string | undefined> {
         const started = Date.now();
+        this.hooks.onInstalling(true);
         const outcome = await vscode.window.withProgress<InstallOutcome>(
             { location: vscode.ProgressLocation.Notification, title: 'Subcoder: setting up the Python runtime', cancellable: true },
             (progress, token) => {
@@ -119,10 +126,12 @@ export class ManagedRuntime {
         if (outcome.kind === 'cancelled') {
             traceInfo('Setting up the Python runtime was cancelled');
             this.problem = 'Setting up the Python runtime was cancelled: run "Subcoder: Reinstall runtime" to try again.';
+            this.hooks.onInstalling(false);
             return undefined;
         }
         traceError(`Setting up the Python runtime failed after ${seconds} s: ${outcome.message}${outcome.log ? ` (log: ${outcome.log})` : ''}`);
         this.problem = `Setting up the Python runtime failed: ${outcome.message}`;
+        this.hooks.onInstalling(false);
         // Not awaited: the caller (a server start) goes on while the message waits for the user.
         void vscode.window.showErrorMessage(`Subcoder: ${outcome.message}`, ...(outcome.log ? [SHOW_LOG] : []), RETRY).then(async (pick) => {
             if (pick === SHOW_LOG && outcome.log) {
