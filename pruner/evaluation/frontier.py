@@ -148,6 +148,13 @@ def disk_bytes(path: str) -> int:
 
 def decode_cost(completer, prompts: list[list[int]], tokens: int) -> dict:
     """Milliseconds per single-token decode step after each prompt (no drafts: the step itself)."""
+    import torch
+
+    with torch.inference_mode():  # as the Completer decodes: no autograd records (the packed op refuses them)
+        return _decode_cost(completer, prompts, tokens)
+
+
+def _decode_cost(completer, prompts: list[list[int]], tokens: int) -> dict:
     steps: list[float] = []
     for ids in prompts:
         cache = completer.new_cache()
