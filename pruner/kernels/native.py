@@ -49,24 +49,24 @@ def kernel_dir() -> Path:
     return Path(cache_dir()).expanduser() / "kernels"
 
 
-def sources(root: Path = SOURCE_DIR) -> list[Path]:
-    """The translation units: every .cpp of csrc/, in name order (one object file each)."""
-    return sorted(root.glob("*.cpp"))
+def sources(root: Path | None = None) -> list[Path]:
+    """The translation units: every .cpp of csrc/ (or `root`), in name order (one object file each)."""
+    return sorted((root or SOURCE_DIR).glob("*.cpp"))
 
 
 def _toolchain() -> bytes:
     return "\0".join([*CFLAGS, *LDFLAGS, torch.__version__, os.environ.get("CXX") or "c++"]).encode()
 
 
-def source_hash(root: Path = SOURCE_DIR) -> str:
-    """A hash of every source and header under `root` (names and bytes) and of the toolchain."""
+def source_hash(root: Path | None = None) -> str:
+    """A hash of every source and header of csrc/ (or `root`), names and bytes, and of the toolchain."""
     h = hashlib.sha256(_toolchain())
-    for path in sorted(p for p in root.iterdir() if p.suffix in (".cpp", ".h")):
+    for path in sorted(p for p in (root or SOURCE_DIR).iterdir() if p.suffix in (".cpp", ".h")):
         h.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def build_name(root: Path = SOURCE_DIR) -> str:
+def build_name(root: Path | None = None) -> str:
     """The installed library's name: changes whenever a source, the flags, torch or the compiler change."""
     return f"{LIBRARY}_{source_hash(root)}"
 
