@@ -20,9 +20,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_tcp(text: str) -> tuple[str, int]:
-    """(host, port) from `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (localhost); ValueError says what is wrong."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    """(host, port) from `HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `PORT` (localhost); ValueError says what is wrong."""
+    host, _, port_text = text.rpartition(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"--tcp needs HOST:PORT with a port from 0 to 65535, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]  # [::1]:P: the brackets only separate the address's colons from the port's

@@ -12,13 +12,14 @@ from subcoder.server.main import parse_tcp
 
 @pytest.mark.parametrize("text, expected", [
     ("127.0.0.1:2087", ("127.0.0.1", 2087)), ("localhost:0", ("localhost", 0)), (":2087", ("127.0.0.1", 2087)),
+    ("2087", ("127.0.0.1", 2087)),
     ("[::1]:2087", ("::1", 2087)), ("[fe80::1%lo]:9", ("fe80::1%lo", 9)),
 ])
 def test_addresses(text, expected):
     assert parse_tcp(text) == expected
 
 
-@pytest.mark.parametrize("text", ["2087", "localhost:http", "localhost:", "localhost:70000", "::1:2087", "h:-1"])
+@pytest.mark.parametrize("text", ["localhost:http", "", "localhost:", "localhost:70000", "::1:2087", "h:-1"])
 def test_bad_addresses_say_what_is_wrong(text):
     with pytest.raises(ValueError, match="--tcp"):
         parse_tcp(text)
