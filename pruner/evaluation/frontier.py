@@ -501,7 +501,9 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
             for c in layouts:
                 cells += [_pct(row[c]["exact"]), _sim(row[c]["similarity"])] if c in row else ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Paired against dense (this minus dense):", "",
+        lines += ["", "Paired against dense (this minus dense). A difference inside its interval's reach of zero is "
+                  "\"no difference shown\", not \"equal\": the MDE column says how large a difference these tasks "
+                  "could have shown.", "",
                   "| configuration | layout | exact match | only this / only dense, McNemar p | edit similarity "
                   "| MDE exact / similarity | perplexity ratio |", "|---|---|---|---|---|---|---|"]
         for name, row in rows.items():
