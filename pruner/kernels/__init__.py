@@ -1,6 +1,6 @@
 """The CPU sparse kernel and the layers built on it.
 
-kernel.cpp is compiled on first use (torch.utils.cpp_extension) into the cache's `kernels/`
+The C++ sources in csrc/ are compiled on first use (torch.utils.cpp_extension) into the cache's `kernels/`
 directory, named by a hash of its source, and loaded from there afterwards. It runs on x86-64
 CPUs with AVX-512 F/BW/VBMI2/BF16 (vpexpandw + vdpbf16ps) or, failing that, AVX2+FMA. Anywhere
 else one log line says why and the layers compute with dense torch instead (same results to bf16

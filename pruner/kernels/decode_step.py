@@ -11,7 +11,7 @@ model uses, so prefill (the model's forward) and decode steps can be mixed freel
 
 Where the kernel library is loaded and every cache layer can hand out its buffers (`BufferedLayer`
 below; `subcoder.pruner.engine.kvcache`'s growing cache does), the whole stack of layers runs as one
-C++ call (`decode_layers` in kernel.cpp: the same operators in the same order, so bit-identical
+C++ call (`decode_layers` in csrc/decode_step.cpp: the same operators in the same order, so bit-identical
 results) -- the Python interpreter between ~15 tiny operators per layer was a third of the step.
 `fused=False` (EngineOptions.fused_step) keeps the per-operator Python loop. With the kernel
 library, attention is its own too (`decode_attention`: torch's SDPA took 90-150 us per layer for one
@@ -235,6 +235,8 @@ def _linear_parts(linear: nn.Module) -> tuple[int, list[torch.Tensor]] | None:
     empty = torch.empty(0)
     bias = linear.bias if linear.bias is not None else empty
     if isinstance(linear, SparseLinear):
+        if not linear.use_kernel:  # its values carry no kernel padding: the step would refuse them
+            return None
         return 0, [linear.mask, linear.values, linear.row_offsets, bias]
     if isinstance(linear, DenseBF16Linear):
         if linear.weight.dtype != torch.bfloat16 or not linear.weight.is_contiguous():

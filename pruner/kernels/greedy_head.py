@@ -6,7 +6,7 @@ lm_head product, never its logits. On qwen2.5-coder-0.5b that product reads a 27
 (one scale per row, +136 MB of memory): the kernel's `greedy_head` op scores every row from the
 int8 copy with a guaranteed error bound, then recomputes exactly -- with the bf16 kernel's own
 per-row arithmetic -- only the rows whose upper bound reaches the best lower bound. The index it
-returns is therefore exactly `DenseBF16Linear(x).argmax(-1)`, ties included (kernel.cpp explains
+returns is therefore exactly `DenseBF16Linear(x).argmax(-1)`, ties included (csrc/greedy_head.cpp explains
 the bound). Where the op cannot run (no AVX-512 VNNI, no kernel, a head that is not a bf16
 `DenseBF16Linear`) or when the caller turns the screen off (EngineOptions.head_screen, env
 `SUBCODER_HEAD_SCREEN=0`), the logits are computed and their argmax taken.

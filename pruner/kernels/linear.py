@@ -25,7 +25,7 @@ def kernel_available() -> tuple[bool, str]:
     Builds it on the first call when needed; the answer is computed once per process. Whether it
     *should* run is the caller's choice (`sparsify(kernel=...)`, EngineOptions.sparse_kernel)."""
     ops = native.get_ops()
-    return ops is not None, str(native._state.get("reason", ""))
+    return ops is not None, native.load_reason()
 
 
 def _as_bf16_values(values: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,6 @@ from ..cpu import cpu_flags
 
 log = logging.getLogger("subcoder.pruner.kernels")
 
-ENV_SWITCH = "SUBCODER_SPARSE"
 SOURCE_DIR = Path(__file__).with_name("csrc")
 LIBRARY = "subcoder_sparse"  # the TORCH_LIBRARY namespace and the stable build's name
 # No -m flags: each kernel function names its instruction set in a target attribute or pragma region
@@ -78,8 +77,6 @@ def build_dir() -> Path:
 
 def _why_not_here() -> str | None:
     """A reason the kernel cannot run on this machine, found without compiling anything."""
-    if os.environ.get(ENV_SWITCH, "").strip() == "0":
-        return f"disabled by {ENV_SWITCH}=0"
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
         return f"needs an x86-64 CPU, this is {machine or 'unknown'}"
@@ -215,19 +212,6 @@ def value_padding() -> int:
     return int(ops.pad_values()) if ops is not None else 0
 
 
-def kernel_available() -> tuple[bool, str]:
-    """(True, what was loaded) or (False, why not). Builds the kernel on first call when needed.
-
-    `SUBCODER_SPARSE=0` always answers False; the answer is otherwise computed once per process.
-    """
-    if os.environ.get(ENV_SWITCH, "").strip() == "0":
-        return False, f"disabled by {ENV_SWITCH}=0"
-    ops = get_ops()
-    return ops is not None, _state["reason"]
-
-
-def active_ops():
-    """The ops when the kernel may be used right now (honours SUBCODER_SPARSE=0 set later), else None."""
-    if os.environ.get(ENV_SWITCH, "").strip() == "0":
-        return None
-    return get_ops()
+def load_reason() -> str:
+    """What was loaded, or why the kernel cannot run here (after `get_ops()`); "" before the first load."""
+    return _state.get("reason", "")
