@@ -394,8 +394,12 @@ def _sim(iv: dict) -> str:
     return f"{iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
 
 
-def _signed(iv: dict, scale: float = 100, unit: str = " pt") -> str:
-    return f"{scale * iv['estimate']:+.1f}{unit} [{scale * iv['low']:+.1f}, {scale * iv['high']:+.1f}]"
+def _signed(iv: dict) -> str:
+    return f"{100 * iv['estimate']:+.1f} pt [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
+
+
+def _signed_sim(iv: dict) -> str:
+    return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
 
 
 def _mib(n) -> str:
@@ -501,6 +505,9 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
             for c in layouts:
                 cells += [_pct(row[c]["exact"]), _sim(row[c]["similarity"])] if c in row else ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Weights: bytes the loaded model holds (packed values and masks for pruned layers). RSS: the "
+                  "measuring process after load and warm-up, which keeps what the loader freed but the allocator "
+                  "did not return, so it overstates what a server holds."]
         lines += ["", "Paired against dense (this minus dense). A difference inside its interval's reach of zero is "
                   "\"no difference shown\", not \"equal\": the MDE column says how large a difference these tasks "
                   "could have shown.", "",
@@ -515,7 +522,7 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                 lines.append(
                     f"| {name} | {c.split(':')[1].upper()} | {_signed(vs['exact_diff'])} ({verdict(vs['exact_diff'])}) "
                     f"| {vs['only_this']} / {vs['only_ref']}, p = {vs['mcnemar_p']:.2g} "
-                    f"| {_signed(vs['similarity_diff'], 1, '')} ({verdict(vs['similarity_diff'])}) "
+                    f"| {_signed_sim(vs['similarity_diff'])} ({verdict(vs['similarity_diff'])}) "
                     f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
                     f"| {_ratio(pr)} |")
         lines.append("")
