@@ -1,7 +1,8 @@
 """Completion latency as an editor sees it: typing replayed through held-out files, over LSP.
 
     python benchmarks/server_latency.py [--model qwen2.5-coder-0.5b] [--files 4] [--lines 3] [--every 4]
-                                        [--engines server,generate,llama] [--write docs/PERFORMANCE.md]
+                                        [--engines server,server-dense,same-engine,generate,llama]
+                                        [--write docs/PERFORMANCE.md]
 
 What it does, in order (never two engines at once: the machine has two cores):
 
@@ -239,13 +240,20 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tokens: int, log_dir: Path,
-               after_cold=None) -> dict:
-    """The replay through a real server process; `after_cold(request)` runs after each cold answer."""
+               after_cold=None, sparsity: float | None = None) -> dict:
+    """The replay through a real server process; `after_cold(request)` runs after each cold answer.
+    `sparsity`: the server's setting (None: its default; 0: the dense model, nothing built)."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-c", "import sys; from subcoder.server.main import run; sys.exit(run(sys.argv[1:]))",
            "--log-file", str(log_dir / "server.log")]
     # The user's cache is shared with other work: the benchmark's server must not evict anything from it.
     settings = {"model": model, "maxNewTokens": max_new_tokens, "cacheSizeLimitMB": 1 << 22}
+    if sparsity is not None:
+        settings["sparsity"] = sparsity
+    # at sparsity 0 the server rests in "base": the dense model serves, nothing is built
+    wanted = ("ready", "error") if sparsity != 0 else ("base", "error")
+    for stale in ("server.log", "server.stderr"):
+        (log_dir / stale).unlink(missing_ok=True)
     client = LspClient(cmd, env, settings, log_dir / "server.stderr")
     try:
         client.request("initialize", {
@@ -255,8 +263,8 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
                              "textDocument": {"inlineCompletion": {}, "synchronization": {}}}})
         client.notify("initialized", {})
         t0 = time.perf_counter()
-        status = client.wait_state(("ready", "error"), 3600)
-        if status["state"] != "ready":
+        status = client.wait_state(wanted, 3600)
+        if status["state"] == "error":
             raise RuntimeError(f"the server did not get ready: {status}")
         built = "build started" in (log_dir / "server.log").read_text()
         print(f"  server ready in {time.perf_counter() - t0:.1f} s: {status['message']}"
@@ -359,7 +367,7 @@ def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) 
     from subcoder.pruner.engine.stops import StopRule
     from subcoder.pruner.loader import load_model
 
-    loaded = load_model(model_name, sparse=False)
+    loaded = load_model(model_name, sparse=False)  # torch's own layers: plain transformers
     helper = Completer(loaded)  # prompt building and stop tokens only (the server's layout)
     model = loaded.model
     times = []
@@ -374,6 +382,43 @@ def run_generate(model_name: str, requests: list[Request], max_new_tokens: int) 
                            stopping_criteria=StoppingCriteriaList([stop]), pad_token_id=loaded.tokenizer.pad_token_id)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def run_same_engine(sub_path: Path, model_name: str, segments: list[Segment], max_new_tokens: int) -> dict:
+    """The replay in this process through the server's editor policy, for the sub-model and the dense base
+    model on the same engine, request by request in turns (which goes first alternates). Returns
+    {"sub": [seconds], "dense": [seconds], "sub_log": [...], "dense_log": [...]}: per request its time,
+    and the engine's account (prompt, reused and new tokens, passes, stop reason)."""
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.engine.options import EngineOptions
+    from subcoder.pruner.loader import load_model
+    from subcoder.server.editor import EditorCompleter
+
+    options = EngineOptions.from_env()
+    engines = {}
+    for key, name in (("sub", str(sub_path)), ("dense", model_name)):
+        loaded = load_model(name, options=options)
+        completer = EditorCompleter(Completer(loaded, options=options))
+        if options.warm_up:
+            completer.warm_up()
+        engines[key] = completer
+    out: dict[str, list] = {"sub": [], "dense": [], "sub_log": [], "dense_log": []}
+    n = 0
+    for seg in segments:
+        uri = f"file:///typing_{seg.requests[0].segment}.py"
+        for req in seg.requests:
+            order = ("sub", "dense") if n % 2 == 0 else ("dense", "sub")
+            n += 1
+            for key in order:
+                t0 = time.perf_counter()
+                got = engines[key].complete(req.prefix, req.suffix, max_new_tokens=max_new_tokens, key=uri)
+                out[key].append(time.perf_counter() - t0)
+                out[key + "_log"].append({"prompt": got.prompt_tokens, "reused": got.reused_tokens,
+                                          "new": got.new_tokens, "passes": getattr(got, "passes", None),
+                                          "reason": getattr(got, "stop_reason", ""), "text": got.text})
+        for completer in engines.values():
+            completer.forget(uri)
+    return out
 
 
 def preset_gguf(name: str, keep_dir: Path | None = None) -> Path:
@@ -588,6 +633,8 @@ def main(argv=None) -> int:
                 "server_text": [t for _, _, t in extra["server"]["times"]] if "server" in extra else None,
                 "served": extra.get("server", {}).get("served"),
                 "server_rss_mb": extra.get("server", {}).get("rss_mb"), "pass_ms": passes,
+                "same_engine": extra.get("same_engine"),
+                "server_dense_served": extra.get("server_dense", {}).get("served"),
             }, indent=1))
     with tempfile.TemporaryDirectory(prefix="subcoder-latency-") as tmp:
         tmp = Path(tmp)
@@ -608,6 +655,24 @@ def main(argv=None) -> int:
             passes["subcoder server"] = probe.ms()
             checkpoint()
             extra["bare"] = bare
+            checkpoint()
+        if "server-dense" in engines:
+            print("server replay, sparsity 0 (the dense model, same engine) ...", file=sys.stderr)
+            got = run_server(segments, args.model, workspace, args.max_new_tokens, tmp, sparsity=0)
+            name = "subcoder server, dense model (sparsity 0)"
+            results[name] = [t for _, t, _ in got["times"]]
+            extra["server_dense"] = got
+            loads[name] = load_avg()
+            passes[name] = probe.ms()
+            checkpoint()
+        if "same-engine" in engines:
+            print("in-process replay, sub-model and dense model in turns ...", file=sys.stderr)
+            got = run_same_engine(sub.path, args.model, segments, args.max_new_tokens)
+            results[f"in-process: {args.sparsity:.0%} sub-model"] = got["sub"]
+            results["in-process: dense model, same engine"] = got["dense"]
+            extra["same_engine"] = got
+            loads["in-process pair"] = load_avg()
+            passes["in-process pair"] = probe.ms()
             checkpoint()
         if "generate" in engines:
             print("model.generate replay ...", file=sys.stderr)
@@ -667,6 +732,30 @@ def main(argv=None) -> int:
                      f"{statistics.median([s['prompt'] for s in ext] or [0]):.0f} prompt tokens and decoding a median "
                      f"{statistics.median([s['new'] for s in ext] or [0]):.0f} tokens{_passes(ext)}. Non-empty suggestions: "
                      f"{sum(1 for _, _, t in extra['server']['times'] if t)} of {len(kinds)}.")
+        lines.append("")
+    if "same_engine" in extra:
+        pair = extra["same_engine"]
+        ratios = sorted(d / s for d, s in zip(pair["dense"], pair["sub"]))
+        decoded = [(d, s) for d, s, dl, sl in zip(pair["dense"], pair["sub"], pair["dense_log"], pair["sub_log"])
+                   if dl["new"] and sl["new"]]
+
+        def tokens(log: list[dict]) -> str:
+            new = sum(x["new"] for x in log)
+            passes_ = sum(x["passes"] or 0 for x in log)
+            return f"{new} tokens in {passes_} passes" if passes_ else f"{new} tokens"
+
+        lines.append(f"Pruned vs dense on the same engine (in-process, the server's editor policy, the two models in "
+                     f"turns request by request): p50 {ms(pct(pair['sub'], .5))} vs {ms(pct(pair['dense'], .5))} ms, "
+                     f"p95 {ms(pct(pair['sub'], .95))} vs {ms(pct(pair['dense'], .95))} ms; per request dense / "
+                     f"sub-model median {statistics.median(ratios):.2f}x; where both decoded ({len(decoded)} "
+                     f"requests) {statistics.median([d / s for d, s in decoded] or [float('nan')]):.2f}x. Sub-model "
+                     f"{tokens(pair['sub_log'])}, dense {tokens(pair['dense_log'])}; identical suggestions "
+                     f"{sum(a['text'] == b['text'] for a, b in zip(pair['sub_log'], pair['dense_log']))} of "
+                     f"{len(pair['sub'])}.")
+        lines.append("")
+    if "server_dense" in extra:
+        lines.append(f"Server at sparsity 0 (dense model) memory after the replay: RSS "
+                     f"{extra['server_dense']['rss_mb']:.0f} MiB (peak {extra['server_dense']['peak_rss_mb']:.0f} MiB).")
         lines.append("")
     if "server" in extra:
         lines.append(f"Server memory after the replay: RSS {extra['server']['rss_mb']:.0f} MiB "

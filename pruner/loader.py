@@ -102,18 +102,18 @@ def _dense_on_kernel(loaded: LoadedModel, *, device) -> None:
 
     if str(device) != "cpu":
         return
+    targets = [(module, child_name, child) for module in loaded.model.modules()
+               for child_name, child in module.named_children()
+               if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.is_contiguous()]
+    if not targets:  # fp32 weights: nothing to do, and no reason to build the kernel for it
+        return
     ok, reason = kernels.kernel_available()
     if not ok:
         log.info("dense kernel off: %s; the model's linears stay torch's", reason)
         return
-    model = loaded.model
-    wrapped = 0
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.is_contiguous():
-                setattr(module, child_name, kernels.DenseBF16Linear.from_linear(child))
-                wrapped += 1
-    log.info("dense kernel: %d linears of %s on the bf16 matvec", wrapped, loaded.info.name)
+    for module, child_name, child in targets:
+        setattr(module, child_name, kernels.DenseBF16Linear.from_linear(child))
+    log.info("dense kernel: %d linears of %s on the bf16 matvec", len(targets), loaded.info.name)
 
 
 def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):

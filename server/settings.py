@@ -33,7 +33,7 @@ def _sparse_kernel_default() -> bool:
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_PRESET  # preset name, HF directory, .gguf file or hub id
-    sparsity: float = 0.5
+    sparsity: float = 0.5  # 0: no pruning, the dense model served on the same engine (nothing is built)
     pattern: str = "unstructured"  # unstructured | 2:4 | 4:8
     method: str = "wanda"  # wanda | magnitude
     calibration: str = "corpus"  # corpus | workspace | mix
@@ -52,6 +52,11 @@ class Settings:
     context_tokens: int = 1024  # prompt budget (prefix + suffix)
     calibration_samples: int = 32  # windows of calibration_seq_len tokens
     calibration_seq_len: int = 512
+
+    @property
+    def prunes(self) -> bool:
+        """False at sparsity 0: the dense model is served as it is, on the same engine, and no sub-model is built."""
+        return self.sparsity > 0
 
     def prune_config(self) -> PruneConfig:
         return PruneConfig(sparsity=self.sparsity, pattern=Pattern.parse(self.pattern), method=self.method)
@@ -129,7 +134,7 @@ def _boolean(value):
 
 _CHECKS = {
     "model": lambda v: _string(v) or DEFAULT_PRESET,
-    "sparsity": _number(float, 0.01, 0.99),
+    "sparsity": _number(float, 0.0, 0.99),
     "pattern": _pattern,
     "method": _choice(("wanda", "magnitude")),
     "calibration": _choice(("corpus", "workspace", "mix")),
@@ -185,7 +190,8 @@ def parse_settings(raw: Any, base: Settings | None = None) -> Parsed:
     if values.get("sparse_kernel") is True and not _sparse_kernel_default():
         problems.append(f"setting subcoder.sparseKernel=true overrides {ENV_NAMES['sparse_kernel']}=0")
     try:
-        settings.prune_config()
+        if settings.prunes:  # at 0 nothing is pruned, so the pattern has nothing to contradict
+            settings.prune_config()
     except ConfigError as exc:
         problems.append(f"{exc}; using sparsity/pattern {base.sparsity}/{base.pattern}")
         settings = dataclasses.replace(settings, sparsity=base.sparsity, pattern=base.pattern)
