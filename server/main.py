@@ -51,6 +51,7 @@ def run(args: list[str]) -> int:
     from . import logs
 
     log_path = logs.setup(python_log_level(options.log_level), options.log_file)
+    from .protocol import serve_stdio, serve_tcp
     from .server import server
 
     logging.getLogger().addHandler(logs.ClientHandler(server.send_log, python_log_level(options.log_level)))
@@ -65,7 +66,7 @@ def run(args: list[str]) -> int:
     try:
         if options.tcp:
             try:
-                server.start_tcp(host, port)
+                serve_tcp(server, host, port)
             except OSError as exc:  # the address is taken or not ours: one line, not a traceback
                 print(f"subcoder serve: cannot listen on {options.tcp}: {exc.strerror or exc}", file=sys.stderr)
                 return 2
@@ -73,7 +74,7 @@ def run(args: list[str]) -> int:
             stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
             # stdout carries JSON-RPC: anything a library prints goes to stderr instead.
             sys.stdout = sys.stderr
-            server.start_io(stdin, stdout)
+            serve_stdio(server, stdin, stdout)
     finally:
         server.session.shutdown()
     # `exit` before `shutdown` ends with 1, as the protocol asks; a client that just went away, with 0.

@@ -29,6 +29,7 @@ from .builds import BuildManager, compute_key
 from .cache import CacheManager
 from .detect import detect
 from .modelset import LANGUAGE_IDS, load_completer
+from .protocol import SubcoderProtocol
 from .session import NotStarted, ServingSession
 from .settings import Settings, parse_settings, python_log_level
 
@@ -43,9 +44,12 @@ _WORD = re.compile(r"[A-Za-z0-9_$]*$")
 
 def load_served(name: str, settings: Settings, sub: bool):
     """The session's loader: a base model (by name) or a sub-model (by its cache folder), ready to complete."""
+    # sparseKernel on means "when this machine can run it" (None), never "fail without it": the
+    # editor must keep completing on a CPU without AVX2 or on another OS, with the dense path.
     return load_completer(name, dtype=settings.dtype, device=settings.device,
-                          sparse=settings.sparse_kernel if sub else False, context_tokens=settings.context_tokens,
-                          cache_dir=None if sub else settings.cache_dir, fim_order=settings.fim_order)
+                          sparse=None if sub and settings.sparse_kernel else False,
+                          context_tokens=settings.context_tokens, cache_dir=None if sub else settings.cache_dir,
+                          fim_order=settings.fim_order, options=settings.engine_options())
 
 
 def key_of(language: str, settings: Settings, root: str | None) -> str:
@@ -59,7 +63,7 @@ def open_cache(settings: Settings) -> CacheManager:
 
 class SubcoderServer(LanguageServer):
     def __init__(self):
-        super().__init__("subcoder", __version__)
+        super().__init__("subcoder", __version__, protocol_cls=SubcoderProtocol)
         self.session = ServingSession(load=load_served, builds=BuildManager, notifier=LspNotifier(self),
                                       key_of=key_of, detect=detect, open_cache=open_cache)
         self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (the protocol says so)
