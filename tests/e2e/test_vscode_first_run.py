@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
@@ -72,8 +73,18 @@ def wait_healthy(port: int, timeout: float) -> None:
     raise AssertionError(f"code-server did not answer on port {port} within {timeout:.0f} s")
 
 
-def test_first_run_from_an_empty_profile(tmp_path: Path) -> None:
+@pytest.fixture
+def scratch():
+    """A short path (Chromium's and code-server's sockets live under it; tmp_path is too long for them)."""
+    path = Path(tempfile.mkdtemp(prefix="scfr-"))
+    yield path
+    if not os.environ.get("KEEP_SCRATCH"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_first_run_from_an_empty_profile(scratch: Path) -> None:
     started = time.monotonic()
+    tmp_path = scratch
     # The premise: the Python this PATH offers has no subcoder, so only the runtime the extension
     # makes can serve.
     bare = subprocess.run(["python3", "-c", "import subcoder"], env={"PATH": CLEAN_PATH}, capture_output=True)
@@ -106,12 +117,12 @@ def test_first_run_from_an_empty_profile(tmp_path: Path) -> None:
     user_data, extensions = tmp_path / "user-data", tmp_path / "extensions"
     (user_data / "User").mkdir(parents=True)
     (user_data / "User" / "settings.json").write_text(json.dumps(USER_SETTINGS, indent=2))
-    scratch = tmp_path / "xdg"
+    xdg = tmp_path / "xdg"
     env = {
         "PATH": f"{CLEAN_PATH}:{Path(shutil.which('node')).parent}",
         "HOME": str(tmp_path / "home"),
-        "XDG_CONFIG_HOME": str(scratch / "config"), "XDG_DATA_HOME": str(scratch / "data"),
-        "XDG_CACHE_HOME": str(scratch / "cache"), "TMPDIR": str(tmp_path / "tmp"),
+        "XDG_CONFIG_HOME": str(xdg / "config"), "XDG_DATA_HOME": str(xdg / "data"),
+        "XDG_CACHE_HOME": str(xdg / "cache"), "TMPDIR": str(tmp_path / "tmp"),
         # The compiled sparse kernel is shared with the other tests; sub-models go to cacheDir above.
         "SUBCODER_CACHE_DIR": os.environ.get("SUBCODER_CACHE_DIR") or str(Path.home() / ".cache" / "subcoder"),
         "LANG": "C.UTF-8",

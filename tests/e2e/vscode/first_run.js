@@ -78,7 +78,7 @@ async function waitFor(page, predicate, timeout, what, onTick) {
             statusHistory.push(text);
             log(`status bar: "${text}"`);
         }
-        const progress = await page.evaluate(() => [...document.querySelectorAll('.notifications-toasts .notification-toast')]
+        const progress = await page.evaluate(() => [...document.querySelectorAll('.notifications-toasts .notification-list-item-message')]
             .map((e) => (e.textContent || '').replace(/\s+/g, ' ').trim()).find((t) => t.includes('Python runtime')) || null).catch(() => null);
         if (progress && progress !== progressHistory[progressHistory.length - 1]) {
             progressHistory.push(progress);
@@ -154,6 +154,8 @@ async function journey(page) {
     const notInstalled = await statusText(page);
     check('status bar says not installed while it waits for the answer', /not installed/.test(notInstalled || ''), notInstalled || '');
     await offer.locator('.monaco-button', { hasText: 'Set up runtime' }).click();
+    // Away from the notifications, so that no hover tooltip covers the next screenshots.
+    await page.mouse.move(300, 300);
     const installStarted = Date.now();
 
     // 2. The install, as a progress notification with pip's stages.
