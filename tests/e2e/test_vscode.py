@@ -25,6 +25,7 @@ def run_e2e(*args: str, timeout: int) -> None:
 
 
 @needs_node
+@pytest.mark.slow
 def test_extension_unit_tests():
     """The extension's own unit tests (node:test; no editor): interpreter choice, settings, status text, bundle."""
     if not (EXTENSION / "node_modules").is_dir():

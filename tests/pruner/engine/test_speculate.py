@@ -57,6 +57,7 @@ def loaded():
 CODE = "".join(f"def add{i % 7}(a, b):\n    return a + b + {i % 3}\n\n" for i in range(60))
 
 
+@pytest.mark.slow
 def test_speculative_completions_equal_plain_greedy(loaded):
     fast = Completer(loaded, context_tokens=512, speculate=True)
     plain = Completer(loaded, context_tokens=512, speculate=False)

@@ -9,6 +9,7 @@ from subcoder.pruner.evaluation.study import Plan, run_study
 from tiny_models import save_tiny_model_dir
 
 
+@pytest.mark.slow
 def test_study_on_a_tiny_model(tmp_path):
     model = str(save_tiny_model_dir(tmp_path / "tiny-llama"))
     plan = Plan(models=(model,), languages=("python", "java"), patterns=("unstructured", "2:4"), metrics=("ppl",),

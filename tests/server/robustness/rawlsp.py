@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-SERVE = [sys.executable, str(HERE / "serve_hardened.py")]
+SERVE = [sys.executable, "-P", "-m", "subcoder.pruner.cli", "serve"]  # as the extension starts it
 
 
 def frame(message, *, name: bytes = b"Content-Length", eol: bytes = b"\r\n") -> bytes:
