@@ -321,6 +321,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     runtime = new ManagedRuntime(context, {
         onInstalling: (installing) => {
             statusBar!.model.client = installing ? 'starting' : 'not-installed';
+            statusBar!.model.server = undefined;
             statusBar!.model.problem = installing ? undefined : runtime?.problem;
             statusBar!.render();
         },
