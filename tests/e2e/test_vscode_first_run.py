@@ -84,7 +84,7 @@ def scratch():
 
 def test_first_run_from_an_empty_profile(scratch: Path) -> None:
     started = time.monotonic()
-    tmp_path = scratch
+    tmp_path = scratch  # everything below lives in the short scratch folder
     # The premise: the Python this PATH offers has no subcoder, so only the runtime the extension
     # makes can serve.
     bare = subprocess.run(["python3", "-c", "import subcoder"], env={"PATH": CLEAN_PATH}, capture_output=True)
