@@ -22,6 +22,7 @@ import collections
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,7 +157,7 @@ class BuildManager:
         env.setdefault("OMP_NUM_THREADS", str(max(os.cpu_count() or 1, 1)))
         process = subprocess.Popen(
             list(self.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, text=True, bufsize=1, start_new_session=True, cwd=tempfile.gettempdir(),
+            stderr=subprocess.PIPE, env=env, text=True, bufsize=1, cwd=tempfile.gettempdir(), **group_options(),
         )
         running = _Running(request, process, time.perf_counter())
         self._running = running
@@ -168,13 +169,7 @@ class BuildManager:
         self._emit(BuildEvent("started", request, 0, f"building the {request.language} sub-model"))
 
     def _kill(self, running: _Running) -> None:
-        try:
-            os.killpg(running.process.pid, 9)
-        except (ProcessLookupError, PermissionError, OSError):
-            try:
-                running.process.kill()
-            except OSError:
-                pass
+        kill_group(running.process)
 
     def _relay_stderr(self, running: _Running) -> None:
         for line in running.process.stderr:
@@ -233,6 +228,50 @@ class BuildManager:
             self.on_event(event)
         except Exception:
             log.exception("build event handler failed")
+
+
+# The child runs in a group of its own, so that a cancel ends whatever it started too (a compiler
+# building the kernel, torch's worker processes), and so that a Ctrl+C in the server's terminal is
+# not delivered to it twice. The platform is an argument: the Windows branches are tested on Linux.
+_CREATE_NEW_PROCESS_GROUP = 0x00000200  # subprocess.CREATE_NEW_PROCESS_GROUP, defined only on Windows
+
+
+def group_options(platform: str | None = None) -> dict:
+    """Popen keyword arguments that start the child as the leader of a new process group."""
+    if (platform or sys.platform) == "win32":
+        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", _CREATE_NEW_PROCESS_GROUP)}
+    return {"start_new_session": True}
+
+
+def kill_group(process: subprocess.Popen, platform: str | None = None, *,
+               killpg: Callable[[int, int], None] | None = None,
+               run: Callable[..., object] = subprocess.run) -> None:
+    """End the child and its descendants at once; never raises (the child may be gone already).
+
+    POSIX: SIGKILL to the group (the library cannot stop mid-layer, so nothing gentler would be heard).
+    Windows has no process groups to signal with a kill: `taskkill /T /F` ends the tree, and
+    `Popen.kill` (TerminateProcess) ends the child itself when taskkill is unavailable.
+    """
+    if process.poll() is not None:
+        return
+    if (platform or sys.platform) == "win32":
+        try:
+            run(["taskkill", "/T", "/F", "/PID", str(process.pid)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    else:
+        killpg = killpg or getattr(os, "killpg", None)
+        try:
+            if killpg is not None:
+                killpg(process.pid, getattr(signal, "SIGKILL", 9))
+                return
+        except OSError:  # ProcessLookupError, PermissionError: the group is gone or not ours
+            pass
+    try:
+        process.kill()
+    except OSError:
+        pass
 
 
 def _remove_partial(request: BuildRequest) -> None:
