@@ -145,3 +145,25 @@ def _assign_headers(headers: list[tuple[str, int]], counts: dict[str, list[int]]
         counts.setdefault(language, [0, 0])
         counts[language][0] += 1
         counts[language][1] += size
+
+
+def detect_all(roots: list[str | os.PathLike]) -> Detection:
+    """`detect` over every folder of a multi-root workspace, merged: the dominant language is the one with
+    the most code across all of them. A folder inside another is walked once; the result's root is the first."""
+    unique: list[str] = []
+    for root in map(lambda r: str(Path(r)), roots):
+        if root not in unique and not any(Path(root).is_relative_to(other) for other in unique):
+            unique = [u for u in unique if not Path(u).is_relative_to(root)] + [root]
+    if len(unique) <= 1:
+        return detect(unique[0] if unique else roots[0])
+    parts = [detect(root) for root in unique]
+    counts: dict[str, list[int]] = {}
+    for part in parts:
+        for entry in part.languages:
+            counts.setdefault(entry.language, [0, 0])
+            counts[entry.language][0] += entry.files
+            counts[entry.language][1] += entry.bytes
+    total = sum(b for _, b in counts.values()) or 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    return Detection(str(Path(roots[0])), tuple(LanguageShare(lang, f, b, b / total) for lang, (f, b) in ranked),
+                     sum(p.files_seen for p in parts), sum(p.seconds for p in parts), any(p.truncated for p in parts))

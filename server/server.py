@@ -27,7 +27,7 @@ from subcoder.pruner import paths
 from . import __version__, logs
 from .builds import BuildManager, compute_key
 from .cache import CacheManager
-from .detect import detect
+from .detect import detect_all
 from .modelset import LANGUAGE_IDS, load_completer
 from .protocol import SubcoderProtocol
 from .session import NotStarted, ServingSession
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 STATUS = "subcoder/status"
 CMD_REBUILD = "subcoder.rebuildSubModel"
 CMD_STATUS = "subcoder.status"
+CMD_CANCEL = "subcoder.cancelBuild"
+CMD_ACCEPTED = "subcoder.accepted"  # the command an inline item carries: run by the editor when it is accepted
 MAX_DOCUMENT_CHARS = 4 << 20  # beyond this the prompt is built from a window around the cursor
 _WORD = re.compile(r"[A-Za-z0-9_$]*$")
 
@@ -64,16 +66,19 @@ def open_cache(settings: Settings) -> CacheManager:
 class SubcoderServer(LanguageServer):
     def __init__(self):
         super().__init__("subcoder", __version__, protocol_cls=SubcoderProtocol)
+        self.roots: list[str] = []  # every workspace folder; the session's root is the first
         self.session = ServingSession(load=load_served, builds=BuildManager, notifier=LspNotifier(self),
-                                      key_of=key_of, detect=detect, open_cache=open_cache)
+                                      key_of=key_of, detect=lambda root: detect_all(self.roots or [root]),
+                                      open_cache=open_cache)
         self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (the protocol says so)
         self.shutdown_requested = False
         self._shown: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_tokens = 0  # new tokens of the last completion, shown by the editor next to its latency
 
     def status(self) -> dict:
         """The `subcoder.status` command's result: the status notification plus the session's counters."""
-        return {**self.session.status(), **self.session.details()}
+        return {**self.session.status(), "kernel": kernel_text(self.session), **self.session.details()}
 
     def show_once(self, kind: str, text: str, level=types.MessageType.Warning) -> None:
         """A user-facing message, at most once per kind per session (the log has every occurrence)."""
@@ -138,6 +143,7 @@ class SubcoderServer(LanguageServer):
         result = await self.session.complete(uri, self.language_of(document), prefix, suffix, request=request)
         if result is None or not result.text:
             return None
+        self.last_tokens = result.new_tokens
         return result.text, _WORD.search(prefix.rsplit("\n", 1)[-1]).group(0)
 
 
@@ -149,7 +155,7 @@ class LspNotifier:
         self.token: str | None = None  # the running build's progress token
 
     def status(self, status: dict) -> None:
-        self.server.protocol.notify(STATUS, status)
+        self.server.protocol.notify(STATUS, {**status, "kernel": kernel_text(self.server.session)})
 
     def show(self, kind: str, text: str, *, error: bool = False) -> None:
         self.server.show_once(kind, text, types.MessageType.Error if error else types.MessageType.Warning)
@@ -180,13 +186,37 @@ class LspNotifier:
             self.server.work_done_progress.tokens.pop(token, None)
 
 
+def kernel_text(session) -> str:
+    """"on (why)" or "off (why)": whether the sparse CPU kernel runs the served sub-model, for the status tooltip.
+    Reads the kernel's state only where torch is loaded already: a status must never import it."""
+    import sys
+
+    if not session.settings.sparse_kernel:
+        return "off (subcoder.sparseKernel is off)"
+    if not session.settings.prunes:
+        return "off (sparsity 0: the dense model is served)"
+    subs = list(session.models.subs.values())
+    if not subs:
+        return "off (the dense base model is served until the sub-model is ready)"
+    native = sys.modules.get("subcoder.pruner.kernels.native")
+    reason = native.load_reason() if native is not None else ""
+    if any(getattr(getattr(s.completer, "info", None), "sparse_kernel", False) for s in subs):
+        return f"on ({reason or 'sparse CPU kernel'})"
+    return f"off ({reason or 'not available on this machine'})"
+
+
 server = SubcoderServer()
 
 
+def _roots(params: types.InitializeParams) -> list[str]:
+    """Every workspace folder (multi-root workspaces: languages are detected over all of them)."""
+    return [p for f in (params.workspace_folders or []) if (p := to_fs_path(f.uri))]
+
+
 def _root(params: types.InitializeParams) -> str | None:
-    folders = params.workspace_folders or []
+    folders = _roots(params)
     if folders:
-        return to_fs_path(folders[0].uri)
+        return folders[0]
     if params.root_uri:
         return to_fs_path(params.root_uri)
     return params.root_path or None
@@ -198,6 +228,7 @@ def on_initialize(ls: SubcoderServer, params: types.InitializeParams) -> None:
     ls._loop = asyncio.get_running_loop()
     ls.apply_settings(params.initialization_options)
     ls.session.root = _root(params)
+    ls.roots = _roots(params)
     log.info("initialize: root %s, settings %s", ls.session.root, ls.session.settings)
 
 
@@ -233,8 +264,9 @@ async def on_configuration(ls: SubcoderServer, params: types.DidChangeConfigurat
 
 @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
 async def on_folders(ls: SubcoderServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
-    """A new first folder: detect again."""
+    """Folders added or removed: detect again over all of them."""
     folders = list(ls.workspace.folders.values())
+    ls.roots = [p for f in folders if (p := to_fs_path(f.uri))]
     await ls.session.set_root(to_fs_path(folders[0].uri) if folders else ls.session.root)
 
 
@@ -263,7 +295,9 @@ async def on_inline_completion(ls: SubcoderServer, params: types.InlineCompletio
         return types.InlineCompletionList(items=[])
     text, _ = got
     at = types.Range(start=params.position, end=params.position)
-    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=at)])
+    # The command carries the item's token count to the editor (its status tooltip); run on accept, it does nothing.
+    accepted = types.Command(title="subcoder", command=CMD_ACCEPTED, arguments=[{"tokens": ls.last_tokens}])
+    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=at, command=accepted)])
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
@@ -300,6 +334,19 @@ async def rebuild(ls: SubcoderServer, *args) -> dict:
         # Before `initialized` the configured model is not known yet: building now would fetch the default.
         raise JsonRpcServerNotInitialized(str(exc)) from None
     return ls.status()
+
+
+@server.command(CMD_CANCEL)
+def cancel_build(ls: SubcoderServer, *args) -> dict:
+    """Stop the running build (the editor's Cancel); the model being served stays."""
+    log.info("build cancelled by the user")
+    ls.session.cancel_build()
+    return ls.status()
+
+
+@server.command(CMD_ACCEPTED)
+def accepted(ls: SubcoderServer, *args) -> None:
+    """An inline item was accepted (clients that send their items' commands to the server)."""
 
 
 @server.command(CMD_STATUS)

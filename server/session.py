@@ -191,6 +191,9 @@ class ServingSession:
             self.models.clear()
             self._spawn(self.refresh())
         elif new.languages != old.languages:
+            current = self.builds.current
+            if current is not None and current.language not in new.languages:
+                self.builds.cancel()  # a language turned off stops its build
             self._spawn(self.refresh())
 
     async def set_root(self, root: str | None) -> None:
