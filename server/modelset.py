@@ -1,7 +1,8 @@
 """Which model answers a document: the language's sub-model, else the dominant language's, else the base.
 
 Models are loaded in a background thread; swapping one in is a single dict assignment under a lock,
-so a completion in flight keeps the model it started with.
+so a completion in flight keeps the model it started with. `pending_download` and `fetch_model` say
+whether the configured model must be fetched first and fetch it, so the session can ask before.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from subcoder.pruner import presets
 from subcoder.pruner.languages import LSP_IDS
+from subcoder.pruner.progress import ProgressFn
+from subcoder.pruner.units import human_bytes
 
 from subcoder.pruner.engine.options import EngineOptions
 
@@ -20,6 +24,43 @@ log = logging.getLogger(__name__)
 
 # LSP language ids → subcoder's language names (the registry's table).
 LANGUAGE_IDS = LSP_IDS
+
+# How a question to the user spells a language (the registry's names are lower case identifiers).
+_DISPLAY = {"python": "Python", "java": "Java", "cpp": "C++", "javascript": "JavaScript",
+            "typescript": "TypeScript", "go": "Go", "rust": "Rust"}
+
+
+def display_name(language: str | None) -> str:
+    return _DISPLAY.get(language or "", language or "code")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A model that is not local yet: what the consent question and the progress name."""
+
+    model: str  # the setting's value (a preset name)
+    title: str  # the model's own name
+    size_bytes: int  # what the download costs
+
+    @property
+    def size(self) -> str:
+        return human_bytes(self.size_bytes)
+
+
+def pending_download(model: str, cache_dir: str = "") -> Download | None:
+    """The download loading `model` would start, or None when its files are local (or it is no preset).
+
+    Only presets are known to need one; a hub id is the user's explicit choice of a remote model.
+    """
+    preset = presets.PRESETS.get(model)
+    if preset is None or presets.is_cached(model, cache_dir or None):
+        return None
+    return Download(model, preset.title, preset.gguf_bytes)
+
+
+def fetch_model(model: str, cache_dir: str = "", progress: ProgressFn | None = None) -> None:
+    """Download and convert a preset into the model cache (stages `download` and `convert`); raises SubcoderError."""
+    presets.resolve_model(model, cache_dir=cache_dir or None, progress=progress)
 
 
 @dataclass
@@ -48,6 +89,11 @@ class ModelSet:
     def clear(self) -> None:
         with self._lock:
             self.base, self.subs = None, {}
+
+    def resident(self) -> list[str]:
+        """The models in memory: "base" and the sub-models' languages."""
+        with self._lock:
+            return (["base"] if self.base else []) + sorted(self.subs)
 
     def keys(self) -> set[str]:
         with self._lock:

@@ -28,7 +28,7 @@ from . import __version__, logs
 from .builds import BuildManager, compute_key
 from .cache import CacheManager
 from .detect import detect_all
-from .modelset import LANGUAGE_IDS, load_completer
+from .modelset import LANGUAGE_IDS, fetch_model, load_completer, pending_download
 from .protocol import SubcoderProtocol
 from .session import NotStarted, ServingSession
 from .settings import Settings, parse_settings, python_log_level
@@ -69,7 +69,9 @@ class SubcoderServer(LanguageServer):
         self.roots: list[str] = []  # every workspace folder; the session's root is the first
         self.session = ServingSession(load=load_served, builds=BuildManager, notifier=LspNotifier(self),
                                       key_of=key_of, detect=lambda root: detect_all(self.roots or [root]),
-                                      open_cache=open_cache)
+                                      open_cache=open_cache,
+                                      pending=lambda s: pending_download(s.model, s.cache_dir),
+                                      fetch=lambda s, progress: fetch_model(s.model, s.cache_dir, progress))
         self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (the protocol says so)
         self.shutdown_requested = False
         self._shown: set[str] = set()
@@ -153,6 +155,7 @@ class LspNotifier:
     def __init__(self, server: SubcoderServer):
         self.server = server
         self.token: str | None = None  # the running build's progress token
+        self.cancellable = True  # a build can be cancelled; a download cannot
 
     def status(self, status: dict) -> None:
         self.server.protocol.notify(STATUS, {**status, "kernel": kernel_text(self.server.session)})
@@ -160,7 +163,17 @@ class LspNotifier:
     def show(self, kind: str, text: str, *, error: bool = False) -> None:
         self.server.show_once(kind, text, types.MessageType.Error if error else types.MessageType.Warning)
 
-    async def begin_progress(self, title: str) -> None:
+    def can_ask(self) -> bool:
+        caps = self.server.client_capabilities.window
+        return bool(caps and caps.show_message)
+
+    async def ask(self, text: str, actions: list[str]) -> str | None:
+        answer = await self.server.window_show_message_request_async(types.ShowMessageRequestParams(
+            type=types.MessageType.Info, message=text, actions=[types.MessageActionItem(title=a) for a in actions]))
+        return answer.title if answer else None
+
+    async def begin_progress(self, title: str, cancellable: bool = True) -> None:
+        self.cancellable = cancellable
         caps = self.server.client_capabilities.window
         if not (caps and caps.work_done_progress):
             return
@@ -172,12 +185,12 @@ class LspNotifier:
             return
         self.token = token
         self.server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
-            title=title, cancellable=True, percentage=0))
+            title=title, cancellable=cancellable, percentage=0))
 
     def report_progress(self, message: str, percent: int) -> None:
         if self.token:
             self.server.work_done_progress.report(self.token, types.WorkDoneProgressReport(
-                message=message, percentage=percent, cancellable=True))
+                message=message, percentage=percent, cancellable=self.cancellable))
 
     def end_progress(self, message: str) -> None:
         if self.token:

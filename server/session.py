@@ -2,15 +2,23 @@
 
 States (the `state` field of the `subcoder/status` notification; the wire strings are `State`'s values):
 
-    idle ──start()──▶ detecting ──no enabled language in the workspace──▶ base (base model loaded) | idle
-                         │
-                         └──dominant language──▶ building ──sub-model loaded (cache hit or build done)──▶ ready
+    idle ──start()──▶ detecting ──no enabled language in the workspace, none opened──▶ idle (nothing loaded)
+                         │     idle ──a document in an enabled language opened (want())──▶ as below
+                         └──dominant language──▶ [the model is not local: the download gate, below]
+                                                    ──▶ building ──sub-model loaded (cache hit or build done)──▶ ready
                                                     ├──build or load failed──▶ ready (another sub-model) | base | error
                                                     └──build cancelled──▶ ready | base | idle
-    detecting | idle | error ──base model loaded, no sub-model yet──▶ base
+    the download gate: idle (asking, unless allowDownload or the client decides) ──"Not now"──▶ idle (remembered
+                       until rebuild()) | ──"Download"──▶ downloading ──▶ converting ──▶ on as above | error
+    building (cache miss) | idle | error ──base model loaded, no sub-model yet──▶ base
     detecting ──sparsity 0 (no pruning)──▶ base once the dense model is loaded (nothing is built)
     any state, no sub-model ──base model failed to load──▶ error
     any state ──settings change the model or the build, or rebuild()──▶ detecting (work in flight is dropped)
+
+Nothing is loaded for a workspace without code in an enabled language until a document in one is opened, and
+the base model is loaded only while it is needed: on a cache miss (served while the sub-model builds), at
+sparsity 0, or when no sub-model can be had; it is released once the dominant language's sub-model serves,
+so one model is resident in the usual case.
 
 Nothing happens before `start()` (the server calls it once `initialized` has pulled the settings): settings
 arriving earlier are only stored, and `rebuild()` raises `NotStarted` rather than building with defaults.
@@ -40,7 +48,7 @@ from subcoder.pruner.calibration import LANGUAGES
 from subcoder.pruner.errors import Cancelled, SubcoderError
 
 from .builds import BuildEvent, BuildRequest, calibration_dict
-from .modelset import ModelSet, Served
+from .modelset import Download, ModelSet, Served, display_name
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,19 @@ class State(str, enum.Enum):
     BASE = "base"
     ERROR = "error"
     IDLE = "idle"
+    DOWNLOADING = "downloading"  # the base model's files are being fetched (once)
+    CONVERTING = "converting"  # ...and converted into the model cache
+
+
+DOWNLOAD, NOT_NOW = "Download", "Not now"  # the consent question's answers
+
+
+def download_decision(allow: bool | str, can_ask: bool) -> str:
+    """"yes", "no" or "ask": the `allowDownload` setting decides, and a client that cannot ask means yes
+    (it was set up to run subcoder, and the status names what is fetched)."""
+    if allow is True or allow is False:
+        return "yes" if allow else "no"
+    return "ask" if can_ask else "yes"
 
 
 class NotStarted(SubcoderError):
@@ -66,7 +87,11 @@ class Notifier(Protocol):
 
     def show(self, kind: str, text: str, *, error: bool = False) -> None: ...  # a message, once per kind
 
-    async def begin_progress(self, title: str) -> None: ...  # work-done progress of the current build
+    async def begin_progress(self, title: str, cancellable: bool = True) -> None: ...  # work-done progress
+
+    def can_ask(self) -> bool: ...  # the client answers `window/showMessageRequest`
+
+    async def ask(self, text: str, actions: list[str]) -> str | None: ...  # the action chosen, None if dismissed
 
     def report_progress(self, message: str, percent: int) -> None: ...
 
@@ -90,13 +115,16 @@ class Counters:
     cache_misses: int = 0
     submodels_loaded: int = 0
     base_loaded: int = 0
+    downloads_asked: int = 0  # consent questions sent to the client
+    downloads: int = 0  # models fetched (downloaded and converted)
 
     def to_dict(self) -> dict:
         return {"requests": self.requests, "served": dict(self.served), "tokens": self.tokens, "buildsStarted": self.builds_started,
                 "buildsFinished": self.builds_finished, "buildsExtracted": self.builds_extracted,
                 "buildsFailed": self.builds_failed, "buildsCancelled": self.builds_cancelled,
                 "cacheHits": self.cache_hits, "cacheMisses": self.cache_misses,
-                "subModelsLoaded": self.submodels_loaded, "baseLoaded": self.base_loaded}
+                "subModelsLoaded": self.submodels_loaded, "baseLoaded": self.base_loaded,
+                "downloadsAsked": self.downloads_asked, "downloads": self.downloads}
 
 
 # The injected parts, as the server wires them (see server.py):
@@ -105,11 +133,14 @@ KeyOf = Callable[[str, Settings, "str | None"], str]  # (language, settings, wor
 Detect = Callable[[str], Any]  # workspace root -> Detection
 OpenCache = Callable[[Settings], Any]  # settings -> CacheManager
 MakeBuilds = Callable[[Callable[[BuildEvent], None]], Any]  # on_event -> BuildManager
+Pending = Callable[[Settings], "Download | None"]  # settings -> the download loading their model would start
+Fetch = Callable[[Settings, Callable], None]  # (settings, progress callback) -> the model's files made local
 
 
 class ServingSession:
     def __init__(self, *, load: Loader, builds: MakeBuilds, notifier: Notifier, key_of: KeyOf, detect: Detect,
-                 open_cache: OpenCache, settings: Settings | None = None, background: Executor | None = None):
+                 open_cache: OpenCache, settings: Settings | None = None, background: Executor | None = None,
+                 pending: Pending = lambda settings: None, fetch: Fetch = lambda settings, progress: None):
         self.settings = settings or Settings()
         self.root: str | None = None
         self.detection = None
@@ -121,6 +152,7 @@ class ServingSession:
         self.counters = Counters()
         self.started = False
         self._load, self._key_of, self._detect, self._open_cache = load, key_of, detect, open_cache
+        self._pending, self._fetch = pending, fetch
         self.notifier = notifier
         self.cache = open_cache(self.settings)
         self.builds = builds(self._build_event_from_thread)
@@ -134,6 +166,12 @@ class ServingSession:
         self._inflight: dict[str, threading.Event] = {}  # document -> cancel flag of its running completion
         self._progress_request: BuildRequest | None = None  # the build the work-done progress belongs to
         self._tasks: set[asyncio.Task] = set()
+        self._detecting = False
+        self._opened: list[str] = []  # enabled languages of the documents opened, in order
+        self._answers: dict[str, bool] = {}  # model -> the user's answer to "Download?" (this session)
+        self._asking: dict[str, asyncio.Future] = {}  # model -> the question waiting for its answer
+        self._fetching: dict[str, asyncio.Future] = {}  # model -> its running download
+        self._fetch_failed: dict[str, str] = {}  # model -> why its download failed (until rebuild())
 
     # ------------------------------------------------------------------ status
 
@@ -144,7 +182,8 @@ class ServingSession:
         return {
             "state": self.state.value,
             "language": (current.language if current else None) or self.dominant,
-            "percent": self.percent if self.state is State.BUILDING else (100 if self.state is State.READY else 0),
+            "percent": self.percent if self.state in (State.BUILDING, State.DOWNLOADING, State.CONVERTING)
+            else (100 if self.state is State.READY else 0),
             "sparsity": self.settings.sparsity,
             "pattern": self.settings.pattern,
             "model": self.settings.model,
@@ -156,7 +195,7 @@ class ServingSession:
     def details(self) -> dict:
         """What the `subcoder.status` command adds to the status object: counters, loaded and queued languages."""
         return {"counters": self.counters.to_dict(), "subModels": sorted(self.models.subs),
-                "queued": sorted(self._queued - set(self.models.subs))}
+                "queued": sorted(self._queued - set(self.models.subs)), "resident": self.models.resident()}
 
     def _set(self, state: State, message: str = "", percent: int | None = None) -> None:
         self.state, self.message = state, message
@@ -195,6 +234,9 @@ class ServingSession:
             if current is not None and current.language not in new.languages:
                 self.builds.cancel()  # a language turned off stops its build
             self._spawn(self.refresh())
+        elif new.allow_download != old.allow_download and not self.models.resident():
+            self._fetch_failed.clear()
+            self._spawn(self.refresh())  # downloads allowed now: what was refused may start
 
     async def set_root(self, root: str | None) -> None:
         self.root = root
@@ -206,6 +248,8 @@ class ServingSession:
         if not self.started:
             raise NotStarted("the server is not initialized yet: nothing to rebuild")
         self._drop_work()
+        self._answers.clear()  # "Not now" holds until the user asks for a build: then ask again
+        self._fetch_failed.clear()
         await self.refresh(force=True)
 
     def cancel_build(self) -> None:
@@ -222,26 +266,37 @@ class ServingSession:
     async def refresh(self, *, force: bool = False) -> None:
         """Detect the workspace's languages, then make sure the dominant one's sub-model exists."""
         self._set(State.DETECTING, "detecting the workspace's languages")
-        if self.root:
-            self.detection = await asyncio.get_running_loop().run_in_executor(None, self._detect, self.root)
-            log.info("workspace languages: %s", self.detection.summary())
+        self._detecting = True  # documents opened meanwhile are only noted: the detection's result decides
+        try:
+            if self.root:
+                self.detection = await asyncio.get_running_loop().run_in_executor(None, self._detect, self.root)
+                log.info("workspace languages: %s", self.detection.summary())
+        finally:
+            self._detecting = False
         enabled = [lang for lang in self.settings.languages if lang in LANGUAGES]
-        self.dominant = self.detection.dominant(enabled) if self.detection else None
-        self._ensure_base()
-        if not self.settings.prunes:
-            self._set(State.BASE if self.models.base else State.IDLE,
-                      "sparsity 0: serving the dense base model, no sub-model is built")
-            return
+        self.dominant = (self.detection.dominant(enabled) if self.detection else None) or \
+            next((lang for lang in self._opened if lang in enabled), None)
         if self.dominant is None:
             what = "an empty workspace" if not self.detection or not self.detection.languages else \
                 f"no enabled language ({', '.join(enabled) or 'none'}) in this workspace"
-            self._set(State.BASE if self.models.base else State.IDLE, f"{what}: serving the base model")
+            if self.models.resident():  # loaded for a language no longer enabled: its memory is not needed
+                self.models.clear()
+            self._set(State.IDLE, f"{what}: nothing is loaded until a document in an enabled language is opened")
+            return
+        await self._serve(force=force)
+
+    async def _serve(self, *, force: bool = False) -> None:
+        """Serve the dominant language: the dense model at sparsity 0, else its sub-model."""
+        if not self.settings.prunes:
+            self._ensure_base()
+            self._set(State.BASE if self.models.base else State.IDLE,
+                      "sparsity 0: serving the dense base model, no sub-model is built")
             return
         await self.ensure_submodel(self.dominant, force=force)
 
     def _ensure_base(self) -> None:
-        """Load the base model (served while building) unless it is loaded, loading, or not wanted."""
-        if (self.models.base is not None or self._base_loading == self._generation
+        """Load the base model (served while building) unless it is loaded, loading, not wanted or not needed."""
+        if (self.models.base is not None or self._base_loading == self._generation or self.dominant in self.models.subs
                 or not (self.settings.serve_base_model_while_building or not self.settings.prunes)):
             return
         # A load for an older generation may still run: it will be dropped, so this one starts regardless.
@@ -249,6 +304,10 @@ class ServingSession:
         self._spawn(self._load_base(self.settings, self._generation))
 
     async def _load_base(self, settings: Settings, generation: int) -> None:
+        if not await self._have_model(settings, self.dominant):
+            if self._base_loading == generation:
+                self._base_loading = None
+            return
         try:
             completer = await self._in_background(lambda: self._load(settings.model, settings, False))
             error = None
@@ -267,6 +326,9 @@ class ServingSession:
             if not self.models.subs:
                 self._set(State.ERROR, str(error))
             return
+        if self.dominant in self.models.subs:
+            log.info("base model loaded after the %s sub-model: not kept", self.dominant)
+            return
         self.models.set_base(Served(completer, None))
         self.counters.base_loaded += 1
         log.info("base model %s loaded (%s)", settings.model,
@@ -282,6 +344,8 @@ class ServingSession:
         settings, generation = self.settings, self._generation
         current = self.builds.current
         if current is not None and current.language == language and not force:
+            return
+        if not await self._have_model(settings, language) or generation != self._generation:
             return
         if not self.models.subs:
             self._set(State.BUILDING, f"preparing the {language} sub-model", 0)
@@ -301,6 +365,8 @@ class ServingSession:
                 await self._load_submodel(language, key, str(path), generation)
                 return
             self.counters.cache_misses += 1
+        if language == self.dominant:
+            self._ensure_base()  # served while the sub-model builds
         self.builds.submit(BuildRequest(
             model=settings.model, language=language, key=key, cache_root=str(self.cache.root),
             sparsity=settings.sparsity, pattern=settings.pattern, method=settings.method,
@@ -345,6 +411,98 @@ class ServingSession:
     def _failed(self, text: str) -> None:
         self.notifier.show("build-failed", text, error=True)
         self._set(self._settled_state(otherwise=State.ERROR), text)
+        if not self.models.subs:
+            self._ensure_base()  # no sub-model to be had: the base model serves, when wanted
+
+    # ------------------------------------------------------------------ the download gate
+
+    async def _have_model(self, settings: Settings, language: str | None) -> bool:
+        """True when the model's files are local; else ask (once per session) and fetch them (once, shared).
+
+        Every path that could load the base model or compute a key passes here first, so nothing is
+        fetched without consent."""
+        download = self._pending(settings)
+        if download is None:
+            return True
+        if settings.model in self._fetch_failed:
+            return False
+        if not await self._consent(settings, download, language):
+            return False
+        task = self._fetching.get(download.model)
+        if task is None:
+            task = self._fetching[download.model] = asyncio.ensure_future(self._fetch_model(settings, download))
+        return await asyncio.shield(task)
+
+    async def _consent(self, settings: Settings, download: Download, language: str | None) -> bool:
+        decision = download_decision(settings.allow_download, self.notifier.can_ask())
+        if decision == "no":
+            self._set(State.IDLE, f"{download.title} ({download.size}) is not downloaded and subcoder.allowDownload "
+                                  f"is false: nothing is loaded (set it to \"ask\" or true to fetch the model)")
+            return False
+        if decision == "yes":
+            return True
+        if download.model not in self._answers:
+            asking = self._asking.get(download.model)
+            if asking is None:
+                asking = self._asking[download.model] = asyncio.ensure_future(self._ask(download, language))
+            answer = await asyncio.shield(asking)
+            self._asking.pop(download.model, None)
+            self._answers[download.model] = answer
+        if not self._answers[download.model]:
+            self._set(State.IDLE, f"{download.title} ({download.size}) was not downloaded, so nothing is loaded: "
+                                  "run \"Subcoder: Rebuild sub-model\" to download it")
+        return self._answers[download.model]
+
+    async def _ask(self, download: Download, language: str | None) -> bool:
+        self.counters.downloads_asked += 1
+        self._set(State.IDLE, f"waiting for your answer: download {download.title} ({download.size})?")
+        text = (f"subcoder needs {download.title} ({download.size}, once) to complete {display_name(language)}. "
+                "Download?")
+        try:
+            answer = await self.notifier.ask(text, [DOWNLOAD, NOT_NOW])
+        except Exception:  # noqa: BLE001 - a client that fails to answer has not said yes
+            log.warning("the download question got no answer", exc_info=True)
+            answer = None
+        log.info("download of %s: %s", download.model, answer or "dismissed")
+        return answer == DOWNLOAD
+
+    async def _fetch_model(self, settings: Settings, download: Download) -> bool:
+        """Download and convert the model with progress; False (and a message) when that failed."""
+        if self._progress_request is not None:  # an older build's progress: it was cancelled with its generation
+            self.notifier.end_progress("superseded")
+            self._progress_request = None
+        loop = asyncio.get_running_loop()
+        try:
+            await self.notifier.begin_progress(f"subcoder: downloading {download.title} ({download.size}, once)",
+                                               cancellable=False)
+            self._set(State.DOWNLOADING, f"downloading {download.title} ({download.size}, once)", 0)
+            await self._in_background(lambda: self._fetch(settings, lambda p: loop.call_soon_threadsafe(
+                self._fetch_progress, download, p)))
+        except Exception as exc:  # noqa: BLE001 - network, disk, checksum: one line for the user
+            if not isinstance(exc, SubcoderError):
+                log.exception("fetching %s failed", download.model)
+            text = f"cannot download {download.title}: {exc}"
+            self._fetch_failed[download.model] = text
+            self.notifier.end_progress("failed")
+            self.notifier.show("download-failed", text, error=True)
+            if download.model == self.settings.model:
+                self._set(self._settled_state(otherwise=State.ERROR), text)
+            return False
+        finally:
+            self._fetching.pop(download.model, None)
+        self.counters.downloads += 1
+        self.notifier.end_progress(f"{download.title} downloaded")
+        log.info("%s downloaded and converted", download.title)
+        return True
+
+    def _fetch_progress(self, download: Download, progress) -> None:
+        """The fetch's progress (on the loop): download first, then conversion, on one bar."""
+        if download.model != self.settings.model:
+            return
+        converting = progress.stage == "convert"
+        percent = int((80 if converting else 0) + progress.fraction * (20 if converting else 80))
+        self.notifier.report_progress(progress.message, percent)
+        self._set(State.CONVERTING if converting else State.DOWNLOADING, progress.message, percent)
 
     # ------------------------------------------------------------------ builds
 
@@ -439,10 +597,21 @@ class ServingSession:
         return result
 
     def want(self, language: str | None) -> None:
-        """A document in another enabled language than the dominant one: its sub-model after the current build."""
-        if (language is None or not self.settings.prunes or language == self.dominant or language not in LANGUAGES
-                or language not in self.settings.languages or language in self.models.subs
-                or self.dominant is None or language in self._queued):
+        """A document in an enabled language: served first when nothing is (an empty or notes workspace), else
+        its sub-model after the current build when it is another language than the dominant one."""
+        if language is None or language not in LANGUAGES or language not in self.settings.languages:
+            return
+        if language not in self._opened:
+            self._opened.append(language)
+        if not self.started or self._detecting:
+            return  # start() or the running detection takes the opened language into account
+        if self.dominant is None:
+            log.info("a %s document was opened: serving %s", language, language)
+            self.dominant = language
+            self._spawn(self._serve())
+            return
+        if (not self.settings.prunes or language == self.dominant or language in self.models.subs
+                or language in self._queued):
             return
         self._queued.add(language)
         self._spawn(self.ensure_submodel(language))

@@ -49,6 +49,7 @@ class Settings:
     log_level: str = "info"
     sparse_kernel: bool = field(default_factory=_sparse_kernel_default)  # default: SUBCODER_SPARSE (on unless "0")
     serve_base_model_while_building: bool = True
+    allow_download: bool | str = "ask"  # fetching a preset the first time: "ask" (the client asks), true, false
     context_tokens: int = 1024  # prompt budget (prefix + suffix)
     calibration_samples: int = 32  # windows of calibration_seq_len tokens
     calibration_seq_len: int = 512
@@ -126,6 +127,12 @@ def _string(value):
     return value.strip()
 
 
+def _allow_download(value):
+    if not (isinstance(value, bool) or value == "ask"):
+        raise ValueError('true, false or "ask"')
+    return value
+
+
 def _boolean(value):
     if not isinstance(value, bool):
         raise ValueError("true or false")
@@ -150,6 +157,7 @@ _CHECKS = {
     "log_level": _choice(LOG_LEVELS),
     "sparse_kernel": _boolean,
     "serve_base_model_while_building": _boolean,
+    "allow_download": _allow_download,
     "context_tokens": _number(int, 64, 32768),
     "calibration_samples": _number(int, 1, 4096),
     "calibration_seq_len": _number(int, 16, 8192),

@@ -16,8 +16,10 @@ import pytest
 
 from subcoder.pruner.errors import ModelError
 from subcoder.server.builds import BuildEvent
+from subcoder.pruner.progress import Progress
 from subcoder.server.detect import detect
-from subcoder.server.session import NotStarted, ServingSession, State
+from subcoder.server.modelset import Download
+from subcoder.server.session import NotStarted, ServingSession, State, download_decision
 from subcoder.server.settings import Settings
 
 PY = {"app/main.py": "def main():\n    return 1\n" * 20, "web/a.js": "function f() { return 1; }\n"}
@@ -28,6 +30,17 @@ class FakeNotifier:
         self.statuses: list[dict] = []
         self.shown: list[tuple[str, str, bool]] = []
         self.progress: list[str] = []
+        self.asks: list[str] = []
+        self.can = True  # the client answers showMessageRequest
+        self.answer: str | None = "Download"
+
+    def can_ask(self):
+        return self.can
+
+    async def ask(self, text, actions):
+        assert actions == ["Download", "Not now"]
+        self.asks.append(text)
+        return self.answer
 
     def status(self, status):
         self.statuses.append(status)
@@ -35,8 +48,8 @@ class FakeNotifier:
     def show(self, kind, text, *, error=False):
         self.shown.append((kind, text, error))
 
-    async def begin_progress(self, title):
-        self.progress.append(f"begin {title}")
+    async def begin_progress(self, title, cancellable=True):
+        self.progress.append(f"begin {title}" + ("" if cancellable else " (not cancellable)"))
 
     def report_progress(self, message, percent):
         self.progress.append(f"report {percent}")
@@ -117,13 +130,33 @@ class Rig:
         self.fail_loads: set[str] = set()
         self.gate = threading.Event()
         self.gate.set()  # clear it to hold loads until the test sets it again
+        self.keys: list[str] = []  # languages whose cache key was computed (that reads the model's files)
+        self.download: Download | None = None  # set it: the model is not local until fetched
+        self.fetched: list[str] = []
+        self.fetch_error: Exception | None = None
         self.session = ServingSession(
-            load=self.load, builds=FakeBuilds, notifier=self.notifier, detect=detect,
-            key_of=lambda language, s, root: f"{language}-{s.sparsity}",
-            open_cache=lambda s: self.cache, settings=Settings(model="tiny", **settings))
+            load=self.load, builds=FakeBuilds, notifier=self.notifier, detect=detect, key_of=self.key_of,
+            open_cache=lambda s: self.cache, settings=Settings(model="tiny", **settings),
+            pending=lambda s: self.download, fetch=self.fetch)
         self.session.root = str(self.workspace)
 
+    def key_of(self, language, settings, root):
+        assert self.download is None, "the model's files were read before they were fetched"
+        self.keys.append(language)
+        return f"{language}-{settings.sparsity}"
+
+    def fetch(self, settings, progress):
+        """Plays the preset download: progress in both stages, then the files are local."""
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        self.fetched.append(settings.model)
+        progress(Progress("download", 0, 2, "Tiny 1.0 MB: package 1/2"))
+        progress(Progress("download", 2, 2, "Tiny: checking the assembled GGUF's sha256"))
+        progress(Progress("convert", 0, 1, "de-quantizing tiny.gguf"))
+        self.download = None
+
     def load(self, name, settings, sub):
+        assert self.download is None, "a model was loaded before it was fetched"
         self.gate.wait(10)
         self.loads.append(name)
         if name in self.fail_loads:
@@ -176,6 +209,7 @@ async def test_cache_miss_builds_then_serves_the_sub_model(tmp_path):
     assert rig.session.state is State.READY and rig.notifier.statuses[-1]["percent"] == 100
     assert rig.notifier.statuses[-1]["sizeBytes"] == 1000 and rig.notifier.statuses[-1]["language"] == "python"
     assert rig.session.models.base is None, "the base model is dropped once the dominant sub-model serves"
+    assert rig.session.details()["resident"] == ["python"]
     assert rig.notifier.progress == ["begin subcoder: building the python sub-model", "report 50",
                                      "end python sub-model ready"]
     counters = rig.session.counters.to_dict()
@@ -193,13 +227,138 @@ async def test_cache_hit_loads_without_a_build(tmp_path):
     assert rig.session.counters.cache_hits == 1
 
 
-async def test_empty_workspace_serves_the_base_model(tmp_path):
-    rig = Rig(tmp_path, files={})
+async def test_a_cache_hit_never_loads_the_base_model(tmp_path):
+    rig = Rig(tmp_path)  # the base model would be served while building; nothing is built
+    path = rig.entry("python-0.5")
     await rig.session.start()
     await rig.session.settle()
-    assert rig.notifier.states() == ["detecting", "idle", "base"]
-    assert "empty workspace" in rig.notifier.statuses[-1]["message"]
-    assert rig.builds.submitted == []
+    assert rig.loads == [path] and rig.session.details()["resident"] == ["python"]
+    assert rig.session.counters.base_loaded == 0
+
+
+@pytest.mark.parametrize("files", [{}, {"notes/todo.md": "# todo\n" * 50, "notes/ideas.txt": "more\n"}],
+                         ids=["empty", "notes"])
+async def test_a_workspace_without_code_loads_nothing_until_a_document_is_opened(tmp_path, files):
+    rig = Rig(tmp_path, files=files)
+    await rig.session.start()
+    await rig.session.settle()
+    assert rig.notifier.states() == ["detecting", "idle"]
+    assert "nothing is loaded until a document" in rig.session.message
+    assert rig.loads == [] and rig.keys == [] and rig.builds.submitted == []
+    assert rig.session.details()["resident"] == []
+    rig.session.want("markdown")  # not a language subcoder builds for
+    rig.session.want(None)
+    await rig.session.settle()
+    assert rig.loads == [] and rig.session.state is State.IDLE
+
+    rig.session.want("python")  # a Python document opened: the base model and a build, as in a Python workspace
+    await rig.session.settle()
+    assert [r.language for r in rig.builds.submitted] == ["python"] and rig.loads == ["tiny"]
+    assert rig.session.state is State.BUILDING and rig.session.status()["language"] == "python"
+    await rig.build("done")
+    assert rig.session.state is State.READY and rig.session.details()["resident"] == ["python"]
+
+
+async def test_a_document_opened_before_start_or_during_detection_counts(tmp_path):
+    rig = Rig(tmp_path, files={}, serve_base_model_while_building=False)
+    rig.session.want("go")  # didOpen can arrive before `initialized` has started the session
+    await rig.session.start()
+    await rig.session.settle()
+    assert [r.language for r in rig.builds.submitted] == ["go"]
+
+
+async def test_the_dense_model_waits_for_a_document_too(tmp_path):
+    rig = Rig(tmp_path, files={}, sparsity=0.0)
+    await rig.session.start()
+    await rig.session.settle()
+    assert rig.loads == [] and rig.session.state is State.IDLE
+    got = await rig.session.complete("file:///x.py", "python", "def f():", "", request="t")
+    assert got is None  # nothing loaded yet; the request itself asks for the model
+    await rig.session.settle()
+    assert rig.loads == ["tiny"] and rig.session.state is State.BASE and rig.builds.submitted == []
+
+
+def test_who_decides_a_download():
+    assert download_decision("ask", can_ask=True) == "ask"
+    assert download_decision("ask", can_ask=False) == "yes"  # a client that cannot ask was set up to run subcoder
+    assert download_decision(True, can_ask=True) == "yes"
+    assert download_decision(False, can_ask=False) == "no"
+
+
+def _needs_download(rig):
+    rig.download = Download("tiny", "Tiny-Coder", 470 * 2**20)
+
+
+async def test_not_now_fetches_nothing_and_is_remembered_until_rebuild(tmp_path):
+    rig = Rig(tmp_path)
+    _needs_download(rig)
+    rig.notifier.answer = "Not now"
+    await rig.session.start()
+    await rig.session.settle()
+    assert rig.notifier.asks == ["subcoder needs Tiny-Coder (470.0 MB, once) to complete Python. Download?"]
+    assert rig.fetched == [] and rig.loads == [] and rig.keys == [] and rig.builds.submitted == []
+    assert rig.session.state is State.IDLE and "Rebuild" in rig.session.message
+    assert "building" not in rig.notifier.states()
+
+    rig.session.want("javascript")  # another document: the answer holds, no second question
+    await rig.session.settle()
+    assert len(rig.notifier.asks) == 1 and rig.fetched == [] and rig.session.state is State.IDLE
+
+    rig.notifier.answer = "Download"
+    await rig.session.rebuild()  # the way to start it later: asks again
+    await rig.session.settle()
+    assert len(rig.notifier.asks) == 2 and rig.fetched == ["tiny"]
+    assert rig.session.counters.to_dict()["downloadsAsked"] == 2 and rig.session.counters.downloads == 1
+
+
+async def test_download_asks_once_then_shows_download_and_conversion(tmp_path):
+    rig = Rig(tmp_path)  # the base model and the key both need the files: one question, one download
+    _needs_download(rig)
+    await rig.session.start()
+    await rig.session.settle()
+    assert len(rig.notifier.asks) == 1 and rig.fetched == ["tiny"]
+    states = rig.notifier.states()
+    assert states[:3] == ["detecting", "idle", "downloading"] and "converting" in states
+    assert states.index("converting") < states.index("building")
+    downloading = [s for s in rig.notifier.statuses if s["state"] == "downloading"]
+    assert [s["percent"] for s in downloading] == [0, 0, 80] and "Tiny-Coder" in downloading[0]["message"]
+    assert rig.notifier.progress[:4] == ["begin subcoder: downloading Tiny-Coder (470.0 MB, once) (not cancellable)",
+                                         "report 0", "report 80", "report 80"]
+    assert rig.notifier.progress[4] == "end Tiny-Coder downloaded"
+    assert [r.language for r in rig.builds.submitted] == ["python"] and rig.loads == ["tiny"]
+
+
+@pytest.mark.parametrize("allow, can_ask, fetched", [(False, True, []), (True, True, ["tiny"]),
+                                                     ("ask", False, ["tiny"])])
+async def test_the_setting_or_the_client_decides_without_asking(tmp_path, allow, can_ask, fetched):
+    rig = Rig(tmp_path, allow_download=allow)
+    _needs_download(rig)
+    rig.notifier.can = can_ask
+    await rig.session.start()
+    await rig.session.settle()
+    assert rig.notifier.asks == [] and rig.fetched == fetched
+    if not fetched:
+        assert rig.session.state is State.IDLE and "allowDownload" in rig.session.message and rig.loads == []
+        rig.session.configure(replace(rig.session.settings, allow_download=True))  # allowed now: it starts
+        await rig.session.settle()
+        assert rig.fetched == ["tiny"] and rig.builds.submitted
+
+
+async def test_a_failed_download_is_an_error_until_rebuild(tmp_path):
+    rig = Rig(tmp_path)
+    _needs_download(rig)
+    rig.fetch_error = ModelError("cannot download llm-tiny==1.0: no network")
+    await rig.session.start()
+    await rig.session.settle()
+    assert rig.session.state is State.ERROR and "no network" in rig.session.message
+    assert rig.notifier.shown[-1][0] == "download-failed" and rig.notifier.progress[-1] == "end failed"
+    rig.session.want("javascript")
+    await rig.session.settle()
+    assert rig.loads == [] and rig.builds.submitted == [] and len(rig.notifier.asks) == 1
+    rig.fetch_error = None
+    await rig.session.rebuild()
+    await rig.session.settle()
+    assert rig.fetched == ["tiny"] and rig.builds.submitted
 
 
 async def test_failed_build_falls_back_to_the_base_model_or_an_error(tmp_path):
@@ -226,9 +385,10 @@ async def test_cancelled_build(tmp_path):
 
 
 async def test_base_model_that_fails_to_load(tmp_path):
-    rig = Rig(tmp_path, files={})
+    rig = Rig(tmp_path, files={}, sparsity=0.0)
     rig.fail_loads.add("tiny")
     await rig.session.start()
+    rig.session.want("python")
     await rig.session.settle()
     assert rig.session.state is State.ERROR and "cannot load tiny" in rig.session.message
     assert rig.notifier.shown == [("base-load", "cannot load tiny", False)]
