@@ -16,15 +16,18 @@ import {
     ProbeResult,
 } from './common/python';
 import { ManagedRuntime } from './common/runtimeUi';
+import { BuildNotifications, isBuildToken } from './common/buildProgress';
+import { otherProviders, otherProvidersMessage } from './common/controls';
 import {
     createClient,
     executeServerCommand,
     sendSettings,
+    SERVER_COMMAND_CANCEL,
     SERVER_COMMAND_REBUILD,
     SERVER_COMMAND_STATUS,
 } from './common/server';
 import { classifyChange, SECTION, serverSettings, ServerSettings } from './common/settings';
-import { applyProgress, ServerStatus, statusLines } from './common/status';
+import { applyProgress, ServerStatus, SNOOZE_MINUTES, statusLines } from './common/status';
 import { StatusBar } from './common/statusBar';
 import { LineTail } from './common/stderrTail';
 import * as api from './common/vscodeapi';
@@ -33,6 +36,9 @@ import { spawn } from 'child_process';
 let client: LanguageClient | undefined;
 let runtime: ManagedRuntime | undefined;
 let statusBar: StatusBar | undefined;
+let buildNotifications: BuildNotifications | undefined;
+let extensionContext: vscode.ExtensionContext | undefined;
+let snoozeTimer: NodeJS.Timeout | undefined;
 let restartChain: Promise<void> = Promise.resolve();
 let restartQueued = false;
 
@@ -163,7 +169,17 @@ async function startServer(reason: string): Promise<void> {
             },
             onProgress: (token, value) => {
                 applyProgress(bar.model, token, value);
+                if (isBuildToken(token)) {
+                    buildNotifications?.apply(token, value);
+                }
                 bar.render();
+            },
+            inline: {
+                switches: () => bar.model.switches,
+                onCompletion: (last) => {
+                    bar.model.last = last;
+                    bar.render();
+                },
             },
             settingsFor: (scopeUri) => currentSettings(scopeUri ? vscode.Uri.parse(scopeUri) : undefined),
         },
@@ -178,6 +194,7 @@ async function startServer(reason: string): Promise<void> {
             reportStderr('The server stopped');
             bar.model.client = 'stopped';
             bar.model.progress.clear();
+            buildNotifications?.clear();
         } else {
             bar.model.client = 'starting';
         }
@@ -253,6 +270,76 @@ async function rebuild(): Promise<void> {
     }
 }
 
+async function cancelBuild(): Promise<void> {
+    const c = runningClient();
+    if (!c) {
+        return;
+    }
+    traceInfo('Build cancelled by the user');
+    try {
+        await executeServerCommand(c, SERVER_COMMAND_CANCEL);
+    } catch (err) {
+        traceError('Cancelling the build failed', err);
+    }
+}
+
+const OFF_KEY = 'subcoder.off';
+
+/** Completions on or off everywhere (kept across sessions); turning them on also ends a snooze. */
+async function toggleCompletions(): Promise<void> {
+    const model = statusBar!.model;
+    const on = model.switches.off || model.switches.snoozedUntil !== undefined;
+    setSnooze(undefined);
+    model.switches.off = !on;
+    await extensionContext?.globalState.update(OFF_KEY, model.switches.off);
+    statusBar!.render();
+    void api.showInformationMessage(`Subcoder: completions ${on ? 'on' : 'off'}.`);
+}
+
+function setSnooze(until: number | undefined): void {
+    clearInterval(snoozeTimer);
+    snoozeTimer = undefined;
+    statusBar!.model.switches.snoozedUntil = until;
+    if (until !== undefined) {
+        // Re-rendered each minute for the countdown; the snooze ends by itself.
+        snoozeTimer = setInterval(() => {
+            if (Date.now() >= until) {
+                setSnooze(undefined);
+            }
+            statusBar?.render();
+        }, 60000);
+    }
+    statusBar!.render();
+}
+
+function snooze(): void {
+    setSnooze(Date.now() + SNOOZE_MINUTES * 60000);
+    void api.showInformationMessage(`Subcoder: completions snoozed for ${SNOOZE_MINUTES} minutes.`, 'Turn on now').then((pick) => {
+        if (pick) {
+            setSnooze(undefined);
+        }
+    });
+}
+
+const PROVIDERS_SHOWN_KEY = 'subcoder.otherProvidersShown';
+
+/** Once per set of other inline providers installed and enabled: say that they compete for ghost text and how to choose. */
+function checkOtherProviders(context: vscode.ExtensionContext): void {
+    const names = otherProviders(vscode.extensions.all.map((e) => e.id));
+    const message = otherProvidersMessage(names);
+    const key = names.join(',');
+    if (!message || context.globalState.get<string>(PROVIDERS_SHOWN_KEY) === key) {
+        return;
+    }
+    void context.globalState.update(PROVIDERS_SHOWN_KEY, key);
+    traceWarn(message);
+    void api.showInformationMessage(message, 'Turn Subcoder off', 'Keep both').then((pick) => {
+        if (pick === 'Turn Subcoder off' && !statusBar!.model.switches.off) {
+            void toggleCompletions();
+        }
+    });
+}
+
 type StatusPick = vscode.QuickPickItem & { action?: string };
 
 async function showStatus(): Promise<void> {
@@ -275,7 +362,7 @@ async function showStatus(): Promise<void> {
     pick.title = 'Subcoder status';
     pick.placeholder = 'Pick an action, or Escape to close';
     pick.matchOnDescription = true;
-    pick.items = statusLines(status).map((line) =>
+    pick.items = statusLines(status, statusBar!.model.switches).map((line) =>
         line.separator
             ? { label: line.label, kind: vscode.QuickPickItemKind.Separator }
             : { label: line.label, description: line.description, detail: line.detail, action: line.action },
@@ -316,8 +403,13 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
     const channel = logChannel();
     context.subscriptions.push(channel);
+    extensionContext = context;
     statusBar = new StatusBar();
+    statusBar.model.switches.off = context.globalState.get<boolean>(OFF_KEY, false);
+    statusBar.render();
     context.subscriptions.push(statusBar);
+    buildNotifications = new BuildNotifications(() => cancelBuild());
+    context.subscriptions.push(buildNotifications, { dispose: () => clearInterval(snoozeTimer) });
     runtime = new ManagedRuntime(context, {
         onInstalling: (installing) => {
             statusBar!.model.client = installing ? 'starting' : 'not-installed';
@@ -336,8 +428,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         api.registerCommand('subcoder.showLogs', () => channel.show()),
         api.registerCommand('subcoder.showStatus', showStatus),
         api.registerCommand('subcoder.toggleLanguage', toggleLanguage),
+        api.registerCommand('subcoder.cancel', cancelBuild),
+        api.registerCommand('subcoder.toggle', toggleCompletions),
+        api.registerCommand('subcoder.snooze', snooze),
+        api.onDidChangeExtensions(() => checkOtherProviders(context)),
         api.onDidChangeConfiguration((e) => void onConfigurationChanged(e)),
     );
+    checkOtherProviders(context);
     await restartServer('activation');
 }
 

@@ -4,7 +4,7 @@
  * visible in the status bar.
  */
 import * as readline from 'readline';
-import type { LogOutputChannel, TextDocument } from 'vscode';
+import type { LogOutputChannel } from 'vscode';
 import {
     ExecuteCommandRequest,
     LanguageClient,
@@ -12,28 +12,27 @@ import {
     RevealOutputChannelOn,
     ServerOptions,
 } from 'vscode-languageclient/node';
+import { isBuildToken } from './buildProgress';
+import { InlineHooks, provideInline } from './inline';
 import { SERVER_ARGS } from './python';
 import { initializationOptions, SECTION, ServerSettings } from './settings';
 import { ProgressValue, ServerStatus } from './status';
 import { LineTail } from './stderrTail';
-import { getConfiguration } from './vscodeapi';
 
 export const CLIENT_ID = 'subcoder';
 export const CLIENT_NAME = 'Subcoder';
 export const STATUS_NOTIFICATION = 'subcoder/status';
 export const SERVER_COMMAND_REBUILD = 'subcoder.rebuildSubModel';
 export const SERVER_COMMAND_STATUS = 'subcoder.status';
+export const SERVER_COMMAND_CANCEL = 'subcoder.cancelBuild';
 
 export interface ServerHooks {
     onStatus(status: ServerStatus): void;
     onProgress(token: string | number, value: ProgressValue): void;
+    /** The inline-completion controls: on/off and snooze, and where the last completion is reported. */
+    inline: InlineHooks;
     /** The server's section for a `workspace/configuration` request (scope: a document URI or none). */
     settingsFor(scopeUri?: string): ServerSettings;
-}
-
-/** Ghost text is on for a document unless `subcoder.enable` is false for its language. */
-export function completionsEnabled(document: TextDocument): boolean {
-    return getConfiguration(SECTION, document).get<boolean>('enable', true) !== false;
 }
 
 export function createClient(opts: {
@@ -69,13 +68,17 @@ export function createClient(opts: {
         },
         middleware: {
             provideInlineCompletionItems: (document, position, context, token, next) =>
-                completionsEnabled(document) ? next(document, position, context, token) : undefined,
+                provideInline(opts.hooks.inline, document, position, context, token, next),
             // The server also offers classic completion for editors without ghost text; in VS Code
             // its items would open the suggest widget, which hides the ghost text.
             provideCompletionItem: () => undefined,
             handleWorkDoneProgress: (token, params, next) => {
                 opts.hooks.onProgress(token, params as ProgressValue);
-                next(token, params);
+                // A build is shown as a cancellable notification (buildProgress.ts), not in the window's
+                // progress area; its end still goes to the client, which forgets the token then.
+                if (!isBuildToken(token) || (params as ProgressValue).kind === 'end') {
+                    next(token, params);
+                }
             },
             workspace: {
                 configuration: async (params, token, next) => {

@@ -57,8 +57,8 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
 
 export const SERVER_KEYS = Object.keys(SERVER_DEFAULTS) as (keyof ServerSettings)[];
 
-/** Settings only the extension reads; changing `python` restarts the server. */
-export const CLIENT_KEYS = ['enable', 'python', 'trace.server'] as const;
+/** Settings only the extension reads (the controls are controls.ts'); changing `python` restarts the server. */
+export const CLIENT_KEYS = ['enable', 'python', 'trace.server', 'trigger', 'debounceMs', 'requestBudgetMs', 'exclude'] as const;
 
 /** Keys whose values are paths: `~` and `${workspaceFolder}` are expanded before the server sees them. */
 const PATH_KEYS: ReadonlySet<keyof ServerSettings> = new Set(['cacheDir', 'model']);

@@ -3,6 +3,11 @@
  * notification and its work-done progress. Pure: the vscode side only renders `StatusView`.
  */
 
+import { describeLast, LastCompletion, snoozeMinutesLeft, Switches } from './controls';
+
+/** How long "Snooze" silences completions. */
+export const SNOOZE_MINUTES = 30;
+
 export type ServerState = 'detecting' | 'building' | 'ready' | 'base' | 'error' | 'idle';
 
 export interface LanguageShare {
@@ -23,6 +28,8 @@ export interface ServerStatus {
     sizeBytes?: number | null;
     message?: string | null;
     languages?: LanguageShare[] | null;
+    /** "on (why)" / "off (why)": whether the sparse CPU kernel runs the sub-model. */
+    kernel?: string | null;
 }
 
 /** The extension's own view of the server process, before and around the server's reports. */
@@ -41,10 +48,13 @@ export interface StatusModel {
     progress: Map<string, BuildProgress>;
     /** Why the client stopped or is not installed. */
     problem?: string;
+    /** The user's switches: completions off, or snoozed until a time (ms since the epoch). */
+    switches: Switches;
+    last?: LastCompletion;
 }
 
 export function initialModel(): StatusModel {
-    return { client: 'starting', progress: new Map() };
+    return { client: 'starting', progress: new Map(), switches: { off: false } };
 }
 
 /** `$/progress` value kinds (LSP work-done progress). */
@@ -119,8 +129,28 @@ function sparsityDetail(s: ServerStatus): string {
     return `${formatPercent(s.sparsity)} sparse${pattern}`;
 }
 
-/** The status bar item for a model. */
-export function statusView(model: StatusModel): StatusView {
+/** The status bar item for a model: the server's state, then the user's switches and the last completion. */
+export function statusView(model: StatusModel, now: number = Date.now()): StatusView {
+    const view = serverView(model);
+    if (model.client !== 'running' && model.client !== 'starting') {
+        return view;
+    }
+    const snoozed = snoozeMinutesLeft(model.switches, now);
+    if (model.switches.off) {
+        view.text = '$(circle-slash) Subcoder: off';
+        view.tooltip = `Completions are turned off. ${view.tooltip}`;
+    } else if (snoozed) {
+        view.text = `$(clock) Subcoder: snoozed ${snoozed} min`;
+        view.tooltip = `Completions are snoozed for ${snoozed} more minute${snoozed === 1 ? '' : 's'}. ${view.tooltip}`;
+    }
+    const extra = [model.server?.kernel ? `Sparse kernel: ${model.server.kernel}.` : undefined, describeLast(model.last)].filter(Boolean);
+    if (extra.length) {
+        view.tooltip = `${view.tooltip}\n${extra.join('\n')}`;
+    }
+    return view;
+}
+
+function serverView(model: StatusModel): StatusView {
     if (model.client === 'not-installed') {
         return {
             text: '$(warning) Subcoder: not installed',
@@ -193,8 +223,17 @@ export interface StatusLine {
     description?: string;
     detail?: string;
     separator?: boolean;
-    action?: 'subcoder.rebuild' | 'subcoder.showLogs' | 'subcoder.restart';
+    action?: StatusAction;
 }
+
+export type StatusAction =
+    | 'subcoder.rebuild'
+    | 'subcoder.showLogs'
+    | 'subcoder.restart'
+    | 'subcoder.cancel'
+    | 'subcoder.toggle'
+    | 'subcoder.snooze'
+    | 'subcoder.toggleLanguage';
 
 const STATE_WORDS: Record<ServerState, string> = {
     detecting: 'detecting languages',
@@ -206,7 +245,7 @@ const STATE_WORDS: Record<ServerState, string> = {
 };
 
 /** The "Show status" picker's lines for a `subcoder.status` result. */
-export function statusLines(s: ServerStatus): StatusLine[] {
+export function statusLines(s: ServerStatus, switches: Switches = { off: false }, now: number = Date.now()): StatusLine[] {
     const lines: StatusLine[] = [];
     lines.push({ label: '$(pulse) State', description: STATE_WORDS[s.state] ?? String(s.state), detail: s.message ?? undefined });
     if (s.state === 'building') {
@@ -221,6 +260,9 @@ export function statusLines(s: ServerStatus): StatusLine[] {
     }
     if (s.sizeBytes) {
         lines.push({ label: '$(database) Size', description: formatBytes(s.sizeBytes) });
+    }
+    if (s.kernel) {
+        lines.push({ label: '$(chip) Sparse kernel', description: s.kernel });
     }
     const langs = [...(s.languages ?? [])].sort((a, b) => b.share - a.share);
     lines.push({ label: 'Detected languages', separator: true });
@@ -238,6 +280,17 @@ export function statusLines(s: ServerStatus): StatusLine[] {
         lines.push({ label: `$(code) ${l.language}`, description: `${formatPercent(l.share)}${parts.length ? ` · ${parts.join(', ')}` : ''}` });
     }
     lines.push({ label: 'Actions', separator: true });
+    if (s.state === 'building') {
+        lines.push({ label: '$(stop-circle) Cancel build', action: 'subcoder.cancel' });
+    }
+    const snoozed = snoozeMinutesLeft(switches, now);
+    lines.push(switches.off || snoozed
+        ? { label: '$(play) Turn completions on', description: snoozed ? `snoozed, ${snoozed} min left` : undefined, action: 'subcoder.toggle' }
+        : { label: '$(circle-slash) Turn completions off', action: 'subcoder.toggle' });
+    if (!switches.off && !snoozed) {
+        lines.push({ label: `$(clock) Snooze for ${SNOOZE_MINUTES} minutes`, action: 'subcoder.snooze' });
+    }
+    lines.push({ label: '$(symbol-namespace) Toggle completions for the current language', action: 'subcoder.toggleLanguage' });
     lines.push({ label: '$(refresh) Rebuild sub-model', action: 'subcoder.rebuild' });
     lines.push({ label: '$(output) Show logs', action: 'subcoder.showLogs' });
     lines.push({ label: '$(debug-restart) Restart server', action: 'subcoder.restart' });

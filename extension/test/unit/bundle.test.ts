@@ -16,6 +16,7 @@ interface Recorded {
     commands: string[];
     errors: string[];
     statusTexts: string[];
+    infos: string[];
 }
 
 function stubVscode(rec: Recorded): unknown {
@@ -37,10 +38,10 @@ function stubVscode(rec: Recorded): unknown {
             },
             showErrorMessage: async (m: string) => { rec.errors.push(m); return undefined; },
             showWarningMessage: async () => undefined,
-            showInformationMessage: async () => undefined,
+            showInformationMessage: async (m: string) => { rec.infos.push(m); return undefined; },
         },
         commands: { registerCommand: (id: string) => { rec.commands.push(id); return disposable; } },
-        extensions: { getExtension: () => undefined, onDidChange: event },
+        extensions: { getExtension: () => undefined, onDidChange: event, all: [{ id: 'GitHub.copilot' }, { id: 'ms-python.python' }] },
         StatusBarAlignment: { Left: 1, Right: 2 },
         ThemeColor,
         Disposable: class { static from() { return disposable; } dispose() {} },
@@ -52,7 +53,7 @@ function stubVscode(rec: Recorded): unknown {
 }
 
 test('the bundle loads, activates without a server and registers the declared commands', { skip: !existsSync(bundle) && 'run `npm run build` first' }, async () => {
-    const rec: Recorded = { commands: [], errors: [], statusTexts: [] };
+    const rec: Recorded = { commands: [], errors: [], statusTexts: [], infos: [] };
     const stub = stubVscode(rec);
     const loader = Module as unknown as { _load: (request: string, ...rest: unknown[]) => unknown };
     const original = loader._load;
@@ -61,7 +62,9 @@ test('the bundle loads, activates without a server and registers the declared co
         const ext = require(bundle);
         assert.equal(typeof ext.activate, 'function');
         assert.equal(typeof ext.deactivate, 'function');
-        const context = { subscriptions: [] as unknown[], extension: { packageJSON: { version: '0.0.0' } } };
+        const state = new Map<string, unknown>();
+        const globalState = { get: (k: string, d?: unknown) => (state.has(k) ? state.get(k) : d), update: async (k: string, v: unknown) => void state.set(k, v) };
+        const context = { subscriptions: [] as unknown[], extension: { packageJSON: { version: '0.0.0' } }, globalState };
         await ext.activate(context);
         await ext.deactivate();
     } finally {
@@ -72,4 +75,6 @@ test('the bundle loads, activates without a server and registers the declared co
     assert.equal(rec.statusTexts.at(-1), '$(warning) Subcoder: not installed');
     assert.equal(rec.errors.length, 1);
     assert.match(rec.errors[0], /cannot run Python interpreter \/nonexistent\/bin\/python/);
+    // Another inline provider is installed: the user is told once how to choose.
+    assert.equal(rec.infos.filter((m) => /GitHub Copilot also shows ghost text/.test(m)).length, 1);
 });

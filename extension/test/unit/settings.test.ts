@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import {
     classifyChange,
+    CLIENT_KEYS,
     expandPath,
     initializationOptions,
     SERVER_DEFAULTS,
@@ -44,7 +45,7 @@ test('package.json offers exactly the default languages', () => {
 });
 
 test('package.json declares nothing the mapping does not know', () => {
-    const known = new Set([...SERVER_KEYS, 'enable', 'python', 'trace.server', ...RUNTIME_KEYS].map((k) => `subcoder.${k}`));
+    const known = new Set([...SERVER_KEYS, ...CLIENT_KEYS, ...RUNTIME_KEYS].map((k) => `subcoder.${k}`));
     assert.deepEqual(Object.keys(contributed).filter((k) => !known.has(k)), []);
 });
 

@@ -115,11 +115,15 @@ test('status lines list languages by share and the actions', () => {
         '$(code) python|80% · 12 files, 4.0 KB',
         '$(code) javascript|20% · 1 file, 100 B',
         'Actions|',
+        '$(circle-slash) Turn completions off|',
+        '$(clock) Snooze for 30 minutes|',
+        '$(symbol-namespace) Toggle completions for the current language|',
         '$(refresh) Rebuild sub-model|',
         '$(output) Show logs|',
         '$(debug-restart) Restart server|',
     ]);
-    assert.deepEqual(lines.filter((l) => l.action).map((l) => l.action), ['subcoder.rebuild', 'subcoder.showLogs', 'subcoder.restart']);
+    assert.deepEqual(lines.filter((l) => l.action).map((l) => l.action),
+        ['subcoder.toggle', 'subcoder.snooze', 'subcoder.toggleLanguage', 'subcoder.rebuild', 'subcoder.showLogs', 'subcoder.restart']);
 });
 
 test('status lines while building on the base model, no languages', () => {
@@ -127,4 +131,32 @@ test('status lines while building on the base model, no languages', () => {
     assert.equal(lines[1].description, 'go 30%');
     assert.equal(lines[2].description, 'base model smollm2-135m');
     assert.ok(lines.some((l) => l.label === '$(info) none'));
+});
+
+test('a build can be cancelled from the status menu', () => {
+    const actions = statusLines({ state: 'building', language: 'python', percent: 40 }).map((l) => l.action);
+    assert.equal(actions.filter((a) => a)[0], 'subcoder.cancel');
+    assert.ok(!statusLines({ state: 'ready', language: 'python' }).some((l) => l.action === 'subcoder.cancel'));
+});
+
+test('off and snoozed: the item says so, the menu turns them back on', () => {
+    const m = withServer({ state: 'ready', language: 'python', sparsity: 0.5 });
+    m.switches = { off: true };
+    assert.equal(statusView(m).text, '$(circle-slash) Subcoder: off');
+    m.switches = { off: false, snoozedUntil: 1000 + 30 * 60000 };
+    assert.equal(statusView(m, 1000).text, '$(clock) Subcoder: snoozed 30 min');
+    assert.match(statusView(m, 1000).tooltip, /snoozed for 30 more minutes/);
+    assert.equal(statusView(m, 1000 + 30 * 60000).text, '$(check) Subcoder: python · 50% sparse', 'a snooze ends by itself');
+    const lines = statusLines({ state: 'ready' }, m.switches, 1000);
+    assert.ok(lines.some((l) => l.action === 'subcoder.toggle' && /Turn completions on/.test(l.label) && /30 min left/.test(l.description ?? '')));
+    assert.ok(!lines.some((l) => l.action === 'subcoder.snooze'));
+});
+
+test('the tooltip shows the kernel and the last completion', () => {
+    const m = withServer({ state: 'ready', language: 'python', sparsity: 0.5, kernel: 'off (needs an x86-64 CPU, this is arm64)' });
+    m.last = { ms: 180, tokens: 12, inBudget: true };
+    const tooltip = statusView(m).tooltip;
+    assert.match(tooltip, /Sparse kernel: off \(needs an x86-64 CPU, this is arm64\)\./);
+    assert.match(tooltip, /Last completion: 180 ms, 12 tokens\./);
+    assert.ok(statusLines({ state: 'ready', kernel: 'on (AVX2 kernel)' }).some((l) => l.label === '$(chip) Sparse kernel' && l.description === 'on (AVX2 kernel)'));
 });
