@@ -53,20 +53,33 @@ export function describeInterpreter(interp: Interpreter): string {
     }
 }
 
-/** Quotes one argument for a POSIX shell or PowerShell/cmd when it needs it. */
+/**
+ * Quotes one argument when it needs it: for a POSIX shell, or on Windows for PowerShell (VS Code's
+ * default terminal there), where single quotes keep `$`, backticks and `"` literal and `''` is a quote.
+ */
 export function shellQuote(arg: string, platform: string = process.platform): string {
     if (/^[\w@%+=:,./\\-]+$/.test(arg)) {
         return arg;
     }
     if (platform === 'win32') {
-        return `"${arg.replace(/"/g, '""')}"`;
+        return `'${arg.replace(/'/g, "''")}'`;
     }
     return `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 
+/**
+ * The command that runs `program` with `args` in the terminal. PowerShell reads a quoted first word as
+ * a string, not a program to run: it needs the call operator `&` (which a POSIX shell would reject).
+ */
+export function commandLine(program: string, args: readonly string[], platform: string = process.platform): string {
+    const quoted = shellQuote(program, platform);
+    const head = platform === 'win32' && quoted !== program ? `& ${quoted}` : quoted;
+    return [head, ...args.map((a) => shellQuote(a, platform))].join(' ');
+}
+
 /** The command that installs the server into `python`. */
 export function installCommand(python: string, platform: string = process.platform): string {
-    return `${shellQuote(python, platform)} -m pip install ${PIP_PACKAGE}`;
+    return commandLine(python, ['-m', 'pip', 'install', PIP_PACKAGE], platform);
 }
 
 /** Exit code of the probe when the interpreter runs but the server module is missing. */

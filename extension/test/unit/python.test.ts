@@ -49,7 +49,10 @@ test('the server runs as a module', () => {
 test('install command quotes paths that need it', () => {
     assert.equal(installCommand('python3', 'linux'), 'python3 -m pip install subcoder');
     assert.equal(installCommand('/my env/bin/python', 'linux'), `'/my env/bin/python' -m pip install subcoder`);
-    assert.equal(installCommand('C:\\My Env\\python.exe', 'win32'), '"C:\\My Env\\python.exe" -m pip install subcoder');
+    // PowerShell: a quoted program needs the call operator, and single quotes keep `$` and backticks literal.
+    assert.equal(installCommand('C:\\My Env\\python.exe', 'win32'), "& 'C:\\My Env\\python.exe' -m pip install subcoder");
+    assert.equal(installCommand('C:\\Python311\\python.exe', 'win32'), 'C:\\Python311\\python.exe -m pip install subcoder');
+    assert.equal(installCommand("C:\\Users\\O'Brien $x\\python.exe", 'win32'), "& 'C:\\Users\\O''Brien $x\\python.exe' -m pip install subcoder");
     assert.equal(shellQuote(`it's`, 'linux'), `'it'\\''s'`);
 });
 
