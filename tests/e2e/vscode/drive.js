@@ -215,6 +215,8 @@ async function journey(page) {
     const statusShown = await row.waitFor({ timeout: 15000 }).then(() => true, () => false);
     const rows = await page.$$eval('.quick-input-list .monaco-list-row', (els) => els.map((e) => (e.textContent || '').trim()));
     check('Show status lists python among the detected languages', statusShown, JSON.stringify(rows));
+    check('Show status says whether the sparse kernel runs, and why', rows.some((r) => /Sparse kernel\s*(on|off) \(/.test(r)), JSON.stringify(rows));
+    check('Show status offers off and snooze', rows.some((r) => r.includes('Turn completions off')) && rows.some((r) => r.includes('Snooze')));
     await screenshot(page, 'status');
     await page.keyboard.press('Escape');
 
@@ -229,6 +231,15 @@ async function journey(page) {
     const on = await page.locator('.notifications-toasts', { hasText: 'completions on for python' })
         .waitFor({ timeout: 10000 }).then(() => true, () => false);
     check('Toggle turns them on again', on);
+
+    // 5b. Everything off, then on again (the status-bar menu runs the same command): the item says so.
+    await runCommand(page, 'Subcoder: Turn completions on/off');
+    const allOff = await waitForStatus(page, (t) => t.includes('Subcoder: off'), 10000, 'off');
+    check('Turn completions off: the status bar says off', allOff !== null, statusHistory.slice(-3).join(' | '));
+    await screenshot(page, 'all-off');
+    await runCommand(page, 'Subcoder: Turn completions on/off');
+    const allOn = await waitForStatus(page, isReady, 10000, 'on again');
+    check('Turn completions on again: the status bar is back to ready', allOn !== null, statusHistory.slice(-3).join(' | '));
 
     // 6. Restart: a new server process, which finds the sub-model in the cache.
     const beforeRestart = statusHistory.length;
