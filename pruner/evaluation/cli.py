@@ -222,13 +222,16 @@ def frontier_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/frontier"), help="per-cell results")
     p.add_argument("--report", type=Path, default=Path("docs/FRONTIER.md"), help="the report (the plot beside it)")
     p.add_argument("--report-only", action="store_true", help="write the report from the cells on disk, measure nothing")
+    p.add_argument("--interleave-cost", type=_positive, metavar="ROUNDS",
+                   help="measure every configuration's decode cost in one process, in alternating rounds "
+                        "(replaces stored cost cells); for a machine whose load changes")
     return p
 
 
 def frontier_main(argv: list[str]) -> int:
     from subcoder.pruner.errors import SubcoderError
 
-    from .frontier import Configuration, FrontierPlan, run_configuration, write_report
+    from .frontier import Configuration, FrontierPlan, interleaved_cost, run_configuration, write_report
     from .runner import set_threads
 
     args = frontier_parser().parse_args(argv)
@@ -244,6 +247,9 @@ def frontier_main(argv: list[str]) -> int:
     try:
         if not args.report_only:
             set_threads(args.threads)
+            if args.interleave_cost:
+                interleaved_cost(plan, configs, args.work_dir, rounds=args.interleave_cost)
+                plan.cells = tuple(c for c in plan.cells if c != "cost")
             for cfg in configs:
                 run_configuration(plan, cfg, args.work_dir, progress=sys.stderr.isatty())
         write_report(plan, args.work_dir, args.report, command=command.strip())

@@ -148,24 +148,71 @@ def disk_bytes(path: str) -> int:
 
 def decode_cost(completer, prompts: list[list[int]], tokens: int) -> dict:
     """Milliseconds per single-token decode step after each prompt (no drafts: the step itself)."""
+    return step_summary(decode_steps(completer, prompts, tokens))
+
+
+def decode_steps(completer, prompts: list[list[int]], tokens: int) -> list[float]:
     import torch
 
-    with torch.inference_mode():  # as the Completer decodes: no autograd records (the packed op refuses them)
-        return _decode_cost(completer, prompts, tokens)
-
-
-def _decode_cost(completer, prompts: list[list[int]], tokens: int) -> dict:
     steps: list[float] = []
-    for ids in prompts:
-        cache = completer.new_cache()
-        token = completer.feed(ids, cache)
-        for _ in range(tokens):
-            t0 = time.perf_counter()
-            token = completer.feed([token], cache)
-            steps.append((time.perf_counter() - t0) * 1000)
-    steps.sort()
+    with torch.inference_mode():  # as the Completer decodes: no autograd records (the packed op refuses them)
+        for ids in prompts:
+            cache = completer.new_cache()
+            token = completer.feed(ids, cache)
+            for _ in range(tokens):
+                t0 = time.perf_counter()
+                token = completer.feed([token], cache)
+                steps.append((time.perf_counter() - t0) * 1000)
+    return steps
+
+
+def step_summary(steps: list[float]) -> dict:
+    steps = sorted(steps)
     return {"ms_per_token": round(statistics.median(steps), 2), "ms_p10": round(steps[len(steps) // 10], 2),
             "ms_p90": round(steps[(9 * len(steps)) // 10], 2), "steps": len(steps)}
+
+
+def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Path, *, rounds: int = 4) -> None:
+    """Decode cost of several configurations in one process, in alternating rounds (the order
+    rotated each round), so that a shared machine's changing load falls on all of them alike; the
+    resident memory is the one measured in each configuration's own process, where there was one."""
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.kernels import model_bytes
+
+    from .nextline import spread_tasks
+
+    language = plan.languages[0]
+    engines, meta = {}, {}
+    for cfg in configs:
+        path = submodel_path(cfg, language)
+        t0 = time.perf_counter()
+        loaded, wrapped = load_for_engine(path)
+        c = Completer(loaded, context_tokens=plan.context_tokens, fim_order=LAYOUTS[0])
+        c.warm_up()
+        engines[cfg.name] = c
+        meta[cfg.name] = {"model": path, "weight_bytes": model_bytes(loaded.model), "disk_bytes": disk_bytes(path),
+                          "load_s": round(time.perf_counter() - t0, 1), "dense_kernel_linears": wrapped,
+                          "sparse_kernel": bool(getattr(loaded.info, "sparse_kernel", False))}
+        _say(f"cost: {cfg.name} loaded")
+    first = next(iter(engines.values()))
+    prompts = [list(first.prompt(t["prefix"], t["suffix"]).ids)
+               for t in spread_tasks(language, plan.decode_prompts, plan.seed + 1)]
+    steps: dict[str, list[float]] = {name: [] for name in engines}
+    loads = []
+    names = list(engines)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            steps[name] += decode_steps(engines[name], prompts, plan.decode_tokens // 2)
+        loads.append(os.getloadavg()[0])
+    for cfg in configs:
+        out = _cell_file(work, cfg, language, "cost")
+        old = _load_cell(out, plan.settings("cost")) or {}
+        data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": "cost",
+                "settings": plan.settings("cost"), "environment": environment(), **meta[cfg.name],
+                **step_summary(steps[cfg.name]), "method": f"interleaved with {', '.join(names)}, {rounds} rounds",
+                "rss_bytes": old.get("rss_bytes"), "loadavg": round(statistics.fmean(loads), 1), "complete": True}
+        _atomic_json(out, data)
+        _say(f"{cfg.name} cost: {cell_summary(data)}")
 
 
 # --------------------------------------------------------------------------- running cells

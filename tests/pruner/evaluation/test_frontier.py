@@ -108,3 +108,8 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     assert (report.parent / f"frontier-{model_slug(model)}.png").is_file()
     # a second run finds every cell done and loads nothing
     frontier.run_configuration(plan, Configuration(model), work, progress=False)
+    # costs re-measured in alternating rounds keep the RSS of the configuration's own process
+    frontier.interleaved_cost(plan, [Configuration(model)], work, rounds=2)
+    cost = json.loads(next(work.rglob("python-cost.json")).read_text())
+    assert cost["method"].endswith("2 rounds") and cost["rss_bytes"] == row["cost"]["rss_bytes"]
+    assert cost["steps"] == 2 * plan.decode_prompts * (plan.decode_tokens // 2)
