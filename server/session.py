@@ -48,7 +48,7 @@ from subcoder.pruner.calibration import LANGUAGES
 from subcoder.pruner.errors import Cancelled, SubcoderError
 
 from .builds import BuildEvent, BuildRequest, calibration_dict
-from .modelset import Download, ModelSet, Served, display_name
+from .modelset import Download, ModelSet, Served, display_name, release_memory
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,8 @@ class ServingSession:
         size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
         self.models.set_sub(language, Served(completer, language, key, size, settings.sparsity))
         self.counters.submodels_loaded += 1
-        if language == self.dominant:
+        released = language == self.dominant and self.models.base is not None
+        if released:
             self.models.set_base(None)  # the base model's memory is no longer needed
         info = getattr(completer, "info", None)
         log.info("serving the %s sub-model (%s, %.1f MB, sparse kernel %s)", language, key, size / 2**20,
@@ -407,6 +408,8 @@ class ServingSession:
         loaded = sorted(self.models.subs, key=lambda lang: (lang != self.dominant, lang))
         self._set(State.READY, f"ready: {', '.join(loaded)}, {settings.sparsity:.0%} sparse", 100)
         await asyncio.get_running_loop().run_in_executor(None, lambda: self.cache.evict(keep=self.models.keys()))
+        if released:
+            await self._in_background(release_memory)  # its freed weights back to the system, not kept by malloc
 
     def _failed(self, text: str) -> None:
         self.notifier.show("build-failed", text, error=True)
