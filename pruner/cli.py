@@ -278,10 +278,13 @@ def cmd_overlap(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .storage import export_dense
+    from .export import export
 
-    out = export_dense(Path(_submodel_or_model(args.submodel, args.cache_dir)), Path(args.out))
-    print(f"wrote a dense Hugging Face model to {out}")
+    out = export(Path(_submodel_or_model(args.submodel, args.cache_dir)), Path(args.out), args.format)
+    if args.format == "hf":
+        print(f"wrote a dense Hugging Face model to {out}")
+    else:
+        print(f"wrote a compressed-tensors checkpoint to {out} (serve it with: vllm serve {out})")
     return 0
 
 
@@ -373,11 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the pairs as JSON")
     p.set_defaults(func=cmd_overlap)
 
-    p = sub.add_parser("export", help="write a sub-model as a plain dense Hugging Face directory",
-                       description="Write a sub-model as a dense Hugging Face directory (pruned weights as zeros) that "
-                                   "transformers and other tools load without subcoder.")
+    p = sub.add_parser("export", help="write a sub-model as a dense Hugging Face or a compressed-tensors directory",
+                       description="Write a sub-model for other tools: by default a dense Hugging Face directory "
+                                   "(pruned weights as zeros) that transformers and other tools load without subcoder; "
+                                   "with --format compressed-tensors, the sparse checkpoint format vLLM serves "
+                                   "(2:4 as sparse-24-bitmask, other patterns as sparse-bitmask) with a model card.")
     p.add_argument("submodel", help="sub-model directory, or a language (its newest cached sub-model)")
     p.add_argument("out", help="the directory to write (must not exist)")
+    p.add_argument("--format", choices=("hf", "compressed-tensors"), default="hf",
+                   help="hf: dense Hugging Face folder (default); compressed-tensors: sparse, for vLLM")
     p.add_argument("--cache-dir", help="cache root (default: $SUBCODER_CACHE_DIR or the user cache)")
     p.set_defaults(func=cmd_export)
 
