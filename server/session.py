@@ -12,6 +12,8 @@ States (the `state` field of the `subcoder/status` notification; the wire string
                        until rebuild()) | ──"Download"──▶ downloading ──▶ converting ──▶ on as above | error
     building (cache miss) | idle | error ──base model loaded, no sub-model yet──▶ base
     detecting ──sparsity 0 (no pruning)──▶ base once the dense model is loaded (nothing is built)
+    detecting ──`backend` set──▶ ready ⇄ error as the remote server answers or not (its tokenizer is all that
+                                 loads here; nothing is built; subcoder.server.backend)
     any state, no sub-model ──base model failed to load──▶ error
     any state ──settings change the model or the build, or rebuild()──▶ detecting (work in flight is dropped)
 
@@ -47,6 +49,7 @@ from typing import Any, Callable, Protocol
 from subcoder.pruner.calibration import LANGUAGES
 from subcoder.pruner.errors import Cancelled, SubcoderError
 
+from .backend import BackendError, open_remote
 from .builds import BuildEvent, BuildRequest, calibration_dict
 from .modelset import Download, ModelSet, Served, display_name, release_memory
 from .settings import Settings
@@ -135,12 +138,15 @@ OpenCache = Callable[[Settings], Any]  # settings -> CacheManager
 MakeBuilds = Callable[[Callable[[BuildEvent], None]], Any]  # on_event -> BuildManager
 Pending = Callable[[Settings], "Download | None"]  # settings -> the download loading their model would start
 Fetch = Callable[[Settings, Callable], None]  # (settings, progress callback) -> the model's files made local
+# (settings, on_health(up, reason) from any thread, alive()) -> a completer over the `backend` setting's server
+OpenRemote = Callable[[Settings, Callable[[bool, str], None], Callable[[], bool]], Any]
 
 
 class ServingSession:
     def __init__(self, *, load: Loader, builds: MakeBuilds, notifier: Notifier, key_of: KeyOf, detect: Detect,
                  open_cache: OpenCache, settings: Settings | None = None, background: Executor | None = None,
-                 pending: Pending = lambda settings: None, fetch: Fetch = lambda settings, progress: None):
+                 pending: Pending = lambda settings: None, fetch: Fetch = lambda settings, progress: None,
+                 remote: OpenRemote = open_remote):
         self.settings = settings or Settings()
         self.root: str | None = None
         self.detection = None
@@ -152,7 +158,7 @@ class ServingSession:
         self.counters = Counters()
         self.started = False
         self._load, self._key_of, self._detect, self._open_cache = load, key_of, detect, open_cache
-        self._pending, self._fetch = pending, fetch
+        self._pending, self._fetch, self._remote = pending, fetch, remote
         self.notifier = notifier
         self.cache = open_cache(self.settings)
         self.builds = builds(self._build_event_from_thread)
@@ -286,7 +292,10 @@ class ServingSession:
         await self._serve(force=force)
 
     async def _serve(self, *, force: bool = False) -> None:
-        """Serve the dominant language: the dense model at sparsity 0, else its sub-model."""
+        """Serve the dominant language: the dense model at sparsity 0, else its sub-model; with a backend, its server."""
+        if self.settings.backend:  # the server decodes: nothing is built, no weights are loaded here
+            self._ensure_base()
+            return
         if not self.settings.prunes:
             self._ensure_base()
             self._set(State.BASE if self.models.base else State.IDLE,
@@ -297,7 +306,8 @@ class ServingSession:
     def _ensure_base(self) -> None:
         """Load the base model (served while building) unless it is loaded, loading, not wanted or not needed."""
         if (self.models.base is not None or self._base_loading == self._generation or self.dominant in self.models.subs
-                or not (self.settings.serve_base_model_while_building or not self.settings.prunes)):
+                or not (self.settings.serve_base_model_while_building or not self.settings.prunes
+                        or self.settings.backend)):
             return
         # A load for an older generation may still run: it will be dropped, so this one starts regardless.
         self._base_loading = self._generation
@@ -309,7 +319,11 @@ class ServingSession:
                 self._base_loading = None
             return
         try:
-            completer = await self._in_background(lambda: self._load(settings.model, settings, False))
+            if settings.backend:
+                completer = await self._in_background(lambda: self._remote(
+                    settings, self._health_from_thread(generation), lambda: generation == self._generation))
+            else:
+                completer = await self._in_background(lambda: self._load(settings.model, settings, False))
             error = None
         except SubcoderError as exc:
             error = exc
@@ -325,6 +339,12 @@ class ServingSession:
             self.notifier.show("base-load", str(error))
             if not self.models.subs:
                 self._set(State.ERROR, str(error))
+            return
+        if settings.backend:
+            self.models.set_base(Served(completer, None))
+            engine = completer.engine
+            log.info("%s", engine.describe())
+            self._set(State.READY if engine.up else State.ERROR, engine.describe())
             return
         if self.dominant in self.models.subs:
             log.info("base model loaded after the %s sub-model: not kept", self.dominant)
@@ -416,6 +436,23 @@ class ServingSession:
         self._set(self._settled_state(otherwise=State.ERROR), text)
         if not self.models.subs:
             self._ensure_base()  # no sub-model to be had: the base model serves, when wanted
+
+    def _health_from_thread(self, generation: int) -> Callable[[bool, str], None]:
+        """The backend's up/down reports (from its threads) as the state: ready, or error with the reason."""
+        loop = self._loop
+
+        def report(up: bool, reason: str) -> None:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._backend_health, generation, up)
+        return report
+
+    def _backend_health(self, generation: int, up: bool) -> None:
+        served = self.models.base
+        if generation != self._generation or served is None or not self.settings.backend:
+            return
+        if not up:
+            self.notifier.show("backend", served.completer.engine.describe(), error=True)
+        self._set(State.READY if up else State.ERROR, served.completer.engine.describe())
 
     # ------------------------------------------------------------------ the download gate
 
@@ -563,7 +600,8 @@ class ServingSession:
         self.counters.requests += 1
         settings = self.settings
         served = self.models.pick(language, self.dominant,
-                                  allow_base=settings.serve_base_model_while_building or not settings.prunes)
+                                  allow_base=settings.serve_base_model_while_building or not settings.prunes
+                                  or bool(settings.backend))
         self.want(language)
         if served is None:
             log.info("%s: no model loaded yet (%s)", request, self.state.value)
@@ -583,6 +621,9 @@ class ServingSession:
             raise
         except Cancelled:
             log.info("%s: superseded by a newer request", request)
+            return None
+        except BackendError as exc:  # the status says the backend is down; the editor gets no suggestion
+            log.info("%s: %s", request, exc)
             return None
         except Exception as exc:  # noqa: BLE001 - a failed completion is an empty answer and one message
             log.exception("%s: completion failed", request)
@@ -613,7 +654,7 @@ class ServingSession:
             self.dominant = language
             self._spawn(self._serve())
             return
-        if (not self.settings.prunes or language == self.dominant or language in self.models.subs
+        if (self.settings.backend or not self.settings.prunes or language == self.dominant or language in self.models.subs
                 or language in self._queued):
             return
         self._queued.add(language)

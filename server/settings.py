@@ -23,6 +23,8 @@ from subcoder.pruner.engine.options import ENV_NAMES, EngineOptions
 from subcoder.pruner.errors import ConfigError
 from subcoder.pruner.presets import DEFAULT_PRESET
 
+from .backend import parse_endpoint
+
 LOG_LEVELS = ("error", "warning", "info", "debug")
 
 
@@ -53,6 +55,10 @@ class Settings:
     context_tokens: int = 1024  # prompt budget (prefix + suffix)
     calibration_samples: int = 32  # windows of calibration_seq_len tokens
     calibration_seq_len: int = 512
+    # An OpenAI-compatible server's URL (vLLM, llama.cpp): it decodes, nothing is built or loaded here but
+    # the model's tokenizer; "" = the local model (subcoder.server.backend)
+    backend: str = ""
+    backend_timeout: float = 10.0  # seconds a completion request to the backend may take
 
     @property
     def prunes(self) -> bool:
@@ -73,7 +79,8 @@ class Settings:
 
     def model_fields(self) -> tuple:
         """The settings that change how the models are loaded."""
-        return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir, self.fim_order)
+        return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir, self.fim_order,
+                self.backend, self.backend_timeout)
 
 
 _ACRONYMS = {"mb": "MB"}  # cache_size_limit_mb -> cacheSizeLimitMB, as the extension and docs spell it
@@ -139,6 +146,13 @@ def _boolean(value):
     return value
 
 
+def _backend(value):
+    value = _string(value)
+    if value:
+        parse_endpoint(value)  # ValueError says what a URL must look like
+    return value
+
+
 _CHECKS = {
     "model": lambda v: _string(v) or DEFAULT_PRESET,
     "sparsity": _number(float, 0.0, 0.99),
@@ -161,6 +175,8 @@ _CHECKS = {
     "context_tokens": _number(int, 64, 32768),
     "calibration_samples": _number(int, 1, 4096),
     "calibration_seq_len": _number(int, 16, 8192),
+    "backend": _backend,
+    "backend_timeout": _number(float, 0.1, 600.0),
 }
 
 
