@@ -573,6 +573,11 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                     f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
                     f"| {_ratio(pr)} |")
         lines.append("")
+        spt = {f"{n} {c.split(':')[1].upper()}": r[c]["seconds_per_task"] for n, r in rows.items() for c in layouts
+               if c in r and r[c].get("seconds_per_task")}
+        if spt:
+            lines += ["Seconds per next-line task on this machine: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in spt.items()) + ".", ""]
         speeds = {n: (r.get("cost") or {}).get("loadavg") for n, r in rows.items()}
         if any(v is not None for v in speeds.values()):
             lines += ["Load average (1 min) of this shared 2-core machine when each cost was measured: "
