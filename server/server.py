@@ -212,9 +212,11 @@ def kernel_text(session) -> str:
     if not subs:
         return "off (the dense base model is served until the sub-model is ready)"
     native = sys.modules.get("subcoder.pruner.kernels.native")
-    reason = native.load_reason() if native is not None else ""
+    reason = native.load_reason() if native is not None else ""  # "" until a load asked for the kernel
     if any(getattr(getattr(s.completer, "info", None), "sparse_kernel", False) for s in subs):
         return f"on ({reason or 'sparse CPU kernel'})"
+    if reason and native.get_ops() is not None:  # answered from the first load's result, never builds
+        return f"off (the kernel runs here ({reason}), but this sub-model's layers were left dense: see the log)"
     return f"off ({reason or 'not available on this machine'})"
 
 
