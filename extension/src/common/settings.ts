@@ -29,6 +29,10 @@ export interface ServerSettings {
     contextTokens: number;
     calibrationSamples: number;
     calibrationSeqLen: number;
+    /** `"ask"`, or true/false: whether the first use of a preset may download it. */
+    allowDownload: string | boolean;
+    backend: string;
+    backendTimeout: number;
 }
 
 export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
@@ -53,6 +57,9 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     contextTokens: 1024,
     calibrationSamples: 32,
     calibrationSeqLen: 512,
+    allowDownload: 'ask',
+    backend: '', // the local model
+    backendTimeout: 10,
 });
 
 export const SERVER_KEYS = Object.keys(SERVER_DEFAULTS) as (keyof ServerSettings)[];
@@ -86,7 +93,13 @@ export function expandPath(value: string, ctx: PathContext): string {
     return out;
 }
 
-function sameType(value: unknown, fallback: unknown): boolean {
+/** Keys whose values may be of another type than their default's. */
+const ALSO_ALLOWED: Partial<Record<keyof ServerSettings, string>> = { allowDownload: 'boolean' };
+
+function sameType(value: unknown, fallback: unknown, key?: keyof ServerSettings): boolean {
+    if (key !== undefined && typeof value === ALSO_ALLOWED[key]) {
+        return true;
+    }
     if (Array.isArray(fallback)) {
         return Array.isArray(value) && value.every((v) => typeof v === 'string');
     }
@@ -108,7 +121,7 @@ export function serverSettings(
         let value = get(key);
         if (value === undefined || value === null) {
             value = fallback;
-        } else if (!sameType(value, fallback)) {
+        } else if (!sameType(value, fallback, key)) {
             problems.push(`subcoder.${key}: expected ${Array.isArray(fallback) ? 'a list of strings' : typeof fallback}, using the default ${JSON.stringify(fallback)}`);
             value = fallback;
         }

@@ -25,7 +25,10 @@ test('defaults follow the LSP contract', () => {
         device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'spm', cacheDir: '',
         cacheSizeLimitMB: 4096, logLevel: 'info', sparseKernel: true, serveBaseModelWhileBuilding: true,
         contextTokens: 1024, calibrationSamples: 32, calibrationSeqLen: 512,
+        allowDownload: 'ask', backend: '', backendTimeout: 10,
     });
+    const user: Record<string, unknown> = { allowDownload: true };
+    assert.equal(serverSettings((k) => user[k], ctx).allowDownload, true, 'allowDownload is "ask" or a boolean');
 });
 
 test('package.json declares every server setting with the same default', () => {
