@@ -158,18 +158,22 @@ class _Call:
     def __init__(self, endpoint: Endpoint, method: str, path: str, body: bytes | None, timeout: float):
         self.endpoint, self.method, self.path, self.body, self.timeout = endpoint, method, path, body, timeout
         self.events: queue.Queue = queue.Queue()
-        self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._aborted = False
 
     def run(self) -> None:
         cls = http.client.HTTPSConnection if self.endpoint.scheme == "https" else http.client.HTTPConnection
         conn = cls(self.endpoint.host, self.endpoint.port, timeout=self.timeout)
-        with self._lock:
-            if self._aborted:
-                return
-            self._conn = conn
+        response = None
         try:
+            conn.connect()
+            with self._lock:
+                # Kept here: http.client hands the socket to the response (and forgets it) for a
+                # response that ends with the connection, as a stream without a length does.
+                self._sock = conn.sock
+                if self._aborted:
+                    return
             headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
             if key := os.environ.get(API_KEY_ENV):
                 headers["Authorization"] = f"Bearer {key}"
@@ -187,13 +191,15 @@ class _Call:
             if not self._aborted:
                 self.events.put(("error", error_reason(exc)))
         finally:
+            if response is not None:
+                response.close()
             conn.close()
 
     def abort(self) -> None:
         """Close the connection under the worker: its blocked read returns, the server sees the client gone."""
         with self._lock:
             self._aborted = True
-            sock = self._conn.sock if self._conn is not None else None
+            sock = self._sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
