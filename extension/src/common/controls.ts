@@ -99,7 +99,18 @@ function escapeRegExp(s: string): string {
 /** The first glob of `globs` that `path` matches, or undefined. Windows paths are compared with `/`. */
 export function excludedBy(path: string, globs: readonly string[]): string | undefined {
     const normal = path.replace(/\\/g, '/');
-    return globs.find((g) => g.trim() && globToRegExp(g).test(normal));
+    return globs.find((g) => g.trim() && compiled(g).test(normal));
+}
+
+// Asked on every keystroke (didChange): each glob is compiled once.
+const compiledGlobs = new Map<string, RegExp>();
+function compiled(glob: string): RegExp {
+    let re = compiledGlobs.get(glob);
+    if (!re) {
+        re = globToRegExp(glob);
+        compiledGlobs.set(glob, re);
+    }
+    return re;
 }
 
 /** What decides whether one inline request goes to the server. */

@@ -5,7 +5,7 @@
  */
 import type * as vscode from 'vscode';
 import { CancellationTokenSource } from 'vscode-languageclient/node';
-import { completionBlocked, Controls, debounce, LastCompletion, readControls, Switches } from './controls';
+import { completionBlocked, Controls, debounce, excludedBy, LastCompletion, readControls, Switches } from './controls';
 import { SECTION } from './settings';
 import { getConfiguration } from './vscodeapi';
 
@@ -28,6 +28,11 @@ export interface InlineHooks {
 export function controlsFor(document: vscode.TextDocument): { languageEnabled: boolean; controls: Controls } {
     const config = getConfiguration(SECTION, document);
     return { languageEnabled: config.get<boolean>('enable', true) !== false, controls: readControls((k) => config.get(k)) };
+}
+
+/** Whether a document matches `subcoder.exclude`: its text is then never sent to the server either. */
+export function isExcluded(document: vscode.TextDocument): boolean {
+    return document.uri.scheme === 'file' && excludedBy(document.uri.fsPath, controlsFor(document).controls.exclude) !== undefined;
 }
 
 function tokensOf(result: InlineResult): number | undefined {

@@ -13,7 +13,7 @@ import {
     ServerOptions,
 } from 'vscode-languageclient/node';
 import { isBuildToken } from './buildProgress';
-import { InlineHooks, provideInline } from './inline';
+import { InlineHooks, isExcluded, provideInline } from './inline';
 import { SERVER_ARGS } from './python';
 import { initializationOptions, SECTION, ServerSettings } from './settings';
 import { ProgressValue, ServerStatus } from './status';
@@ -69,6 +69,10 @@ export function createClient(opts: {
         middleware: {
             provideInlineCompletionItems: (document, position, context, token, next) =>
                 provideInline(opts.hooks.inline, document, position, context, token, next),
+            // Secrets (subcoder.exclude) never reach the server: not even their text in didOpen/didChange.
+            didOpen: (document, next) => (isExcluded(document) ? Promise.resolve() : next(document)),
+            didChange: (event, next) => (isExcluded(event.document) ? Promise.resolve() : next(event)),
+            didSave: (document, next) => (isExcluded(document) ? Promise.resolve() : next(document)),
             // The server also offers classic completion for editors without ghost text; in VS Code
             // its items would open the suggest widget, which hides the ghost text.
             provideCompletionItem: () => undefined,
