@@ -172,6 +172,7 @@ class ServingSession:
         self._inflight: dict[str, threading.Event] = {}  # document -> cancel flag of its running completion
         self._progress_request: BuildRequest | None = None  # the build the work-done progress belongs to
         self._tasks: set[asyncio.Task] = set()
+        self._events = asyncio.Lock()  # build events are handled one at a time, in order (on_build_event)
         self._detecting = False
         self._opened: list[str] = []  # enabled languages of the documents opened, in order
         self._answers: dict[str, bool] = {}  # model -> the user's answer to "Download?" (this session)
@@ -553,6 +554,13 @@ class ServingSession:
             loop.call_soon_threadsafe(lambda: self._spawn(self.on_build_event(event)))
 
     async def on_build_event(self, event: BuildEvent) -> None:
+        # One at a time, in the order the build manager sent them: "started" awaits the client's progress
+        # token, and a build child killed at once would otherwise have its failure handled during that wait,
+        # then be shown "building" for good (its failure overwritten, its progress never ended).
+        async with self._events:
+            await self._handle_build_event(event)
+
+    async def _handle_build_event(self, event: BuildEvent) -> None:
         language = event.request.language
         if event.kind in ("cancelled", "failed") and event.request is not self._progress_request:
             # A build killed to make room for another (settings changed, rebuild): its end is old news.

@@ -7,6 +7,7 @@ detection reads a real folder.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 from dataclasses import replace
@@ -482,3 +483,32 @@ async def test_a_killed_build_can_be_asked_for_again(tmp_path):
     rig.session.want("javascript")
     await rig.session.settle()
     assert [r.language for r in rig.builds.submitted] == ["python", "javascript", "javascript"]
+
+
+async def test_a_build_killed_while_the_client_answers_its_progress_token_is_reported_failed(tmp_path):
+    """The child dies before the client has answered the progress token of its "started" event: the failure
+    is handled after the start (the state is not left at "building", the progress is ended), once, and the
+    language is not rebuilt on its own."""
+    rig = Rig(tmp_path)
+    await rig.session.start()
+    await rig.session.settle()
+    (request,) = rig.builds.submitted
+    answered = asyncio.Event()
+    begin = rig.notifier.begin_progress
+
+    async def slow_begin(title, cancellable=True):
+        await answered.wait()  # window/workDoneProgress/create is a round trip to the client
+        await begin(title, cancellable)
+
+    rig.notifier.begin_progress = slow_begin
+    rig.session._build_event_from_thread(BuildEvent("started", request, 0, "building"))
+    rig.session._build_event_from_thread(BuildEvent("failed", request, message="the build process died (killed by "
+                                                                                "signal 9)", killed=True))
+    await asyncio.sleep(0.05)  # both events are on the loop, the first one waits for the client
+    answered.set()
+    await asyncio.sleep(0)
+    await rig.session.settle()
+    assert rig.session.state is State.BASE and rig.session.message.endswith("died (killed by signal 9)")
+    assert rig.notifier.progress[-2:] == ["begin subcoder: building the python sub-model", "end failed"]
+    assert [k for k, _, _ in rig.notifier.shown] == ["build-failed"]
+    assert len(rig.builds.submitted) == 1 and rig.session.counters.builds_failed == 1
