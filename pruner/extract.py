@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import paths
 from .calibration import CalibrationSet, CalibrationSpec, build_calibration, check_language
 from .config import PruneConfig
@@ -131,6 +133,7 @@ def extract(
                              release_layer=disk.release_layer if disk else None)
         timings["prune_s"] = round(result.report.seconds, 2)
         check_cancel(cancel)
+        _gather_offloaded(loaded.model)
         manifest = _write(loaded, result, language, config, calibration, calib, key, timings, target, progress,
                           shards=disk.staging if disk else None)
     finally:
@@ -141,6 +144,22 @@ def extract(
     log.info("extracted %s sub-model in %.1f s: %.1f%% of linear weights pruned", language, timings["total_s"],
              100 * result.report.linear_sparsity)
     return ExtractResult(target, manifest, result.report, size_report(target))
+
+
+def _gather_offloaded(model) -> None:
+    """Put back the weights accelerate holds on the host for modules it offloaded (`device="auto"` when the model
+    does not fit the accelerators): the module's own tensors are meta placeholders there, and saving reads them.
+    The hooks stay, so the model still runs as placed; they read the same (pruned) host tensors."""
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        if hook is None or not getattr(hook, "offload", False) or getattr(hook, "weights_map", None) is None:
+            continue
+        for name, param in module._parameters.items():
+            if param is not None and param.is_meta:
+                module._parameters[name] = torch.nn.Parameter(hook.weights_map[name], requires_grad=False)
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_meta and name in hook.weights_map:
+                module._buffers[name] = hook.weights_map[name]
 
 
 def _write(loaded, result, language, config, calibration, calib, key, timings, target, progress, shards) -> dict:

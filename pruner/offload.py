@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -108,3 +109,110 @@ class DiskOffload:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class LayerStream:
+    """Each decoder layer's trip for `prune.prune_model`: read in (from disk, `load_layer`), onto the accelerator
+    (`offload`), and back with its masks (`release_layer`, or kept in `masks`).
+
+    On CUDA one worker thread does the trips a layer ahead of the work on a side stream: the next layer is
+    read and copied in while the current one computes, and the finished one's weights and masks are copied
+    out while the next computes. So the accelerator holds the current layer, the next one and the one going
+    out at most, and the copies cost no time as long as a layer's compute outlasts them. Elsewhere every
+    trip runs in order, on the calling thread.
+    """
+
+    def __init__(self, layers, device: torch.device, *, offload: bool, load_layer=None, release_layer=None):
+        self.layers, self.device, self.offload = layers, device, offload
+        self.load_layer, self.release_layer = load_layer, release_layer
+        self.masks: dict[str, torch.Tensor] = {}
+        self.overlap = device.type == "cuda"
+        self._moved: dict[int, list] = {}  # index -> [(module, kind, name, host tensor, device tensor)]
+        self._fetches: dict[int, Future] = {}
+        self._jobs: list[Future] = []
+        if self.overlap:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="subcoder-layers")
+            self._stream = torch.cuda.Stream(device)
+
+    def fetch(self, index: int) -> None:
+        """Layer `index` ready on the compute device; the next one starts its trip."""
+        if not self.overlap:
+            if self.load_layer is not None:
+                self.load_layer(index, self.layers[index])
+            return
+        pending = self._fetches.pop(index, None) or self._pool.submit(self._bring_in, index)
+        moved, ready = pending.result()
+        if index + 1 < len(self.layers):
+            self._fetches[index + 1] = self._pool.submit(self._bring_in, index + 1)
+        if moved is None:
+            return
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(ready)
+        for module, kind, name, _, on_device in moved:
+            on_device.record_stream(compute)  # allocated on the side stream, used on this one
+            _set(module, kind, name, on_device)
+        self._moved[index] = moved
+
+    def release(self, index: int, masks: dict[str, torch.Tensor]) -> None:
+        """Layer `index` is pruned: weights back to the host, masks to the CPU, then handed over."""
+        layer = self.layers[index]
+        if not self.overlap:
+            self._hand_over(index, layer, {k: v.cpu() for k, v in masks.items()})
+            return
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        moved = self._moved.pop(index, None)
+        for module, kind, name, on_host, _ in moved or ():
+            _set(module, kind, name, on_host)  # filled by the job below before anyone reads it
+        self._jobs.append(self._pool.submit(self._send_out, index, layer, masks, moved, done))
+
+    def close(self) -> None:
+        """Wait for every trip under way (their errors surface here) and stop the worker."""
+        if not self.overlap:
+            return
+        try:
+            for job in self._jobs + list(self._fetches.values()):
+                job.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _bring_in(self, index: int):
+        layer = self.layers[index]
+        if self.load_layer is not None:
+            self.load_layer(index, layer)
+        if not self.offload:
+            return None, None
+        moved = []
+        with torch.cuda.stream(self._stream):
+            for module in layer.modules():
+                for kind, tensors in (("param", module._parameters), ("buffer", module._buffers)):
+                    for name, t in tensors.items():
+                        if t is not None:
+                            on_device = torch.empty_like(t, device=self.device)
+                            on_device.copy_(t.data, non_blocking=True)
+                            moved.append((module, kind, name, t.data, on_device))
+            ready = torch.cuda.Event()
+            ready.record(self._stream)
+        return moved, ready
+
+    def _send_out(self, index, layer, masks, moved, done) -> None:
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(done)
+            on_cpu = {k: v.to("cpu") for k, v in masks.items()}  # blocking: the stream is drained after
+            for _, kind, _, on_host, on_device in moved or ():
+                if kind == "param":  # pruning changes weights only
+                    on_host.copy_(on_device)
+        self._hand_over(index, layer, on_cpu)
+
+    def _hand_over(self, index, layer, masks) -> None:
+        if self.release_layer is not None:
+            self.release_layer(index, layer, masks)
+        else:
+            self.masks.update(masks)
+
+
+def _set(module, kind: str, name: str, tensor: torch.Tensor) -> None:
+    if kind == "param":
+        module._parameters[name].data = tensor
+    else:
+        module._buffers[name] = tensor

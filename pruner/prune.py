@@ -14,7 +14,8 @@ Lifecycle of one run (`prune_model`):
 
 Embeddings and lm_head are never touched (they live outside the decoder layers), so tied weights stay tied.
 Memory is bounded by one decoder layer's activations over the calibration set, plus the model; with
-`offload=True` on an accelerator only the current layer is on the device.
+`offload=True` on an accelerator only the current layer (and the next, coming in; see offload.LayerStream)
+is on the device.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from torch import nn
 from .config import PruneConfig
 from .errors import ConfigError
 from .progress import CancelFn, ProgressFn, check_cancel, report
-from .wanda import NormAccumulator, apply_mask, magnitude_scores, mask_from_scores, wanda_scores
+from .offload import LayerStream
+from .wanda import NormAccumulator, apply_mask, column_sq_sums, magnitude_scores, mask_from_scores, wanda_scores
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,9 @@ class PruneReport:
     total_params: int = 0
     seconds: float = 0.0
     capture_seconds: float = 0.0
-    peak_memory_bytes: int = 0
+    peak_memory_bytes: int = 0  # the compute device's: the accelerator's, or the process's on the CPU
+    peak_host_bytes: int = 0  # the process's resident memory at its highest
+    peak_device_bytes: int = 0  # the accelerator's allocations at their highest (0 on the CPU)
     calibration_tokens: int = 0
 
     def to_dict(self) -> dict:
@@ -159,48 +163,49 @@ def prune_model(
         report(progress, "calibrate", 1, 1, f"{len(inputs)} batches captured")
     capture_seconds = time.perf_counter() - t_start
 
-    masks: dict[str, torch.Tensor] = {}
     kept_total = 0
     result = PruneReport(capture_seconds=capture_seconds, calibration_tokens=int(attention_mask.sum()))
-    for index, layer in enumerate(layers):
-        check_cancel(cancel)
-        t_layer = time.perf_counter()
-        if load_layer is not None:
-            load_layer(index, layer)
-        if offload and device.type == "cuda":
-            layer.to(device)
-        linears = prunable_linears(layer)
-        layer_masks = {}
-        norms: dict[str, NormAccumulator] = {}
-        if use_wanda:
-            norms = _observe(layer, linears, inputs, device)
-        kept = total = 0
-        for name, linear in linears.items():
+    stream = LayerStream(layers, device, offload=offload and device.type == "cuda", load_layer=load_layer,
+                         release_layer=release_layer)
+    try:
+        for index, layer in enumerate(layers):
+            check_cancel(cancel)
+            t_layer = time.perf_counter()
+            stream.fetch(index)
+            linears = prunable_linears(layer)
+            layer_masks = {}
+            norms: dict[str, NormAccumulator] = {}
             if use_wanda:
-                scores = wanda_scores(linear.weight, norms[name].sq_norms.to(linear.weight.device))
-            else:
-                scores = magnitude_scores(linear.weight)
-            keep = mask_from_scores(scores, config.sparsity, config.pattern)
-            apply_mask(linear.weight, keep)
-            layer_masks[f"{prefix}.{index}.{name}.weight"] = keep.cpu()
-            kept += int(keep.sum())
-            total += keep.numel()
-        if use_wanda and index + 1 < len(layers):
-            for item in inputs:  # pruned outputs feed the next layer
-                out = layer(item.hidden.to(device), *item.args, **item.kwargs)
-                item.hidden = _layer_output(out)
-        if offload and device.type == "cuda":
-            layer.to("cpu")
-        if release_layer is not None:
-            release_layer(index, layer, layer_masks)
-        else:
-            masks.update(layer_masks)
-        seconds = time.perf_counter() - t_layer
-        result.layers.append({"layer": index, "sparsity": 1 - kept / total if total else 0.0, "seconds": round(seconds, 3)})
-        result.pruned_params += total - kept
-        kept_total += kept
-        report(progress, "prune", index + 1, len(layers), f"layer {index + 1}/{len(layers)}: {1 - kept / max(total, 1):.1%} sparse")
-        log.debug("layer %d pruned in %.2f s", index, seconds)
+                norms = _observe(layer, linears, inputs, device)
+            kept_counts = []
+            for name, linear in linears.items():
+                held = _host_copy(linear)
+                weight = linear.weight if held is None else held.to(_home(linear))
+                if use_wanda:
+                    scores = wanda_scores(weight, norms[name].sq_norms.to(weight.device))
+                else:
+                    scores = magnitude_scores(weight)
+                keep = mask_from_scores(scores, config.sparsity, config.pattern)
+                del scores  # an fp32 copy of the weight: free before the next one
+                apply_mask(weight if held is None else held, keep)
+                layer_masks[f"{prefix}.{index}.{name}.weight"] = keep
+                kept_counts.append(keep.sum())
+            total = sum(lin.weight.numel() for lin in linears.values())
+            kept = int(torch.stack(kept_counts).sum()) if kept_counts else 0  # the layer's one wait on the device
+            if use_wanda and index + 1 < len(layers):
+                for item in inputs:  # pruned outputs feed the next layer
+                    out = layer(item.hidden.to(device), *item.args, **item.kwargs)
+                    item.hidden = _layer_output(out)
+            stream.release(index, layer_masks)
+            seconds = time.perf_counter() - t_layer
+            result.layers.append({"layer": index, "sparsity": 1 - kept / total if total else 0.0, "seconds": round(seconds, 3)})
+            result.pruned_params += total - kept
+            kept_total += kept
+            report(progress, "prune", index + 1, len(layers), f"layer {index + 1}/{len(layers)}: {1 - kept / max(total, 1):.1%} sparse")
+            log.debug("layer %d pruned in %.2f s", index, seconds)
+    finally:
+        stream.close()
+    masks = stream.masks
 
     linear_total = result.pruned_params + kept_total
     result.linear_sparsity = result.pruned_params / linear_total if linear_total else 0.0
@@ -208,31 +213,54 @@ def prune_model(
     result.model_sparsity = result.pruned_params / result.total_params
     result.seconds = time.perf_counter() - t_start
     result.peak_memory_bytes = peak_memory_bytes(device)
+    result.peak_host_bytes = peak_memory_bytes("cpu")
+    result.peak_device_bytes = peak_memory_bytes(device) if device.type == "cuda" else 0
     return PruneResult(masks, result)
 
 
 def _observe(layer, linears: dict[str, nn.Linear], inputs: list[LayerInputs], device) -> dict[str, NormAccumulator]:
     """Run the layer over all captured inputs with one hook per linear accumulating input norms."""
-    norms = {name: NormAccumulator(lin.in_features, device=lin.weight.device) for name, lin in linears.items()}
-    current: dict[str, torch.Tensor | None] = {"mask": None}
+    norms = {name: NormAccumulator(lin.in_features, device=_home(lin)) for name, lin in linears.items()}
+    # linears fed the same tensor (q/k/v, gate/up) share one reduction of it
+    current: dict = {"mask": None, "x": None, "sums": None}
     handles = []
     try:
         for name, lin in linears.items():
             def hook(module, args, _acc=norms[name]):
-                _acc.add(args[0], current["mask"])
+                if current["x"] is not args[0]:
+                    current["x"], current["sums"] = args[0], column_sq_sums(args[0], current["mask"])
+                _acc.add_sums(*current["sums"])
             handles.append(lin.register_forward_pre_hook(hook))
         for item in inputs:
             current["mask"] = item.token_mask
             layer(item.hidden.to(device), *item.args, **item.kwargs)
+            current["x"] = current["sums"] = None
     finally:
         for h in handles:  # one owner for every hook handle: always removed
             h.remove()
     return norms
 
 
+def _host_copy(linear: nn.Linear) -> torch.Tensor | None:
+    """The weight accelerate keeps on the host for a linear it offloaded (`--device auto` with the CPU in the
+    device map: the module's own weight is a meta placeholder between forwards), else None."""
+    hook = getattr(linear, "_hf_hook", None)
+    if hook is None or not getattr(hook, "offload", False) or not linear.weight.is_meta:
+        return None
+    return hook.weights_map["weight"]
+
+
+def _home(linear: nn.Linear) -> torch.device:
+    """Where the linear computes: its weight's device, or the device accelerate runs an offloaded one on."""
+    hook = getattr(linear, "_hf_hook", None)
+    if linear.weight.is_meta and getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return linear.weight.device
+
+
 def peak_memory_bytes(device) -> int:
     if getattr(device, "type", str(device)) == "cuda":
-        return int(torch.cuda.max_memory_allocated())
+        return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 

@@ -5,7 +5,7 @@ import torch
 
 from subcoder.pruner.config import Pattern, PruneConfig
 from subcoder.pruner.errors import ConfigError
-from subcoder.pruner.wanda import NormAccumulator, mask_from_scores, wanda_scores
+from subcoder.pruner.wanda import NormAccumulator, column_sq_sums, lowest_per_row, mask_from_scores, wanda_scores
 
 
 def test_scores_are_abs_weight_times_input_norm():
@@ -78,3 +78,54 @@ def test_config_rejects_bad_input():
         PruneConfig(method="sparsegpt")
     assert PruneConfig(0.5, "2:4").slug() == "wanda-2of4"
     assert PruneConfig(0.3).slug() == "wanda-u30"
+
+
+def sorted_reference(scores, sparsity, pattern=None):
+    """The masks as a full stable sort defines them: the first k of each row (or block) in ascending order."""
+    pattern = pattern or Pattern()
+    out, cols = scores.shape
+    if pattern.structured:
+        blocks = scores.reshape(out, -1, pattern.m)
+        keep = torch.ones_like(blocks, dtype=torch.bool)
+        keep.scatter_(-1, torch.argsort(blocks, dim=-1, stable=True)[..., :pattern.n], False)
+        return keep.reshape(out, cols)
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :int(cols * sparsity)], False)
+    return keep
+
+
+def tie_heavy_scores(seed, rows=64, cols=96):
+    """Few distinct values, so most rows have ties at their k-th value; zeros as a pruned weight leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 5, (rows, cols), generator=g).float() * torch.rand(1, cols, generator=g).round()
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sparsity", [0.01, 0.25, 0.5, 0.7, 0.99])
+def test_selection_equals_stable_sort_ties_included(seed, sparsity):
+    for scores in (tie_heavy_scores(seed), torch.rand(33, 257, generator=torch.Generator().manual_seed(seed))):
+        assert torch.equal(mask_from_scores(scores, sparsity), sorted_reference(scores, sparsity))
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4", "3:4"])
+def test_block_ranks_equal_stable_sort_ties_included(pattern):
+    p = Pattern.parse(pattern)
+    for seed in range(4):
+        scores = tie_heavy_scores(seed)
+        assert torch.equal(mask_from_scores(scores, p.sparsity, p), sorted_reference(scores, p.sparsity, p))
+    assert torch.equal(mask_from_scores(torch.zeros(2, 8), p.sparsity, p), sorted_reference(torch.zeros(2, 8), 0, p))
+
+
+def test_lowest_per_row_edges():
+    scores = torch.tensor([[3.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    assert lowest_per_row(scores, 0).sum() == 0 and lowest_per_row(scores, 3).all()
+    assert lowest_per_row(scores, 2).tolist() == [[False, True, True], [True, True, False]]
+
+
+def test_column_sq_sums_skip_padding_and_leave_the_input_alone():
+    x = torch.tensor([[[1.0, 2.0], [3.0, -1.0]]], dtype=torch.bfloat16)
+    before = x.clone()
+    sq, tokens = column_sq_sums(x, torch.tensor([[True, False]]))
+    assert sq.dtype == torch.float32 and sq.tolist() == [1.0, 4.0] and tokens == 1
+    x32 = x.float()
+    assert column_sq_sums(x32)[0].tolist() == [10.0, 5.0] and torch.equal(x, before) and torch.equal(x32, before.float())
