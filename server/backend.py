@@ -100,9 +100,13 @@ def api_stops(mode: str, prefix: str, suffix: str) -> list[str]:
 
 
 def request_body(model: str, prompt: str, *, max_tokens: int, stop: list[str], stop_token_ids) -> dict:
-    """A greedy, streamed `/v1/completions` request. `stop_token_ids` is vLLM's; other servers ignore it."""
+    """A greedy, streamed `/v1/completions` request.
+
+    Two fields beyond OpenAI's, each ignored by servers that do not know it: `stop_token_ids` (vLLM's),
+    and `repeat_penalty` 1 (llama-cpp-python's server penalises repeats by default, which is not greedy).
+    """
     return {"model": model, "prompt": prompt, "max_tokens": int(max_tokens), "temperature": 0.0, "top_p": 1.0,
-            "n": 1, "stream": True, "stop": stop, "stop_token_ids": sorted(stop_token_ids)}
+            "n": 1, "stream": True, "stop": stop, "stop_token_ids": sorted(stop_token_ids), "repeat_penalty": 1.0}
 
 
 def sse_data(line: bytes) -> str | None:

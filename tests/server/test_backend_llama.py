@@ -139,7 +139,7 @@ def test_a_streamed_completion_is_the_servers_greedy_text_under_the_stop_rule(si
     prefix = CODE + "    if n < 2:\n        return n\n    "
     got = eng.complete(prefix, "", max_new_tokens=48, mode=mode)
     whole = server.post("/v1/completions", {"prompt": eng.prompt_text(eng.prompt(prefix)), "max_tokens": 48,
-                                            "temperature": 0.0})["choices"][0]["text"]
+                                            "temperature": 0.0, "repeat_penalty": 1.0})["choices"][0]["text"]
     keep = StopRule(mode, prefix, "").check(whole)
     assert got.text == postprocess(whole if keep is None else whole[:keep], "", mode)
     assert got.text.strip()
