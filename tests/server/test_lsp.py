@@ -107,9 +107,17 @@ async def test_cancelled_and_killed_builds(tiny_model_dir, py_workspace, tmp_pat
         assert failed["state"] in ("base", "error")
         assert any("died" in m.message for m in s.client.messages)
         assert _entries(cache) == []
+        # The failure is reported once, the build's progress ends, and the base model (loading since the cache
+        # miss: the workspace has Python) serves. The killed build used to stay "building" for good: its
+        # failure was handled while its start still waited for the progress token (fixed in the session:
+        # build events are handled in order), never by rebuilding, which would loop on a machine that kills it.
         await s.wait_state("base")
+        assert list(s.client.progress_reports.values())[-1][-1].kind == "end"
         uri = s.open("app/new.py", PREFIX_DOC)
         assert len((await s.inline(uri, 1, 11)).items) == 1, "the base model still serves"
+        details = await s.command("subcoder.status")
+        assert details["counters"]["buildsStarted"] == 2 and details["counters"]["buildsFailed"] == 1, "no rebuild"
+        assert [x["state"] for x in s.statuses].count("error") <= 1
 
         s.statuses.clear()
         await s.command("subcoder.rebuildSubModel")
@@ -148,13 +156,18 @@ async def test_model_that_fails_to_load(tmp_path, py_workspace):
         assert (await s.command("subcoder.status"))["state"] == "error"
 
 
-async def test_empty_workspace_serves_base(tiny_model_dir, tmp_path):
+async def test_empty_workspace_waits_for_a_document(tiny_model_dir, tmp_path):
+    """An empty workspace loads nothing until a document of an enabled language opens; then that language is
+    served (the base model while its sub-model builds, then the sub-model)."""
     empty = tmp_path / "empty"
     empty.mkdir()
     async with serve(empty, tmp_path / "cache", fast_settings(tiny_model_dir)) as s:
-        base = await s.wait_state("base")
-        assert base["languages"] == [] and "empty workspace" in base["message"]
+        idle = await s.wait_state("idle")
+        assert idle["languages"] == [] and "empty workspace" in idle["message"]
+        assert (await s.command("subcoder.status"))["resident"] == []
         uri = s.open("x.py", PREFIX_DOC)
+        served = await s.wait_state("base", "ready")
+        assert served["language"] == "python"
         assert len((await s.inline(uri, 1, 11)).items) == 1
 
 

@@ -11,10 +11,11 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import PY_FILES, SERVE, REPO, Session, capabilities, fast_settings, serve, write_tree
+from conftest import PY_FILES, SERVE, REPO, WAIT_S, Session, capabilities, fast_settings, serve, write_tree
 from lsprotocol import types
 
 pytestmark = pytest.mark.slow  # each test starts a server process
@@ -40,9 +41,19 @@ async def _details(s: Session) -> dict:
     return await s.command("subcoder.status")
 
 
-def _loaded(s: Session, language: str):
-    """A status notification saying `language`'s sub-model serves."""
-    return next((x for x in s.statuses if x["state"] == "ready" and language in x["message"]), None)
+async def _serving(s: Session, language: str, timeout: float = WAIT_S) -> dict:
+    """Wait until `language`'s sub-model is among those that serve (`subModels` of `subcoder.status`).
+
+    Not a "ready" notification naming the language: while python serves, "loading the javascript
+    sub-model" is a "ready" status too, sent before the javascript sub-model is swapped in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        details = await _details(s)
+        if language in details["subModels"]:
+            return details
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the {language} sub-model did not serve within {timeout}s; statuses "
+                         f"{[(x['state'], x['message']) for x in s.statuses]}")
 
 
 async def test_other_language_served_by_dominant_then_by_its_own(tiny_model_dir, tmp_path):
@@ -59,7 +70,7 @@ async def test_other_language_served_by_dominant_then_by_its_own(tiny_model_dir,
         first = await _details(s)
         assert first["counters"]["served"] == {"python": 1} and first["subModels"] == ["python"]
         # ...and opening the document queued the javascript sub-model, which then serves it.
-        await s.wait_for(lambda: _loaded(s, "javascript"), what="the javascript sub-model")
+        await _serving(s, "javascript")
         assert (await s.inline(js, 1, 9)).items
         py = s.open("app/new.py", PY_DOC)
         assert (await s.inline(py, 1, 11)).items
@@ -74,7 +85,7 @@ async def test_other_language_served_by_dominant_then_by_its_own(tiny_model_dir,
     async with serve(workspace, cache, settings) as s:
         await s.wait_state("ready")
         js = s.open("web/other.js", JS_DOC, language_id="javascript")
-        await s.wait_for(lambda: _loaded(s, "javascript"), what="the cached javascript sub-model")
+        await _serving(s, "javascript")
         assert (await s.inline(js, 1, 9)).items
         counters = (await _details(s))["counters"]
     assert counters["served"] == {"javascript": 1}
@@ -160,10 +171,11 @@ async def test_tcp(tiny_model_dir, tmp_path):
         result = await client.initialize_session(types.InitializeParams(
             capabilities=capabilities(), root_uri=empty.as_uri(), initialization_options=fast_settings(tiny_model_dir)))
         assert result.capabilities.inline_completion_provider is not None
-        await s.wait_state("base")
+        await s.wait_state("idle")  # an empty workspace: nothing loads until a document opens
         uri = s.open("x.py", PY_DOC)
+        await s.wait_state("base", "ready")
         assert (await s.inline(uri, 1, 11)).items
-        assert (await s.command("subcoder.status"))["state"] == "base"
+        assert (await s.command("subcoder.status"))["state"] in ("base", "ready")
         await asyncio.wait_for(client.shutdown_session(), 20)
     finally:
         process.kill()
