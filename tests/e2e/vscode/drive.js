@@ -209,6 +209,24 @@ async function journey(page) {
     check('the rebuilt sub-model is ready', readyAgain !== null && isReady(readyAgain), readyAgain || '');
     await screenshot(page, 'ready-again');
 
+    // 3b. A build is a notification with a Cancel button: cancelling it stops the build, the sub-model serves on.
+    await runCommand(page, 'Subcoder: Rebuild sub-model');
+    const buildingForCancel = await waitForStatus(page, isBuilding, BUILD_TIMEOUT, 'building, to cancel');
+    const buildToast = page.locator('.notifications-toasts .notification-toast', { hasText: 'building the python sub-model' }).first();
+    const toastShown = buildingForCancel !== null && await buildToast.waitFor({ timeout: 15000 }).then(() => true, () => false);
+    check('a build shows as a notification', toastShown);
+    if (toastShown) {
+        await screenshot(page, 'build-notification');
+        await buildToast.locator('.monaco-button', { hasText: 'Cancel' }).first().click();
+        const afterCancel = await waitForStatus(page, (t) => !isBuilding(t), 30000, 'build cancelled');
+        check('Cancel in the notification stops the build', afterCancel !== null && isReady(afterCancel), afterCancel || '');
+        await runCommand(page, 'Subcoder: Show status');
+        const cancelledRow = await page.locator('.quick-input-list .monaco-list-row', { hasText: 'build cancelled' }).first()
+            .waitFor({ timeout: 15000 }).then(() => true, () => false);
+        check('Show status says the build was cancelled', cancelledRow);
+        await page.keyboard.press('Escape');
+    }
+
     // 4. The status picker lists the detected languages.
     await runCommand(page, 'Subcoder: Show status');
     const row = page.locator('.quick-input-list .monaco-list-row', { hasText: 'python' }).first();
