@@ -227,7 +227,7 @@ def exchange(endpoint: Endpoint, method: str, path: str, body: dict | None = Non
                 raise Cancelled("completion cancelled")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BackendError(f"{endpoint.url} did not answer within {timeout:g} s")
+                raise BackendError(f"no answer within {timeout:g} s")
             try:
                 kind, value = call.events.get(timeout=min(_POLL_S, left))
             except queue.Empty:
@@ -237,7 +237,7 @@ def exchange(endpoint: Endpoint, method: str, path: str, body: dict | None = Non
             elif kind == "end":
                 return
             else:
-                raise BackendError(f"{endpoint.url}: {value}")
+                raise BackendError(value)
     finally:
         call.abort()
 
@@ -249,7 +249,7 @@ def list_models(endpoint: Endpoint, timeout: float) -> list[str]:
         data = json.loads(raw)["data"]
         return [str(m["id"]) for m in data]
     except (ValueError, KeyError, TypeError):
-        raise BackendError(f"{endpoint.url}/models is not an OpenAI-compatible model list") from None
+        raise BackendError("/v1/models is not an OpenAI-compatible model list") from None
 
 
 # ---------------------------------------------------------------------------- health
@@ -378,14 +378,14 @@ class RemoteEngine:
 
     def describe(self) -> str:
         if not self.health.up:
-            return f"backend {self.endpoint.url} unreachable: {self.health.reason}; retrying"
+            return f"backend {self.endpoint.url} unavailable: {self.health.reason}; retrying"
         return f"serving through {self.endpoint.url} ({self.model_id})"
 
     def connect(self) -> None:
         """Ask the endpoint which model it serves; raises BackendError."""
         models = list_models(self.endpoint, self.timeout)
         if not models:
-            raise BackendError(f"{self.endpoint.url} serves no model")
+            raise BackendError("the server lists no model")
         if models[0] != self.model_id:
             log.info("backend %s serves %s", self.endpoint.url, models[0])
         self.model_id = models[0]
@@ -457,7 +457,7 @@ class RemoteEngine:
                     reason = "stop-token"  # an end token or one of the stop strings
             else:
                 if not finished:
-                    raise BackendError(f"{self.endpoint.url}: the stream ended before the completion did")
+                    raise BackendError("the stream ended before the completion did")
         except BackendError as exc:
             self.health.failed(str(exc))
             raise

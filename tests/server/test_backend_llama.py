@@ -160,7 +160,7 @@ def test_the_server_going_away_mid_request_then_coming_back(side, gguf):
         with pytest.raises(BackendError):
             eng.complete(prefix, "]\n", max_new_tokens=1000, mode="single-line")
         assert time.monotonic() - started < 20  # no hang
-        assert not eng.up and "unreachable" in eng.describe() and changes == [False]
+        assert not eng.up and "unavailable" in eng.describe() and changes == [False]
         with pytest.raises(BackendError, match="retrying"):
             eng.complete(CODE, "", mode="single-line")
         srv.start()  # the same port: the probe finds it again
