@@ -17,7 +17,7 @@ import {
 } from './common/python';
 import { ManagedRuntime } from './common/runtimeUi';
 import { BuildNotifications, isBuildToken } from './common/buildProgress';
-import { otherProviders, otherProvidersMessage } from './common/controls';
+import { otherProviders, otherProvidersMessage, subcoderLanguage } from './common/controls';
 import {
     createClient,
     executeServerCommand,
@@ -387,6 +387,10 @@ async function toggleLanguage(): Promise<void> {
     const config = api.getConfiguration(SECTION, { languageId });
     const enabled = config.get<boolean>('enable', true) !== false;
     await config.update('enable', !enabled, vscode.ConfigurationTarget.Global, true);
+    const server = statusBar?.model.server;
+    if (enabled && server?.state === 'building' && server.language && server.language === subcoderLanguage(languageId)) {
+        await cancelBuild(); // its sub-model would serve nothing now; Rebuild (or the next start) builds it
+    }
     void api.showInformationMessage(`Subcoder: completions ${enabled ? 'off' : 'on'} for ${languageId}.`);
 }
 

@@ -217,3 +217,12 @@ export function otherProvidersMessage(names: readonly string[]): string | undefi
     return `Subcoder: ${list} also ${names.length === 1 ? 'shows' : 'show'} ghost text; VS Code shows one suggestion at a time, so the two take turns. ` +
         'To choose, turn one off: Subcoder from its status-bar menu or per language with "Subcoder: Toggle completions for the current language", the other in its own settings.';
 }
+
+/** The subcoder language (`subcoder.languages`) of a VS Code language id, or undefined for others. */
+export function subcoderLanguage(languageId: string): string | undefined {
+    const ids: Record<string, string> = {
+        python: 'python', java: 'java', cpp: 'cpp', c: 'cpp', cuda: 'cpp', javascript: 'javascript',
+        javascriptreact: 'javascript', typescript: 'typescript', typescriptreact: 'typescript', go: 'go', rust: 'rust',
+    };
+    return ids[languageId];
+}

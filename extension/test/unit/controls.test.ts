@@ -13,6 +13,7 @@ import {
     otherProvidersMessage,
     readControls,
     snoozeMinutesLeft,
+    subcoderLanguage,
 } from '../../src/common/controls';
 
 const packageJson = JSON.parse(readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8'));
@@ -106,4 +107,11 @@ test('other inline providers are named once, with how to choose', () => {
     const message = otherProvidersMessage(['GitHub Copilot', 'Tabby'])!;
     assert.match(message, /GitHub Copilot and Tabby also show ghost text/);
     assert.match(message, /status-bar menu/);
+});
+
+test('VS Code language ids map to the languages sub-models are built for', () => {
+    assert.equal(subcoderLanguage('typescriptreact'), 'typescript');
+    assert.equal(subcoderLanguage('c'), 'cpp');
+    assert.equal(subcoderLanguage('python'), 'python');
+    assert.equal(subcoderLanguage('markdown'), undefined);
 });
