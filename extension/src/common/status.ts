@@ -8,7 +8,7 @@ import { describeLast, LastCompletion, snoozeMinutesLeft, Switches } from './con
 /** How long "Snooze" silences completions. */
 export const SNOOZE_MINUTES = 30;
 
-export type ServerState = 'detecting' | 'building' | 'ready' | 'base' | 'error' | 'idle';
+export type ServerState = 'detecting' | 'downloading' | 'converting' | 'building' | 'ready' | 'base' | 'error' | 'idle';
 
 export interface LanguageShare {
     language: string;
@@ -180,6 +180,17 @@ function serverView(model: StatusModel): StatusView {
             command: 'subcoder.showLogs',
         };
     }
+    if (s?.state === 'downloading' || s?.state === 'converting') {
+        // The first use of a preset: fetching (after the user agreed) or de-quantizing it once. Not a build.
+        const what = s.state === 'downloading' ? 'downloading' : 'converting';
+        const percent = s.percent === null || s.percent === undefined ? '' : ` ${Math.round(s.percent)}%`;
+        return {
+            text: `$(cloud-download) Subcoder: ${what}${percent}`,
+            tooltip: `${s.state === 'downloading' ? 'Downloading' : 'Converting (once)'} the model ${s.model ?? ''}${s.message ? `: ${s.message}` : ''}. Click for status.`.replace(/ {2,}/g, ' '),
+            severity: 'normal',
+            command: 'subcoder.showStatus',
+        };
+    }
     if (s?.state === 'building' || build) {
         const percent = build?.percent ?? (s?.state === 'building' ? s.percent : undefined);
         const language = s?.language ?? undefined;
@@ -237,6 +248,8 @@ export type StatusAction =
 
 const STATE_WORDS: Record<ServerState, string> = {
     detecting: 'detecting languages',
+    downloading: 'downloading the model (once)',
+    converting: 'converting the model (once)',
     building: 'building a sub-model',
     ready: 'ready',
     base: 'serving the base model',

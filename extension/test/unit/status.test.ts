@@ -160,3 +160,15 @@ test('the tooltip shows the kernel and the last completion', () => {
     assert.match(tooltip, /Last completion: 180 ms, 12 tokens\./);
     assert.ok(statusLines({ state: 'ready', kernel: 'on (AVX2 kernel)' }).some((l) => l.label === '$(chip) Sparse kernel' && l.description === 'on (AVX2 kernel)'));
 });
+
+test('a first download or conversion is shown as such, never as a build', () => {
+    for (const state of ['downloading', 'converting'] as const) {
+        const model = initialModel();
+        model.client = 'running';
+        model.server = { state, language: 'python', percent: 40, model: 'qwen2.5-coder-0.5b', message: null } as never;
+        applyProgress(model, 'dl', { kind: 'begin', title: 'Downloading', percentage: 40 } as never);
+        const view = statusView(model);
+        assert.match(view.text, new RegExp(state));
+        assert.doesNotMatch(view.text, /building/);
+    }
+});
