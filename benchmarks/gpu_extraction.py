@@ -72,6 +72,21 @@ def write_checkpoint(args) -> int:
     return 0
 
 
+def add_breakdown(totals: dict) -> None:
+    """Time the phases of a prune (device-synchronised around each call, so it slows the run a little)."""
+    import subcoder.pruner.prune as prune
+
+    for name in ("_observe", "mask_from_scores", "apply_mask", "capture_first_layer_inputs"):
+        inner = getattr(prune, name)
+
+        def timed(*a, _inner=inner, _name=name, **kw):
+            t0 = sync()
+            out = _inner(*a, **kw)
+            totals[_name] = totals.get(_name, 0.0) + sync() - t0
+            return out
+        setattr(prune, name, timed)
+
+
 def sync() -> float:
     torch.cuda.synchronize()
     return time.perf_counter()
@@ -99,6 +114,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--write-checkpoint", metavar="DIR", help="only write a random sharded checkpoint of this shape")
     ap.add_argument("--shard-size", default="2GB")
+    ap.add_argument("--breakdown", action="store_true", help="also time each phase (synchronised: a slower run)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("gpu_extraction: no CUDA device here", file=sys.stderr)
@@ -116,6 +132,9 @@ def main() -> int:
     mask = torch.ones_like(ids)
     dense = dense_forward(model, ids, mask, args.batch_size)
     rows = []
+    totals: dict = {}
+    if args.breakdown:
+        add_breakdown(totals)
     for i, name in enumerate(runs):
         config, offload, label = RUNS[name]
         reinit(model, seed=i)
@@ -129,6 +148,9 @@ def main() -> int:
         rows.append({"run": name, "label": label, "seconds": round(seconds, 2), "ratio": round(seconds / dense, 2),
                      "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()),
                      "sparsity": round(result.report.linear_sparsity, 4)})
+        if totals:
+            print(f"{name} phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in totals.items()))
+            totals.clear()
         del result
         if offload:
             model.to("cuda")

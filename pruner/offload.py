@@ -189,7 +189,7 @@ class LayerStream:
                     for name, t in tensors.items():
                         if t is not None:
                             on_device = torch.empty_like(t, device=self.device)
-                            on_device.copy_(t.data, non_blocking=True)
+                            on_device.copy_(_pinned(t.data), non_blocking=True)
                             moved.append((module, kind, name, t.data, on_device))
             ready = torch.cuda.Event()
             ready.record(self._stream)
@@ -198,10 +198,13 @@ class LayerStream:
     def _send_out(self, index, layer, masks, moved, done) -> None:
         with torch.cuda.stream(self._stream):
             self._stream.wait_event(done)
-            on_cpu = {k: v.to("cpu") for k, v in masks.items()}  # blocking: the stream is drained after
-            for _, kind, _, on_host, on_device in moved or ():
-                if kind == "param":  # pruning changes weights only
-                    on_host.copy_(on_device)
+            staged_masks = {k: _pinned_like(v).copy_(v, non_blocking=True) for k, v in masks.items()}
+            weights = [(on_host, _pinned_like(on_device).copy_(on_device, non_blocking=True))
+                       for _, kind, _, on_host, on_device in moved or () if kind == "param"]  # pruning changes weights only
+            self._stream.synchronize()
+        on_cpu = {k: torch.empty(v.shape, dtype=v.dtype).copy_(v) for k, v in staged_masks.items()}
+        for on_host, staged in weights:
+            on_host.copy_(staged)
         self._hand_over(index, layer, on_cpu)
 
     def _hand_over(self, index, layer, masks) -> None:
@@ -209,6 +212,16 @@ class LayerStream:
             self.release_layer(index, layer, masks)
         else:
             self.masks.update(masks)
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    """A page-locked copy of a host tensor, so the copy to the device is a DMA that does not hold this thread.
+    Buffers come from torch's pinned cache and go back once their copy is done: about one layer's worth."""
+    return t if t.is_pinned() else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+
+
+def _pinned_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
 
 
 def _set(module, kind: str, name: str, tensor: torch.Tensor) -> None:

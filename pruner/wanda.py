@@ -46,6 +46,10 @@ def column_sq_sums(x: torch.Tensor, token_mask: torch.Tensor | None = None) -> t
     x = x.reshape(-1, x.shape[-1])  # (tokens, in_features)
     if token_mask is not None:
         x = x[token_mask.reshape(-1).to(x.device)]
+    if x.is_cuda:
+        # one fused reduction instead of an fp32 copy of the activations, squared, then summed: the largest
+        # cost of observing a layer there. Squaring the fp32 norm rounds differently in the last bit.
+        return torch.linalg.vector_norm(x, 2, dim=0, dtype=torch.float32).square_(), x.shape[0]
     xf = x.float()
     # squared in place when the cast made a copy: one pass and one activation-sized buffer fewer (same bits)
     xf = xf.square_() if xf is not x else xf * xf
