@@ -64,8 +64,14 @@ def test_rebuild_before_initialize_is_refused_and_exit_before_shutdown_is_1(tmp_
     client.send("workspace/executeCommand", {"command": "subcoder.rebuildSubModel", "arguments": []}, id=1)
     answer = client.response(1)
     assert "error" in answer and "not initialized" in answer["error"]["message"], answer
+    # Every request before `initialize` is refused alike (-32002, server/protocol.py); once initialized,
+    # the status shows the refused rebuild started nothing.
     client.send("workspace/executeCommand", {"command": "subcoder.status", "arguments": []}, id=2)
-    status = client.response(2)["result"]
+    assert client.response(2)["error"]["code"] == -32002
+    client.send("initialize", {"processId": None, "rootUri": tmp_path.as_uri(), "capabilities": {}}, id=3)
+    assert "capabilities" in client.response(3)["result"]
+    client.send("workspace/executeCommand", {"command": "subcoder.status", "arguments": []}, id=4)
+    status = client.response(4)["result"]
     assert status["state"] == "idle" and status["counters"]["buildsStarted"] == 0
     client.send("exit")
     assert client.exit_status() == 1
