@@ -388,7 +388,7 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                 files = [r["file"] for r in res]
                 ex = [float(r["exact"]) for r in res]
                 sim = [r["similarity"] for r in res]
-                entry = {"n": len(res), "files": len(set(files)), "coverage": data.get("coverage"),
+                entry = {"n": len(res), "files": len(set(files)), "packages": len({f.split(":")[0] for f in files}),
                          "exact": _iv(stats.cluster_bootstrap(ex, files, seed=seed)),
                          "similarity": _iv(stats.cluster_bootstrap(sim, files, seed=seed)),
                          "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None}
@@ -527,13 +527,12 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
         lines += [f"![quality against decode cost]({png})", ""]
     for language, rows in summary.items():
         lines += [f"## {language}", ""]
-        cov = next((r[c]["coverage"] for r in rows.values() for c in r if c.startswith("nextline:")
-                    and r[c].get("coverage")), None)
-        n = {c: r[c]["n"] for r in rows.values() for c in r if c.startswith("nextline:")}
+        n = {c: (r[c]["n"], r[c]["files"], r[c]["packages"]) for r in rows.values() for c in r
+             if c.startswith("nextline:")}
         if n:
-            lines.append("Next-line tasks compared: " + ", ".join(f"{c.split(':')[1].upper()} n={v}" for c, v in n.items())
-                         + (f" (the full draw: {cov['tasks']} tasks from {cov['files']} files in {cov['packages']} "
-                            f"packages, at most {cov['max_per_file']} per file)" if cov else "") + ".")
+            lines.append("Next-line tasks compared (paired, the same tasks for every configuration): "
+                         + ", ".join(f"{c.split(':')[1].upper()} n={k} from {f} files in {pk} packages"
+                                     for c, (k, f, pk) in n.items()) + ".")
         ppl = next((r["ppl"] for r in rows.values() if "ppl" in r), None)
         if ppl:
             lines.append(f"Perplexity: {ppl['windows']} windows from {ppl['files']} files, {ppl['tokens']:,} tokens.")
