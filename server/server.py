@@ -49,7 +49,7 @@ def load_served(name: str, settings: Settings, sub: bool):
     # sparseKernel on means "when this machine can run it" (None), never "fail without it": the
     # editor must keep completing on a CPU without AVX2 or on another OS, with the dense path.
     return load_completer(name, dtype=settings.dtype, device=settings.device,
-                          sparse=None if sub and settings.sparse_kernel else False,
+                          sparse=None if settings.sparse_kernel else False,
                           context_tokens=settings.context_tokens, cache_dir=None if sub else settings.cache_dir,
                           fim_order=settings.fim_order, options=settings.engine_options())
 
