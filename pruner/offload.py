@@ -198,7 +198,9 @@ class LayerStream:
     def _send_out(self, index, layer, masks, moved, done) -> None:
         with torch.cuda.stream(self._stream):
             self._stream.wait_event(done)
-            staged_masks = {k: _pinned_like(v).copy_(v, non_blocking=True) for k, v in masks.items()}
+            # a mask on another GPU (device "auto" over several) is copied on that GPU's stream: wait for it there
+            staged_masks = {k: _pinned_like(v).copy_(v, non_blocking=v.device == self._stream.device)
+                            for k, v in masks.items()}
             weights = [(on_host, _pinned_like(on_device).copy_(on_device, non_blocking=True))
                        for _, kind, _, on_host, on_device in moved or () if kind == "param"]  # pruning changes weights only
             self._stream.synchronize()

@@ -5,7 +5,8 @@ Lifecycle of one run (`prune_model`):
                 what that layer receives (hidden states and every keyword argument: transformers 5
                 passes position_embeddings, attention masks, cache positions …). Nothing per model.
   2. per decoder layer, in order:
-       a. observe — hooks on each nn.Linear stream ||X_j||^2 over real tokens (NormAccumulator);
+       a. observe — hooks on each nn.Linear stream ||X_j||^2 over real tokens (NormAccumulator; linears
+                    fed the same tensor share one reduction of it);
        b. mask    — scores from weights and norms, keep-mask per row (wanda.mask_from_scores);
        c. apply   — zero the pruned weights in place;
        d. forward — run the *pruned* layer again: its outputs are the next layer's inputs, so later
@@ -138,7 +139,8 @@ def prune_model(
     input_ids / attention_mask: (n_samples, seq_len) calibration windows (0 in the mask = padding).
     load_layer(index, layer) / release_layer(index, layer, masks): when given (weights on disk, see
     offload.py) each layer is read in before its turn and handed over afterwards; its masks are then
-    not kept in the result.
+    not kept in the result. On CUDA they run on a worker thread, a layer ahead (offload.LayerStream),
+    always in layer order and never on a layer the caller is computing.
     """
     t_start = time.perf_counter()
     model.eval()
