@@ -60,49 +60,7 @@ async function waitForStatus(page, predicate, timeout, what) {
     log(`timed out waiting for status: ${what}`);
     return null;
 }
-const isBuilding = (t) => t.includes('building');
-const isReady = (t) => / · .*sparse/.test(t);
-const isTerminal = (t) => isReady(t) || /error|stopped|not installed/.test(t);
-
-// --- workbench helpers ------------------------------------------------------------------------------
-async function runCommand(page, title) {
-    await page.keyboard.press('F1');
-    const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ state: 'visible' });
-    await input.fill(`>${title}`);
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first().waitFor({ timeout: 10000 });
-    await page.keyboard.press('Enter');
-}
-async function openFile(page, name) {
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ state: 'visible' });
-    await input.fill(name);
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: name }).first().waitFor({ timeout: 10000 });
-    await page.keyboard.press('Enter');
-    await page.locator(`.tab.active:has-text("${name}")`).waitFor({ timeout: 15000 });
-    await page.locator('.editor-instance .monaco-editor .view-lines').first().waitFor();
-}
-async function editorLines(page) {
-    return page.$$eval('.editor-instance .monaco-editor .view-lines .view-line', (els) =>
-        els.map((e) => ({ top: parseFloat(e.style.top) || 0, text: (e.textContent || '').replace(/\u00a0/g, ' ') }))
-            .sort((a, b) => a.top - b.top).map((l) => l.text));
-}
-async function cursor(page) {
-    const text = await page.locator('.statusbar-item', { hasText: /Ln \d+, Col \d+/ }).first().textContent();
-    const m = /Ln (\d+), Col (\d+)/.exec(text || '');
-    return m ? { line: Number(m[1]), col: Number(m[2]) } : { line: -1, col: -1 };
-}
-/** The ghost text shown: the inline part on the cursor line, then any further lines below it. */
-async function ghostText(page) {
-    return page.evaluate(() => {
-        const clean = (e) => (e.textContent || '').replace(/\u00a0/g, ' ');
-        // Tokens of the inline part are separate spans on one line; extra lines sit in a view zone.
-        const inline = [...document.querySelectorAll('.ghost-text-decoration, .ghost-text-decoration-preview')].map(clean).join('');
-        const more = [...document.querySelectorAll('.ghost-text .view-line')].map(clean);
-        return [inline, ...more].join('\n').replace(/^\n+|\n+$/g, '');
-    });
-}
+const { isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText } = require('./workbench');
 
 async function main() {
     fs.mkdirSync(ARTIFACTS, { recursive: true });

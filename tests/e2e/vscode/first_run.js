@@ -95,40 +95,8 @@ async function waitFor(page, predicate, timeout, what, onTick) {
     log(`timed out waiting for ${what}`);
     return null;
 }
-const isBuilding = (t) => t.includes('building');
-const isReady = (t) => / · .*sparse/.test(t);
-const isTerminal = (t) => isReady(t) || /error|stopped|not installed/.test(t);
+const { isBuilding, isReady, isTerminal, runCommand, openFile, cursor, ghostText } = require('./workbench');
 
-async function runCommand(page, title) {
-    await page.keyboard.press('F1');
-    const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ state: 'visible' });
-    await input.fill(`>${title}`);
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first().waitFor({ timeout: 10000 });
-    await page.keyboard.press('Enter');
-}
-async function openFile(page, name) {
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ state: 'visible' });
-    await input.fill(name);
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: name }).first().waitFor({ timeout: 10000 });
-    await page.keyboard.press('Enter');
-    await page.locator(`.tab.active:has-text("${name}")`).waitFor({ timeout: 15000 });
-}
-async function cursor(page) {
-    const text = await page.locator('.statusbar-item', { hasText: /Ln \d+, Col \d+/ }).first().textContent();
-    const m = /Ln (\d+), Col (\d+)/.exec(text || '');
-    return m ? { line: Number(m[1]), col: Number(m[2]) } : { line: -1, col: -1 };
-}
-async function ghostText(page) {
-    return page.evaluate(() => {
-        const clean = (e) => (e.textContent || '').replace(/\u00a0/g, ' ');
-        const inline = [...document.querySelectorAll('.ghost-text-decoration, .ghost-text-decoration-preview')].map(clean).join('');
-        const more = [...document.querySelectorAll('.ghost-text .view-line')].map(clean);
-        return [inline, ...more].join('\n').replace(/^\n+|\n+$/g, '');
-    });
-}
 /** The editor lines around the cursor (the ghost text and a few lines of context). */
 async function editorBox(page) {
     const editor = await page.locator('.editor-instance .monaco-editor').first().boundingBox();
