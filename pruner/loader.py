@@ -122,7 +122,8 @@ def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_cod
     from .storage import is_submodel_weights
 
     # device "auto": accelerate places the layers over the GPUs (and CPU) that fit them; its hooks
-    # move each layer's inputs to where the layer lives, so sequential pruning works unchanged.
+    # move each layer's inputs to where the layer lives; layers it leaves on the CPU (meta placeholders between
+    # forwards) are handled in prune.py and extract.py.
     placement = {"device_map": "auto"} if device == "auto" else {}
     torch_dtype = parse_dtype(dtype, "cuda" if device == "auto" and _has_cuda() else "cpu" if device == "auto" else device)
     if not list(Path(directory).glob("*.safetensors")):
