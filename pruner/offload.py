@@ -70,7 +70,7 @@ class DiskOffload:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.initialization import no_init_weights
 
-        from .prune import decoder_layers
+        from .layers import decoder_layers
 
         config = AutoConfig.from_pretrained(str(self.directory))
         with no_init_weights():

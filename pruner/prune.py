@@ -33,6 +33,7 @@ from torch import nn
 from .config import PruneConfig
 from .errors import ConfigError
 from .progress import CancelFn, ProgressFn, check_cancel, report
+from .layers import decoder_layers, prunable_linears
 from .offload import LayerStream
 from .wanda import NormAccumulator, apply_mask, column_sq_sums, magnitude_scores, mask_from_scores, wanda_scores
 
@@ -75,19 +76,6 @@ class PruneReport:
 class PruneResult:
     masks: dict[str, torch.Tensor]  # weight name (e.g. "model.layers.0.mlp.up_proj.weight") -> keep-mask
     report: PruneReport
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of decoder layers, found by shape rather than by per-architecture names."""
-    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and n:
-            return name, module
-    raise ConfigError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
-    return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
 
 
 @torch.no_grad()
