@@ -64,15 +64,18 @@ def test_fill_in_the_middle_model_at_both_ends(fim_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["prefix-only", "fim"])
 async def test_every_cursor_gets_an_answer_from_a_real_server(model, prefix_only_dir, fim_dir, tmp_path):
-    root = tmp_path / "empty-workspace"  # no code: no build, the base model serves
+    root = tmp_path / "empty-workspace"
     root.mkdir()
-    settings = fast_settings(prefix_only_dir if model == "prefix-only" else fim_dir)
+    # Sparsity 0: nothing is built, the base model serves every request. An empty workspace loads it once a
+    # document of an enabled language is opened.
+    settings = fast_settings(prefix_only_dir if model == "prefix-only" else fim_dir, sparsity=0)
     # The test's own cache (SUBCODER_CACHE_DIR, set by tests/conftest.py) shares the compiled kernel.
     async with serve(root, Path(os.environ["SUBCODER_CACHE_DIR"]), settings, caps=capabilities()) as s:
+        await s.wait_state("idle")
+        uris = [s.open(f"doc{i}.py", text) for i, (text, *_) in enumerate(CURSORS)]
         await s.wait_state("base")
         answered = []  # (where, inline items, completion items)
-        for i, (text, line, character, where) in enumerate(CURSORS):
-            uri = s.open(f"doc{i}.py", text)
+        for uri, (text, line, character, where) in zip(uris, CURSORS):
             inline = await s.inline(uri, line, character)
             listed = await s.completion(uri, line, character)
             assert inline is not None and listed is not None, where
