@@ -143,8 +143,8 @@ def test_a_streamed_completion_is_the_servers_greedy_text_under_the_stop_rule(si
     keep = StopRule(mode, prefix, "").check(whole)
     assert got.text == postprocess(whole if keep is None else whole[:keep], "", mode)
     assert got.text.strip()
-    if mode == "single-line":
-        assert "\n" not in got.text
+    if mode == "single-line":  # one line of code (blank lines before it are the rule's to skip)
+        assert len([line for line in got.text.split("\n") if line.strip()]) == 1
 
 
 def test_the_server_going_away_mid_request_then_coming_back(side, gguf):
@@ -157,7 +157,7 @@ def test_the_server_going_away_mid_request_then_coming_back(side, gguf):
         prefix = "numbers = [" + ", ".join(str(i) for i in range(1, 30)) + ","
         threading.Timer(3.0, srv.kill).start()
         started = time.monotonic()
-        with pytest.raises(BackendError):
+        with pytest.raises(BackendError, match="stream ended before|closed mid-request"):
             eng.complete(prefix, "]\n", max_new_tokens=1000, mode="single-line")
         assert time.monotonic() - started < 20  # no hang
         assert not eng.up and "unavailable" in eng.describe() and changes == [False]
