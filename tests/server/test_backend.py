@@ -370,3 +370,28 @@ async def test_the_session_serves_through_the_backend_and_recovers(tiny_model_di
     assert session.details()["resident"] == ["base"]  # the remote completer; no weights
     session.models.base.completer.engine.close()
     session.shutdown()
+
+
+# ---------------------------------------------------------------------------- over LSP
+
+
+@pytest.mark.slow  # starts `subcoder serve`
+async def test_subcoder_serve_with_a_backend_builds_nothing(tiny_model_dir, py_workspace, tmp_path, api):
+    from conftest import fast_settings, serve
+
+    cache = tmp_path / "cache"
+    settings = fast_settings(tiny_model_dir, backend=api.url, backendTimeout=2)
+    async with serve(py_workspace, cache, settings) as s:
+        await s.wait_for(lambda: s.statuses and s.statuses[-1]["state"] == "ready", what="ready")
+        assert api.url in s.statuses[-1]["message"]
+        uri = s.open("app/new.py", "def add(a, b):\n    return a\n")
+        inline = await s.inline(uri, 1, 11)
+        assert [item.insert_text for item in inline.items] == ["x = 1"]  # mid-line: the rest of the line
+        api.behaviour, api.pieces = "die", ["x", " = ", "1\n"]  # gone after two pieces, mid-line
+        assert not (await s.inline(uri, 1, 10)).items
+        await s.wait_for(lambda: s.statuses[-1]["state"] == "error", what="error")
+        api.behaviour = "ok"
+        await s.wait_for(lambda: s.statuses[-1]["state"] == "ready", what="ready again")
+        details = await s.command("subcoder.status")
+        assert details["counters"]["buildsStarted"] == 0 and details["resident"] == ["base"]
+    assert not any((cache / "submodels").glob("*/manifest.json"))
