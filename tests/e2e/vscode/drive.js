@@ -60,7 +60,7 @@ async function waitForStatus(page, predicate, timeout, what) {
     log(`timed out waiting for status: ${what}`);
     return null;
 }
-const { isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText } = require('./workbench');
+const { isBuilding, isReady, isTerminal, runCommand, typeFunctionAndWaitForGhost, editorLines, cursor } = require('./workbench');
 
 async function main() {
     fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -105,36 +105,7 @@ async function journey(page) {
     await screenshot(page, 'ready');
 
     // 2. Ghost text in a file, accepted with Tab.
-    await openFile(page, 'ops.py');
-    await page.locator('.editor-instance .monaco-editor .view-lines').first().click();
-    await page.keyboard.press('Control+End');
-    await page.keyboard.press('Enter');
-    await page.keyboard.press('Enter');
-    await page.keyboard.type('def power(a, b):', { delay: 30 });
-    await page.keyboard.press('Enter');
-    // The editor indents the body itself.
-    await page.keyboard.type('"""Return a raised to the power b."""', { delay: 10 });
-    await page.keyboard.press('Enter');
-    await page.keyboard.type('return ', { delay: 30 });
-    let ghost = '';
-    for (let attempt = 0; attempt < 4 && !ghost.trim(); attempt++) {
-        if (attempt > 0) {
-            // Ask again explicitly (editor.action.inlineSuggest.trigger), as a user can with Alt+\.
-            if (await page.$('.suggest-widget.visible')) {
-                await page.keyboard.press('Escape');
-            }
-            await page.keyboard.press('Alt+Backslash');
-        }
-        try {
-            await page.waitForFunction(() => {
-                const els = document.querySelectorAll('.ghost-text-decoration, .ghost-text-decoration-preview, .ghost-text');
-                return [...els].some((e) => (e.textContent || '').trim().length > 0);
-            }, null, { timeout: 15000 });
-            ghost = await ghostText(page);
-        } catch {
-            log(`no ghost text yet (attempt ${attempt + 1})`);
-        }
-    }
+    const ghost = await typeFunctionAndWaitForGhost(page, log);
     check('ghost text appears', ghost.trim().length > 0, JSON.stringify(ghost));
     await screenshot(page, 'ghost-text');
     if (ghost.trim()) {

@@ -95,7 +95,7 @@ async function waitFor(page, predicate, timeout, what, onTick) {
     log(`timed out waiting for ${what}`);
     return null;
 }
-const { isBuilding, isReady, isTerminal, runCommand, openFile, cursor, ghostText } = require('./workbench');
+const { isBuilding, isReady, isTerminal, runCommand, typeFunctionAndWaitForGhost, cursor } = require('./workbench');
 
 /** The editor lines around the cursor (the ghost text and a few lines of context). */
 async function editorBox(page) {
@@ -157,29 +157,7 @@ async function journey(page) {
     await screenshot(page, 'ready', statusBarBox());
 
     // 4. Ghost text, accepted with Tab.
-    await openFile(page, 'ops.py');
-    await page.locator('.editor-instance .monaco-editor .view-lines').first().click();
-    await page.keyboard.press('Control+End');
-    await page.keyboard.press('Enter');
-    await page.keyboard.press('Enter');
-    await page.keyboard.type('def power(a, b):', { delay: 30 });
-    await page.keyboard.press('Enter');
-    await page.keyboard.type('"""Return a raised to the power b."""', { delay: 10 });
-    await page.keyboard.press('Enter');
-    await page.keyboard.type('return ', { delay: 30 });
-    let ghost = '';
-    for (let attempt = 0; attempt < 4 && !ghost.trim(); attempt++) {
-        if (attempt > 0) {
-            await page.keyboard.press('Alt+Backslash');
-        }
-        try {
-            await page.waitForFunction(() => [...document.querySelectorAll('.ghost-text-decoration, .ghost-text-decoration-preview, .ghost-text')]
-                .some((e) => (e.textContent || '').trim().length > 0), null, { timeout: 15000 });
-            ghost = await ghostText(page);
-        } catch {
-            log(`no ghost text yet (attempt ${attempt + 1})`);
-        }
-    }
+    const ghost = await typeFunctionAndWaitForGhost(page, log);
     check('ghost text appears', ghost.trim().length > 0, JSON.stringify(ghost));
     await screenshot(page, 'ghost-text', await editorBox(page));
     if (ghost.trim()) {

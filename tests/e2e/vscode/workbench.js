@@ -47,4 +47,37 @@ async function ghostText(page) {
 }
 
 
-module.exports = { isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText };
+/** Opens ops.py, types a new function up to `return `, and waits for ghost text (asking again with
+ * Alt+\ up to three times, as a user can). Returns the ghost text, "" when none came. */
+async function typeFunctionAndWaitForGhost(page, log) {
+    await openFile(page, 'ops.py');
+    await page.locator('.editor-instance .monaco-editor .view-lines').first().click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.press('Enter');
+    await page.keyboard.press('Enter');
+    await page.keyboard.type('def power(a, b):', { delay: 30 });
+    await page.keyboard.press('Enter');
+    // The editor indents the body itself.
+    await page.keyboard.type('"""Return a raised to the power b."""', { delay: 10 });
+    await page.keyboard.press('Enter');
+    await page.keyboard.type('return ', { delay: 30 });
+    let ghost = '';
+    for (let attempt = 0; attempt < 4 && !ghost.trim(); attempt++) {
+        if (attempt > 0) {
+            if (await page.$('.suggest-widget.visible')) {
+                await page.keyboard.press('Escape');
+            }
+            await page.keyboard.press('Alt+Backslash');
+        }
+        try {
+            await page.waitForFunction(() => [...document.querySelectorAll('.ghost-text-decoration, .ghost-text-decoration-preview, .ghost-text')]
+                .some((e) => (e.textContent || '').trim().length > 0), null, { timeout: 15000 });
+            ghost = await ghostText(page);
+        } catch {
+            log(`no ghost text yet (attempt ${attempt + 1})`);
+        }
+    }
+    return ghost;
+}
+
+module.exports = { typeFunctionAndWaitForGhost, isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText };

@@ -140,8 +140,10 @@ WRITER = ("import sys\n"
 
 @jailed
 def test_writes_outside_the_run_directory_fail(tmp_path):
-    here = Path(__file__).resolve().parent  # on the real root filesystem, outside /tmp and the home
-    targets = [here / f".escape-{uuid.uuid4().hex}", tmp_path / "escape.txt"]
+    # Beside this file (read-only in the jail, or hidden when the checkout lives under /tmp or a home) and in the
+    # host's /tmp (the jail has a fresh one); /var/tmp is on the root filesystem wherever the checkout is.
+    here = Path(__file__).resolve().parent
+    targets = [here / f".escape-{uuid.uuid4().hex}", tmp_path / "escape.txt", Path(f"/var/tmp/.escape-{uuid.uuid4().hex}")]
     private = f"/tmp/subcoder-private-{uuid.uuid4().hex}"  # the jail's own /tmp: writable, never the host's
     try:
         with Sandbox() as box:
@@ -149,8 +151,9 @@ def test_writes_outside_the_run_directory_fail(tmp_path):
             res = box.run([sys.executable, "w.py", *map(str, targets), private, "inside.txt"])
             assert res.ok, res.stderr
             assert (box.dir / "inside.txt").read_text() == "escaped"  # the run's own directory is writable
-        outside, host_tmp, private_tmp, inside = res.stdout.split()
-        assert outside == "OSError" and host_tmp == "FileNotFoundError"  # read-only root; /tmp is a fresh one
+        outside, host_tmp, root_fs, private_tmp, inside = res.stdout.split()
+        assert "wrote" not in (outside, host_tmp, root_fs), res.stdout  # every write outside the run failed
+        assert root_fs == "OSError"  # read-only root filesystem (EROFS)
         assert private_tmp == "wrote" and inside == "wrote"
         assert not any(t.exists() for t in targets)
         assert not Path(private).exists()
