@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
+from subcoder.pruner.engine.completion import Completion, CompletionSource, empty_completion
 from subcoder.pruner.engine.prompt import Prompt, PromptBuilder, context_budget, resolve_mode
 from subcoder.pruner.engine.stops import StopRule, postprocess, stop_ids
 from subcoder.pruner.errors import Cancelled, ModelError, SubcoderError
@@ -350,7 +351,7 @@ def prompt_side(model: str, cache_dir: str = "") -> PromptSide:
     return PromptSide(tokenizer, info, stop_ids(tokenizer, stand_in, builder_fim), stand_in)
 
 
-class RemoteEngine:
+class RemoteEngine(CompletionSource):
     """The engine `Completer`'s contract over an OpenAI-compatible endpoint; one request at a time per caller."""
 
     max_sessions = 4  # how many documents `EditorCompleter` keeps a last suggestion for
@@ -416,20 +417,13 @@ class RemoteEngine:
         ids = prompt.ids[len(self.prompts.lead_ids):]
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def complete(self, prefix: str, suffix: str = "", *, max_new_tokens: int = 64, mode: str = "auto",
-                 cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
-        return self.decode(self.prompt(prefix, suffix), prefix, suffix, max_new_tokens=max_new_tokens, mode=mode,
-                           cancel=cancel, key=key)
-
     def decode(self, prompt: Prompt, prefix: str, suffix: str, *, max_new_tokens: int, mode: str,
                cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
         """`Completer.decode` through the endpoint; raises BackendError (the backend is then down) or Cancelled."""
-        from subcoder.pruner.engine.completer import Completion  # here: the settings import this module, torch-free
-
         started = time.perf_counter()
         mode = resolve_mode(mode, prefix, suffix)
         if not prompt.ids:
-            return Completion("", 0, 0, 0, time.perf_counter() - started, "empty", mode, 0)
+            return empty_completion(mode, started)
         self.health.check()
         body = request_body(self.model_id, self.prompt_text(prompt), max_tokens=max_new_tokens,
                             stop=api_stops(mode, prefix, suffix), stop_token_ids=self.stop_ids)

@@ -90,16 +90,8 @@ class EditorCompleter:
             self._shown.pop(key, None)
         self.engine.forget(key)
 
-    def complete(
-        self,
-        prefix: str,
-        suffix: str = "",
-        *,
-        max_new_tokens: int = 64,
-        mode: str = "auto",
-        cancel: Callable[[], bool] | None = None,
-        key: str | None = None,
-    ) -> Completion:
+    def complete(self, prefix: str, suffix: str = "", *, max_new_tokens: int = 64, mode: str = "auto",
+                 cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
         """As `Completer.complete`, answered from the last suggestion or the result cache where they apply."""
         started = time.perf_counter()
         mode = resolve_mode(mode, prefix, suffix)

@@ -19,7 +19,6 @@ with the server, in `subcoder.server.editor`.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import Cancelled
+from .completion import Completion, CompletionSource, empty_completion
 from .options import EngineOptions
 from .prompt import Prompt, PromptBuilder, context_budget, resolve_mode
 from .speculate import Decoding, PromptLookup
@@ -50,20 +50,6 @@ _WARM_UP_CODE = "".join(f"def scale_{i}(values, factor={i}):\n    return [v * fa
                         for i in range(5))
 
 
-@dataclass(frozen=True)
-class Completion:
-    text: str  # what to insert at the cursor ("" when there is nothing worth suggesting)
-    prompt_tokens: int  # tokens in the prompt
-    new_tokens: int  # tokens decoded
-    reused_tokens: int  # prompt tokens whose KV entries came from the previous request
-    seconds: float
-    # line | block | stop-token | length | empty; a caller's own policies add theirs (the server's
-    # editor: cached | typed-ahead)
-    stop_reason: str = ""
-    mode: str = ""  # the resolved mode: single-line | multi-line
-    passes: int = 0  # forward passes that decoding took (fewer than new_tokens when drafts held)
-
-
 @dataclass
 class _Session:
     """The KV cache of one key's last request: the ids it holds and the prefix cut it used."""
@@ -82,7 +68,7 @@ class Stats:
     accepted: int = 0  # of which the model confirmed
 
 
-class Completer:
+class Completer(CompletionSource):
     """Completions from one loaded model; thread-safe (one decode at a time).
 
     Requests with the same `key` (a document) reuse the KV cache of the previous one as far as the
@@ -150,32 +136,13 @@ class Completer:
             session = self._sessions.get(key) if key is not None else None
             return self.prompts.build(prefix, suffix, anchor=session.anchor if session else None)
 
-    def complete(
-        self,
-        prefix: str,
-        suffix: str = "",
-        *,
-        max_new_tokens: int = 64,
-        mode: str = "auto",
-        cancel: Callable[[], bool] | None = None,
-        key: str | None = None,
-    ) -> Completion:
-        """Greedy completion at the cursor between `prefix` and `suffix`; raises `Cancelled` when `cancel()` turns true."""
-        started = time.perf_counter()
-        mode = resolve_mode(mode, prefix, suffix)
-        prompt = self.prompt(prefix, suffix, key=key)
-        result = self.decode(prompt, prefix, suffix, max_new_tokens=max_new_tokens, mode=mode, cancel=cancel, key=key)
-        return dataclasses.replace(result, seconds=time.perf_counter() - started)
-
     def decode(self, prompt: Prompt, prefix: str, suffix: str, *, max_new_tokens: int, mode: str,
                cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
         """`complete` for a prompt built by `prompt()` from the same prefix and suffix."""
         started = time.perf_counter()
         mode = resolve_mode(mode, prefix, suffix)
         if not prompt.ids:
-            # A prefix-only model at the start of a document: nothing to continue from (and no logits to start
-            # the decoding with), so the answer is an empty completion, not an error.
-            return Completion("", 0, 0, 0, time.perf_counter() - started, "empty", mode, 0)
+            return empty_completion(mode, started)
         with self._lock:
             text, new_tokens, reused, reason, passes = self._decode(prompt, prefix, suffix, mode, max_new_tokens,
                                                                     cancel, key)
