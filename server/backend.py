@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
-from subcoder.pruner.engine.completion import Completion, CompletionSource, empty_completion
-from subcoder.pruner.engine.prompt import Prompt, PromptBuilder, context_budget, resolve_mode
+from subcoder.pruner.engine.completion import Completion, CompletionSource
+from subcoder.pruner.engine.prompt import Prompt, PromptBuilder, context_budget
 from subcoder.pruner.engine.stops import StopRule, postprocess, stop_ids
 from subcoder.pruner.errors import Cancelled, ModelError, SubcoderError
 
@@ -420,10 +420,9 @@ class RemoteEngine(CompletionSource):
     def decode(self, prompt: Prompt, prefix: str, suffix: str, *, max_new_tokens: int, mode: str,
                cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
         """`Completer.decode` through the endpoint; raises BackendError (the backend is then down) or Cancelled."""
-        started = time.perf_counter()
-        mode = resolve_mode(mode, prefix, suffix)
-        if not prompt.ids:
-            return empty_completion(mode, started)
+        started, mode, empty = self.begin(prompt, prefix, suffix, mode)
+        if empty is not None:
+            return empty
         self.health.check()
         body = request_body(self.model_id, self.prompt_text(prompt), max_tokens=max_new_tokens,
                             stop=api_stops(mode, prefix, suffix), stop_token_ids=self.stop_ids)

@@ -29,9 +29,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import Cancelled
-from .completion import Completion, CompletionSource, empty_completion
+from .completion import Completion, CompletionSource
 from .options import EngineOptions
-from .prompt import Prompt, PromptBuilder, context_budget, resolve_mode
+from .prompt import Prompt, PromptBuilder, context_budget
 from .speculate import Decoding, PromptLookup
 from .stops import StopRule, postprocess, stop_ids
 
@@ -139,10 +139,9 @@ class Completer(CompletionSource):
     def decode(self, prompt: Prompt, prefix: str, suffix: str, *, max_new_tokens: int, mode: str,
                cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
         """`complete` for a prompt built by `prompt()` from the same prefix and suffix."""
-        started = time.perf_counter()
-        mode = resolve_mode(mode, prefix, suffix)
-        if not prompt.ids:
-            return empty_completion(mode, started)
+        started, mode, empty = self.begin(prompt, prefix, suffix, mode)
+        if empty is not None:
+            return empty
         with self._lock:
             text, new_tokens, reused, reason, passes = self._decode(prompt, prefix, suffix, mode, max_new_tokens,
                                                                     cancel, key)

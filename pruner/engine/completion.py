@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .prompt import resolve_mode
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -40,6 +42,14 @@ class CompletionSource:
     def decode(self, prompt, prefix: str, suffix: str, *, max_new_tokens: int, mode: str,
                cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:
         raise NotImplementedError
+
+    @staticmethod
+    def begin(prompt, prefix: str, suffix: str, mode: str) -> tuple[float, str, Completion | None]:
+        """What every `decode` starts with: the clock, the resolved mode, and the answer when there is
+        nothing to decode from (an empty prompt), else None."""
+        started = time.perf_counter()
+        mode = resolve_mode(mode, prefix, suffix)
+        return started, mode, (empty_completion(mode, started) if not prompt.ids else None)
 
     def complete(self, prefix: str, suffix: str = "", *, max_new_tokens: int = 64, mode: str = "auto",
                  cancel: Callable[[], bool] | None = None, key: str | None = None) -> Completion:

@@ -32,17 +32,6 @@ function check(name, ok, detail = '') {
 
 // --- the status bar item --------------------------------------------------------------------------
 const statusHistory = [];
-async function statusText(page) {
-    return page.evaluate(() => {
-        for (const el of document.querySelectorAll('.statusbar-item')) {
-            const text = (el.textContent || '').trim();
-            if (text.startsWith('Subcoder')) {
-                return text;
-            }
-        }
-        return null;
-    });
-}
 /** Polls the status bar until `predicate(text)`; records every distinct text seen. */
 async function waitForStatus(page, predicate, timeout, what) {
     const deadline = Date.now() + timeout;
@@ -60,7 +49,7 @@ async function waitForStatus(page, predicate, timeout, what) {
     log(`timed out waiting for status: ${what}`);
     return null;
 }
-const { isBuilding, isReady, isTerminal, runCommand, typeFunctionAndWaitForGhost, editorLines, cursor } = require('./workbench');
+const { isBuilding, isReady, isTerminal, runCommand, statusText, typeFunctionAndWaitForGhost, editorLines, cursor } = require('./workbench');
 
 async function main() {
     fs.mkdirSync(ARTIFACTS, { recursive: true });

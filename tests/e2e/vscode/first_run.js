@@ -48,17 +48,6 @@ async function screenshot(page, name, crop) {
 }
 
 // --- what the workbench shows ----------------------------------------------------------------------
-async function statusText(page) {
-    return page.evaluate(() => {
-        for (const el of document.querySelectorAll('.statusbar-item')) {
-            const text = (el.textContent || '').trim();
-            if (text.startsWith('Subcoder')) {
-                return text;
-            }
-        }
-        return null;
-    });
-}
 const toast = (page, text) => page.locator('.notifications-toasts .notification-toast', { hasText: text }).first();
 
 /** The notifications in view, and the right part of the status bar below them. */
@@ -95,7 +84,7 @@ async function waitFor(page, predicate, timeout, what, onTick) {
     log(`timed out waiting for ${what}`);
     return null;
 }
-const { isBuilding, isReady, isTerminal, runCommand, typeFunctionAndWaitForGhost, cursor } = require('./workbench');
+const { isBuilding, isReady, isTerminal, runCommand, statusText, typeFunctionAndWaitForGhost, cursor } = require('./workbench');
 
 /** The editor lines around the cursor (the ghost text and a few lines of context). */
 async function editorBox(page) {

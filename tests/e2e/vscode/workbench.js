@@ -3,6 +3,18 @@
 // ghost text), written once.
 'use strict';
 
+/** The subcoder status-bar item's text, or null while it is not shown. */
+async function statusText(page) {
+    return page.evaluate(() => {
+        for (const el of document.querySelectorAll('.statusbar-item')) {
+            const text = (el.textContent || '').trim();
+            if (text.startsWith('Subcoder')) {
+                return text;
+            }
+        }
+        return null;
+    });
+}
 const isBuilding = (t) => t.includes('building');
 const isReady = (t) => / · .*sparse/.test(t);
 const isTerminal = (t) => isReady(t) || /error|stopped|not installed/.test(t);
@@ -80,4 +92,4 @@ async function typeFunctionAndWaitForGhost(page, log) {
     return ghost;
 }
 
-module.exports = { typeFunctionAndWaitForGhost, isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText };
+module.exports = { statusText, typeFunctionAndWaitForGhost, isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText };
