@@ -71,7 +71,10 @@ out, python, model, cache, calibration = sys.argv[1:]
 samples, seq_len = (int(n) for n in calibration.split("x"))
 settings = {"subcoder.python": python, "subcoder.model": model, "subcoder.cacheDir": cache,
             "subcoder.logLevel": "debug", "subcoder.calibrationSamples": samples,
-            "subcoder.calibrationSeqLen": seq_len}
+            "subcoder.calibrationSeqLen": seq_len,
+            # The journey is not about the first-download question: a preset missing from the scratch cache
+            # is fetched without asking (the consent flow has its own tests in tests/server/test_first_run.py).
+            "subcoder.allowDownload": True}
 json.dump(settings, open(out, "w"), indent=2)
 PYEOF
 
