@@ -237,6 +237,8 @@ def exchange(endpoint: Endpoint, method: str, path: str, body: dict | None = Non
                 yield value
             elif kind == "end":
                 return
+            elif value == "timed out":  # the socket's own timeout beat the deadline above: the same event
+                raise BackendError(f"no answer within {timeout:g} s")
             else:
                 raise BackendError(value)
     finally:
