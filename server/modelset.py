@@ -111,11 +111,12 @@ class ModelSet:
             return self.base if allow_base else None
 
 
-def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_tokens: int, cache_dir=None,
+def load_completer(name: str, *, dtype: str, device: str, sparse: bool | None, context_tokens: int, cache_dir=None,
                    fim_order: str = "spm", options: EngineOptions | None = None) -> EditorCompleter:
     """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError.
 
-    `options`: the engine's switches (None: from the environment), for the loader and the engine alike.
+    `sparse` means what it means to `load_model` (None: on the kernel where this machine can run it; False:
+    dense). `options`: the engine's switches (None: from the environment), for the loader and the engine alike.
     """
     import torch
 
@@ -125,7 +126,7 @@ def load_completer(name: str, *, dtype: str, device: str, sparse: bool, context_
     options = EngineOptions.from_env() if options is None else options
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_model(name, dtype=dtype, device=device, sparse=None if sparse else False, options=options,
+    loaded = load_model(name, dtype=dtype, device=device, sparse=sparse, options=options,
                         cache_dir=cache_dir or None)
     engine = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order, options=options)
     completer = EditorCompleter(engine)

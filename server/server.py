@@ -46,10 +46,10 @@ _WORD = re.compile(r"[A-Za-z0-9_$]*$")
 
 def load_served(name: str, settings: Settings, sub: bool):
     """The session's loader: a base model (by name) or a sub-model (by its cache folder), ready to complete."""
-    # load_completer reads sparse=True as "on the kernel when this machine can run it", never "fail
-    # without it": the editor keeps completing on a CPU without AVX2 or another OS, on the dense path.
+    # sparseKernel on means "on the kernel when this machine can run it" (None), never "fail without it"
+    # (True): the editor keeps completing on a CPU without AVX2 or another OS, on the dense path.
     return load_completer(name, dtype=settings.dtype, device=settings.device,
-                          sparse=settings.sparse_kernel,
+                          sparse=None if settings.sparse_kernel else False,
                           context_tokens=settings.context_tokens, cache_dir=None if sub else settings.cache_dir,
                           fim_order=settings.fim_order, options=settings.engine_options())
 
