@@ -155,6 +155,7 @@ class LspNotifier:
     def __init__(self, server: SubcoderServer):
         self.server = server
         self.token: str | None = None  # the running build's progress token
+        self.creating: str | None = None  # a token the client was asked to create and has not yet confirmed
         self.cancellable = True  # a build can be cancelled; a download cannot
 
     def status(self, status: dict) -> None:
@@ -178,11 +179,14 @@ class LspNotifier:
         if not (caps and caps.work_done_progress):
             return
         token = f"subcoder-build-{uuid.uuid4().hex[:8]}"
+        self.creating = token  # a client may cancel a token as soon as it has one, before its reply reaches us
         try:
             await asyncio.wait_for(self.server.work_done_progress.create_async(token), 5)
         except Exception:
             log.info("the client did not accept a progress token")
             return
+        finally:
+            self.creating = None
         self.token = token
         self.server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
             title=title, cancellable=cancellable, percentage=0))
@@ -335,7 +339,8 @@ async def on_completion(ls: SubcoderServer, params: types.CompletionParams):
 @server.feature(types.WINDOW_WORK_DONE_PROGRESS_CANCEL)
 def on_progress_cancel(ls: SubcoderServer, params: types.WorkDoneProgressCancelParams) -> None:
     """The user cancelled the build from the progress notification."""
-    if params.token == ls.session.notifier.token:
+    notifier = ls.session.notifier
+    if params.token in (notifier.token, notifier.creating) and params.token is not None:
         log.info("build cancelled by the user")
         ls.session.cancel_build()
 

@@ -125,9 +125,23 @@ def side(tiny_model_dir):
     return prompt_side(str(tiny_model_dir))
 
 
+_started: list[RemoteEngine] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_engines():
+    """Every engine a test started is closed after it: a backend left down would probe every 0.2 s for the
+    rest of the run (CI saw those probes flood a later test's log)."""
+    yield
+    while _started:
+        _started.pop().close()
+
+
 def engine(side, url, **kw) -> RemoteEngine:
     kw.setdefault("retry", (0.05, 0.2))
-    return RemoteEngine(side, url, timeout=kw.pop("timeout", 2.0), **kw).start()
+    started = RemoteEngine(side, url, timeout=kw.pop("timeout", 2.0), **kw).start()
+    _started.append(started)
+    return started
 
 
 def wait_until(predicate, timeout=5.0):
