@@ -19,6 +19,7 @@ the work directory, written atomically and every few tasks, so a run resumes whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -41,21 +42,34 @@ class Configuration:
     base: str
     sparsity: float = 0.0  # 0: the dense base model
     pattern: str = "unstructured"
+    foreign: bool = False  # the base is not the plan's: the frontier's question is a bigger model pruned
 
     @property
     def dense(self) -> bool:
         return self.sparsity == 0 and self.pattern == "unstructured"
 
     @property
-    def name(self) -> str:
+    def spec(self) -> str:
         if self.dense:
             return "dense"
         return self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}"
 
+    @property
+    def name(self) -> str:
+        """Unique within a plan: the spec, with the base named when it is not the plan's."""
+        return f"{self.spec}@{self.base}" if self.foreign else self.spec
+
     @classmethod
     def parse(cls, base: str, text: str) -> Configuration:
-        """`dense`, a sparsity (`0.5`, `50%`), or an N:M pattern (`2:4`, 50%)."""
+        """`dense`, a sparsity (`0.5`, `50%`), or an N:M pattern (`2:4`, 50%); `@PRESET` after any of them
+        names another base model (`0.5@qwen2.5-coder-1.5b`: the bigger model's 50% sub-model)."""
         text = text.strip()
+        if "@" in text:
+            text, other = (x.strip() for x in text.rsplit("@", 1))
+            if not other:
+                raise ValueError("nothing after '@': name a base model, e.g. 0.5@qwen2.5-coder-1.5b")
+            if other != base:
+                return dataclasses.replace(cls.parse(other, text), foreign=True)
         if text == "dense":
             return cls(base)
         if ":" in text:
@@ -85,9 +99,9 @@ class FrontierPlan:
     seed: int = 0
     cells: tuple[str, ...] = ("cost", "nextline", "ppl")
 
-    def settings(self, cell: str) -> dict:
+    def settings(self, cell: str, base: str | None = None) -> dict:
         """What a cell's results depend on: a stored cell with other settings is redone."""
-        common = {"seed": self.seed, "base": self.base}
+        common = {"seed": self.seed, "base": base or self.base}
         if cell == "ppl":
             return {**common, "windows": self.windows, "seq_len": self.seq_len}
         if cell.startswith("nextline"):
@@ -206,9 +220,9 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
         loads.append(os.getloadavg()[0])
     for cfg in configs:
         out = _cell_file(work, cfg, language, "cost")
-        old = _load_cell(out, plan.settings("cost")) or {}
+        old = _load_cell(out, plan.settings("cost", cfg.base)) or {}
         data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": "cost",
-                "settings": plan.settings("cost"), "environment": environment(), **meta[cfg.name],
+                "settings": plan.settings("cost", cfg.base), "environment": environment(), **meta[cfg.name],
                 **step_summary(steps[cfg.name]), "method": f"interleaved with {', '.join(names)}, {rounds} rounds",
                 "rss_bytes": old.get("rss_bytes"), "loadavg": round(statistics.fmean(loads), 1), "complete": True}
         _atomic_json(out, data)
@@ -221,7 +235,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
 def _cell_file(work: Path, cfg: Configuration, language: str, cell: str) -> Path:
     from .study import model_slug
 
-    return work / model_slug(cfg.base) / cfg.name.replace(":", "of") / f"{language}-{cell.replace(':', '-')}.json"
+    return work / model_slug(cfg.base) / cfg.spec.replace(":", "of") / f"{language}-{cell.replace(':', '-')}.json"
 
 
 def _load_cell(path: Path, settings: dict) -> dict | None:
@@ -253,7 +267,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
             for name in names:
                 if name == "cost" and language != plan.languages[0]:
                     continue
-                stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name))
+                stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name, cfg.base))
                 if stored is None or not stored.get("complete") or len(stored.get("results", ())) < _wanted(plan, name):
                     wanted.append((name, stored))
         if not wanted:
@@ -268,7 +282,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         for name, stored in wanted:
             out = _cell_file(work, cfg, language, name)
             data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": name,
-                    "settings": plan.settings(name), "model": path, "environment": environment(),
+                    "settings": plan.settings(name, cfg.base), "model": path, "environment": environment(),
                     "complete": False}
             started = time.perf_counter()
             if name == "cost":
@@ -336,7 +350,7 @@ def load_cells(plan: FrontierPlan, work: Path) -> dict:
         for language in plan.languages:
             for name in ("cost", "ppl", *(f"nextline:{lay}" for lay in plan.layouts)):
                 lang = plan.languages[0] if name == "cost" else language
-                data = _load_cell(_cell_file(work, cfg, lang, name), plan.settings(name))
+                data = _load_cell(_cell_file(work, cfg, lang, name), plan.settings(name, cfg.base))
                 if data is not None and (data.get("complete") or data.get("results")):
                     if "results" in data:
                         data["results"] = data["results"][:plan.tasks]
