@@ -46,6 +46,19 @@ def _assert_none_survive(marker: str) -> None:
 SLEEPER = "[sys.executable, '-c', 'import time; time.sleep(120)', MARKER]"
 
 
+def _assert_spawned_sleepers_die(spawn: str, runs: tuple[tuple[str, float], ...]) -> None:
+    """Runs `spawn` (code that starts SLEEPERs, which find MARKER defined) once per (wait, timeout): it then
+    sleeps `wait` seconds, so a wait under the timeout ends normally and a longer one is killed at the timeout.
+    After each run no process it started may be alive."""
+    marker = f"subcoder-test-{uuid.uuid4().hex}"
+    program = f"import os, subprocess, sys, time\nMARKER = {marker!r}\n{spawn}time.sleep(float(sys.argv[1]))\n"
+    for wait, timeout in runs:
+        with Sandbox() as box:
+            box.write("spawn.py", program)
+            box.run([sys.executable, "spawn.py", wait], timeout=timeout)
+        _assert_none_survive(marker)
+
+
 def test_timeout_kills():
     with Sandbox() as box:
         box.write("loop.py", "while True:\n    pass\n")
@@ -80,35 +93,18 @@ def test_file_size_limit_kills_with_sigxfsz():
 
 
 def test_nothing_survives_normal_exit_or_timeout():
-    marker = f"subcoder-test-{uuid.uuid4().hex}"
-    spawn = ("import subprocess, sys, time\n"
-             f"MARKER = {marker!r}\n"
-             f"subprocess.Popen({SLEEPER})\n"
-             "time.sleep(float(sys.argv[1]))\n")
-    for wait, timeout in (("0", 10.0), ("60", 1.0)):
-        with Sandbox() as box:
-            box.write("spawn.py", spawn)
-            box.run([sys.executable, "spawn.py", wait], timeout=timeout)
-        _assert_none_survive(marker)
+    _assert_spawned_sleepers_die(f"subprocess.Popen({SLEEPER})\n", (("0", 10.0), ("60", 1.0)))
 
 
 @jailed
 def test_setsid_and_double_forked_grandchildren_do_not_survive():
-    marker = f"subcoder-test-{uuid.uuid4().hex}"
-    spawn = ("import os, subprocess, sys, time\n"
-             f"MARKER = {marker!r}\n"
-             f"subprocess.Popen({SLEEPER}, start_new_session=True)  # setsid(): leaves our process group\n"
+    spawn = (f"subprocess.Popen({SLEEPER}, start_new_session=True)  # setsid(): leaves our process group\n"
              "if os.fork() == 0:  # a daemon: fork, setsid, fork again, the middle one exits\n"
              "    os.setsid()\n"
              "    if os.fork() == 0:\n"
              f"        os.execv(sys.executable, {SLEEPER})\n"
-             "    os._exit(0)\n"
-             "time.sleep(float(sys.argv[1]))\n")
-    for wait, timeout in (("0.5", 10.0), ("60", 1.0)):
-        with Sandbox() as box:
-            box.write("spawn.py", spawn)
-            box.run([sys.executable, "spawn.py", wait], timeout=timeout)
-        _assert_none_survive(marker)
+             "    os._exit(0)\n")
+    _assert_spawned_sleepers_die(spawn, (("0.5", 10.0), ("60", 1.0)))
 
 
 def test_private_temp_dir_removed_and_used_as_home():
