@@ -144,3 +144,108 @@ def paired_binary_sd(discordant: float, d: float = 0.0) -> float:
     """Standard deviation of a paired 0/1 difference (values -1, 0, +1) when a share `discordant` of
     the tasks differ and the mean difference is `d`: sqrt(discordant - d^2)."""
     return math.sqrt(max(discordant - d * d, 0.0))
+
+
+# --------------------------------------------------------------------------- repeated calibration draws
+#
+# The study has two sources of noise: which files were evaluated (the same files for every sub-model
+# of one language) and which files the calibration drew (a seed per sub-model). Its intervals resample
+# both: files with one set of counts shared by every sub-model (so what the sub-models share cancels
+# out), and each calibration's seeds on their own (its draws are independent of the others').
+
+
+def _file_counts(n_files: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.multinomial(n_files, np.full(n_files, 1.0 / n_files), size=resamples)  # (R, F)
+
+
+def _seed_means(per_seed: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(R, F): the mean over a resample of the seeds (rows of `per_seed`, drawn with replacement)."""
+    s = per_seed.shape[0]
+    pick = rng.integers(0, s, size=(resamples, s))
+    return per_seed[pick].mean(axis=1)
+
+
+def seeds_files_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]] | None, tokens: Sequence[float], *,
+                     resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95) -> Interval:
+    """Interval of (mean loss of a) - (mean loss of b), or of a's mean loss alone when b is None.
+
+    `a` and `b` are (seeds, files) arrays of per-token losses on the same files (any number of seeds,
+    one seed allowed: then only the files vary); `tokens` weighs each file (the pooled loss per token).
+    A resample draws the files once for both and each side's seeds on their own."""
+    A = np.asarray(a, dtype=np.float64)
+    B = None if b is None else np.asarray(b, dtype=np.float64)
+    w = np.asarray(tokens, dtype=np.float64)
+    if A.ndim != 2 or A.shape[1] != len(w) or (B is not None and (B.ndim != 2 or B.shape[1] != len(w))):
+        raise ValueError("a and b must be (seeds, files) arrays over the files `tokens` weighs")
+    rng = np.random.default_rng(seed)
+    counts = _file_counts(len(w), resamples, rng) * w  # (R, F) weights per resample
+    total = counts.sum(axis=1)
+
+    def pooled(x: np.ndarray) -> np.ndarray:
+        return (_seed_means(x, resamples, rng) * counts).sum(axis=1) / total
+
+    estimate = float(A.mean(axis=0) @ w / w.sum())
+    draws = pooled(A)
+    if B is not None:
+        estimate -= float(B.mean(axis=0) @ w / w.sum())
+        draws = draws - pooled(B)
+    return _percentile(estimate, draws, level)
+
+
+def ols(design: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) least-squares coefficients; a rank-deficient design gets the minimum-norm solution."""
+    X, Y = np.asarray(design, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if weights is not None:
+        root = np.sqrt(np.asarray(weights, dtype=np.float64))
+        X, Y = X * root[:, None], Y * root
+    return np.linalg.lstsq(X, Y, rcond=None)[0]
+
+
+def match_design(rows: Sequence[dict]) -> tuple[np.ndarray, list[str]]:
+    """The design of log-ppl ~ calibration + language + match + seed for rows {calibration, language,
+    seed}: an intercept, one indicator per level after the first of each factor, and `match` (the
+    calibration is the evaluated language) last."""
+    cols: list[np.ndarray] = [np.ones(len(rows))]
+    names = ["intercept"]
+    for factor in ("calibration", "language", "seed"):
+        levels = sorted({str(r[factor]) for r in rows})
+        for level in levels[1:]:
+            cols.append(np.array([float(str(r[factor]) == level) for r in rows]))
+            names.append(f"{factor}={level}")
+    cols.append(np.array([float(r["calibration"] == r["language"]) for r in rows]))
+    names.append("match")
+    return np.column_stack(cols), names
+
+
+def match_effect(rows: Sequence[dict], *, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95) -> Interval:
+    """The language-match effect on log-perplexity (negative: own-language calibration lowers it), with a
+    cluster-bootstrap interval.
+
+    Each row is one sub-model evaluated on one language: {calibration, language, seed, losses, tokens},
+    `losses` the per-token loss on each of that language's evaluation files and `tokens` their weights
+    (the same files, in the same order, for every row of a language). A resample draws each language's
+    files and the set of seeds with replacement, recomputes every row's pooled loss, and refits."""
+    rows = list(rows)
+    X, names = match_design(rows)
+    j = names.index("match")
+    if not X[:, j].any() or X[:, j].all():
+        raise ValueError("the match effect needs rows with and without a match")
+    y = np.array([np.dot(r["losses"], r["tokens"]) / np.sum(r["tokens"]) for r in rows])
+    estimate = float(ols(X, y)[j])
+    rng = np.random.default_rng(seed)
+    languages = sorted({r["language"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    draws = np.empty(resamples)
+    for k in range(resamples):
+        file_w = {}
+        for lang in languages:
+            tok = np.asarray(next(r["tokens"] for r in rows if r["language"] == lang), dtype=np.float64)
+            file_w[lang] = rng.multinomial(len(tok), np.full(len(tok), 1.0 / len(tok))) * tok
+        picked = rng.integers(0, len(seeds), size=len(seeds))
+        seed_w = {s: float(np.sum(picked == i)) for i, s in enumerate(seeds)}
+        yk = np.array([np.dot(r["losses"], file_w[r["language"]]) / max(file_w[r["language"]].sum(), 1e-12)
+                       for r in rows])
+        wk = np.array([seed_w[r["seed"]] for r in rows])
+        keep = wk > 0
+        draws[k] = ols(X[keep], yk[keep], wk[keep])[j]
+    return _percentile(estimate, draws, level)

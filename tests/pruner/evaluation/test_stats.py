@@ -87,3 +87,63 @@ def test_against_scipy_when_installed():
     assert iv.low == pytest.approx(ci.low) and iv.high == pytest.approx(ci.high)
     assert stats.mcnemar_exact([True] * 3 + [False] * 11, [False] * 3 + [True] * 11).p_value == pytest.approx(
         scipy_stats.binomtest(3, 14).pvalue)
+
+
+def _synthetic_rows(effect, *, noise=0.02, files=12, seeds=4, rng_seed=1):
+    """log-ppl = calibration offset + language offset + effect * match + seed noise + file noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(rng_seed)
+    langs = ("python", "java", "cpp")
+    calibs = (*langs, "prose")
+    lang_off = {lang: 1.0 + 0.5 * i for i, lang in enumerate(langs)}
+    calib_off = {c: 0.1 * i for i, c in enumerate(calibs)}
+    file_off = {lang: rng.normal(0, 0.3, files) for lang in langs}
+    tokens = {lang: rng.integers(100, 500, files) for lang in langs}
+    rows = []
+    for c in calibs:
+        for s in range(seeds):
+            draw = rng.normal(0, noise)  # one calibration draw moves every file alike
+            for lang in langs:
+                losses = lang_off[lang] + calib_off[c] + effect * (c == lang) + draw + file_off[lang] \
+                         + rng.normal(0, noise, files)
+                rows.append({"calibration": c, "language": lang, "seed": s, "losses": losses, "tokens": tokens[lang]})
+    return rows
+
+
+def test_match_effect_recovers_a_known_effect():
+    iv = stats.match_effect(_synthetic_rows(-0.08), resamples=300)
+    assert math.isclose(iv.estimate, -0.08, abs_tol=0.02)
+    assert iv.contains(-0.08) and iv.high < 0
+
+
+def test_match_effect_of_nothing_has_an_interval_around_zero():
+    iv = stats.match_effect(_synthetic_rows(0.0), resamples=300)
+    assert iv.contains(0.0) and abs(iv.estimate) < 0.02
+
+
+def test_match_design_names_the_factors_and_puts_match_last():
+    rows = [{"calibration": c, "language": lang, "seed": s} for c in ("java", "python") for lang in ("java", "python")
+            for s in (0, 1)]
+    X, names = stats.match_design(rows)
+    assert names == ["intercept", "calibration=python", "language=python", "seed=1", "match"]
+    assert X.shape == (8, 5) and list(X[:, -1]) == [1, 1, 0, 0, 0, 0, 1, 1]
+
+
+def test_seeds_files_diff_sees_seed_noise_that_files_alone_miss():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    files = rng.normal(2.0, 0.3, 20)
+    tokens = np.full(20, 100.0)
+    # every seed shifts all files alike: the seed spread is the only thing separating a and b
+    a = np.array([files + d for d in (-0.05, 0.05, -0.04, 0.04, 0.0)])
+    b = np.array([files + d for d in (0.03, -0.03, 0.02, -0.02, 0.0)])
+    iv = stats.seeds_files_diff(a, b, tokens, resamples=1000)
+    assert math.isclose(iv.estimate, 0.0, abs_tol=1e-12) and iv.low < -0.01 and iv.high > 0.01
+    one = stats.seeds_files_diff(a[:1], b[:1], tokens, resamples=200)  # one seed each: a fixed shift, no spread
+    assert math.isclose(one.estimate, -0.08) and math.isclose(one.low, -0.08) and math.isclose(one.high, -0.08)
+    alone = stats.seeds_files_diff(a, None, tokens, resamples=500)
+    assert alone.contains(2.0 + float(np.mean(files) - 2.0))
+    with pytest.raises(ValueError):
+        stats.seeds_files_diff(a, b[:, :3], tokens)
