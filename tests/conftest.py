@@ -25,3 +25,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
         (cache / "kernels").symlink_to(SHARED_KERNELS, target_is_directory=True)
         monkeypatch.setenv("SUBCODER_CACHE_DIR", str(cache))
     yield
+
+
+@pytest.fixture
+def py_calibration(tmp_path):
+    """A calibration set from a workspace of one small Python file: four short windows, enough for a tiny model."""
+    from subcoder.pruner.calibration import CalibrationSpec
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.py").write_text("def f(x):\n    return x + 1\n" * 60)
+    return CalibrationSpec(source="workspace", workspace=ws, n_samples=4, seq_len=64)
+
+
+@pytest.fixture
+def sharded_tiny_dir(tmp_path):
+    """A tiny llama checkpoint in bfloat16 split over several safetensors files, as big models ship."""
+    import torch
+
+    from tiny_models import byte_tokenizer, tiny_model
+
+    base = tmp_path / "sharded"
+    tiny_model("llama", dtype=torch.bfloat16).save_pretrained(str(base), max_shard_size="40KB")
+    byte_tokenizer().save_pretrained(str(base))
+    return base

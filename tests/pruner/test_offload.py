@@ -87,25 +87,18 @@ def test_build_reads_everything_but_the_decoder_layers(base_dir, tmp_path):
         disk.cleanup()
 
 
-def test_sharded_checkpoint_streams_to_the_same_sub_model(tmp_path):
+def test_sharded_checkpoint_streams_to_the_same_sub_model(sharded_tiny_dir, py_calibration, tmp_path):
     """A checkpoint split over several safetensors files (as big models ship) prunes from disk, layer by layer,
     into the same masks and weights as the whole model in memory; the report carries both peak memories."""
-    from subcoder.pruner.calibration import CalibrationSpec
     from subcoder.pruner.extract import extract
     from subcoder.pruner.storage import load_masks
-    from tiny_models import byte_tokenizer, tiny_model
 
-    base = tmp_path / "sharded"
-    tiny_model("llama", dtype=torch.bfloat16).save_pretrained(str(base), max_shard_size="40KB")
-    byte_tokenizer().save_pretrained(str(base))
+    base = sharded_tiny_dir
     shards = sorted(base.glob("*.safetensors"))
     assert len(shards) > 2 and (base / "model.safetensors.index.json").is_file()
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "a.py").write_text("def f(x):\n    return x * 2\n" * 60)
-    spec = CalibrationSpec(source="workspace", workspace=ws, n_samples=4, seq_len=48)
-    whole = extract(str(base), "python", PruneConfig(0.5), spec, tmp_path / "whole", dtype="float32")
-    streamed = extract(str(base), "python", PruneConfig(0.5), spec, tmp_path / "streamed", dtype="float32", offload=True)
+    whole = extract(str(base), "python", PruneConfig(0.5), py_calibration, tmp_path / "whole", dtype="float32")
+    streamed = extract(str(base), "python", PruneConfig(0.5), py_calibration, tmp_path / "streamed", dtype="float32",
+                       offload=True)
     a, b = load_masks(whole.path), load_masks(streamed.path)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert streamed.report.peak_host_bytes > 0 and streamed.report.peak_device_bytes == 0

@@ -4,7 +4,6 @@ Skipped where no CUDA device exists (CI's machines); run on a GPU machine to che
 import pytest
 import torch
 
-from subcoder.pruner.calibration import CalibrationSpec
 from subcoder.pruner.config import PruneConfig
 from subcoder.pruner.extract import extract
 from subcoder.pruner.prune import prune_model
@@ -25,19 +24,15 @@ def test_cuda_masks_match_cpu(family):
     assert gpu.report.peak_memory_bytes > 0
 
 
-def test_offload_to_cuda_one_layer_at_a_time(tmp_path):
+def test_offload_to_cuda_one_layer_at_a_time(tmp_path, py_calibration):
     base = save_tiny_model_dir(tmp_path / "base", "llama")
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "a.py").write_text("def f(x):\n    return x + 1\n" * 50)
-    spec = CalibrationSpec(source="workspace", workspace=ws, n_samples=4, seq_len=64)
-    a = extract(str(base), "python", PruneConfig(0.5), spec, tmp_path / "gpu", device="cuda")
-    b = extract(str(base), "python", PruneConfig(0.5), spec, tmp_path / "off", device="cuda", offload=True)
+    a = extract(str(base), "python", PruneConfig(0.5), py_calibration, tmp_path / "gpu", device="cuda")
+    b = extract(str(base), "python", PruneConfig(0.5), py_calibration, tmp_path / "off", device="cuda", offload=True)
     ma, mb = load_masks(a.path), load_masks(b.path)
     assert all((ma[k] == mb[k]).float().mean() > 0.99 for k in ma)
 
 
-def test_device_auto_with_part_of_the_model_on_the_cpu(tmp_path):
+def test_device_auto_with_part_of_the_model_on_the_cpu(tmp_path, py_calibration):
     """`--device auto` when the model does not fit the GPU: a `max_memory` limit leaves decoder layers to the
     CPU, where accelerate keeps their weights and streams them to the GPU for each forward. Pruning reaches
     those host copies too, and the saved sub-model has the same masks as the whole model on the GPU."""
@@ -60,33 +55,22 @@ def test_device_auto_with_part_of_the_model_on_the_cpu(tmp_path):
                                        no_split_module_classes=["LlamaDecoderLayer"])
     assert "cpu" in device_map.values() and 0 in device_map.values(), device_map
 
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "a.py").write_text("def f(x):\n    return x + 1\n" * 50)
-    spec = CalibrationSpec(source="workspace", workspace=ws, n_samples=4, seq_len=64)
     placed = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16, device_map=device_map).eval()
     tok = byte_tokenizer()
     info = ModelInfo("tiny", base, weights_hash(base), "LlamaForCausalLM", None, weights_dtype="bfloat16")
-    auto = extract(LoadedModel(placed, tok, info), "python", PruneConfig(0.5), spec, tmp_path / "auto")
-    whole = extract(str(base), "python", PruneConfig(0.5), spec, tmp_path / "gpu", device="cuda", dtype="bfloat16")
+    auto = extract(LoadedModel(placed, tok, info), "python", PruneConfig(0.5), py_calibration, tmp_path / "auto")
+    whole = extract(str(base), "python", PruneConfig(0.5), py_calibration, tmp_path / "gpu", device="cuda",
+                    dtype="bfloat16")
     ma, mw = load_masks(auto.path), load_masks(whole.path)
     assert set(ma) == set(mw)
     assert all((ma[k] == mw[k]).float().mean() > 0.99 for k in ma)
     assert abs(auto.report.linear_sparsity - 0.5) < 0.01
 
 
-def test_sharded_checkpoint_streams_through_the_gpu(tmp_path):
+def test_sharded_checkpoint_streams_through_the_gpu(sharded_tiny_dir, py_calibration, tmp_path):
     """`--device cuda --offload` on a checkpoint in several files: each layer is read from disk, pruned on
     the GPU a layer ahead of the copies, and written on its own; same masks as in memory on the GPU."""
-    from tiny_models import byte_tokenizer, tiny_model
-
-    base = tmp_path / "sharded"
-    tiny_model("llama", dtype=torch.bfloat16).save_pretrained(str(base), max_shard_size="40KB")
-    byte_tokenizer().save_pretrained(str(base))
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "a.py").write_text("def f(x):\n    return x * 2\n" * 60)
-    spec = CalibrationSpec(source="workspace", workspace=ws, n_samples=4, seq_len=48)
+    base, spec = sharded_tiny_dir, py_calibration
     whole = extract(str(base), "python", PruneConfig(0.5, "2:4"), spec, tmp_path / "whole", device="cuda",
                     dtype="bfloat16")
     streamed = extract(str(base), "python", PruneConfig(0.5, "2:4"), spec, tmp_path / "streamed", device="cuda",
