@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .runner import DEFAULT_LIMITS, LANGUAGES, METRICS
-from .study import PATTERNS, Plan
+from subcoder.pruner.errors import SubcoderError
+
+from .study import BASELINES, Plan
 
 
 def _csv(allowed):
@@ -99,99 +102,91 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def _shapes(text: str) -> tuple[str, ...]:
+    from .study import parse_shape
+
+    try:
+        shapes = tuple(dict.fromkeys(parse_shape(x) for x in text.split(",") if x.strip()))
+    except (ValueError, SubcoderError) as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (shapes: 0.5, 50%, u50 or an N:M pattern such as 2:4)") from None
+    if not shapes:
+        raise argparse.ArgumentTypeError("name at least one shape, e.g. 0.5,0.3,2:4")
+    return shapes
+
+
 def study_parser() -> argparse.ArgumentParser:
+    d = Plan()
     p = argparse.ArgumentParser(
         prog="subcoder eval study",
-        description="Reproduce arXiv 2501.05248 on subcoder's presets: dense / magnitude / Wanda-prose / Wanda per "
-                    "language at 50%% unstructured and 2:4, every one evaluated on every language; Jaccard distances "
-                    "between masks; a same-language noise control; quality vs sparsity. Writes docs/RESULTS.md and PNGs.")
-    p.add_argument("--quick", action="store_true", help="smoke check in minutes: smollm2-135m, small limits")
-    p.add_argument("--model", action="append", help="preset(s) to study (repeatable; default both presets)")
-    p.add_argument("--languages", type=_csv(LANGUAGES), help="evaluation and calibration languages")
-    p.add_argument("--metrics", type=_csv(METRICS), help="metrics of the main matrix")
-    p.add_argument("--limit", type=_positive, help="one limit for every metric (tasks, or perplexity windows)")
-    for m in METRICS:
-        p.add_argument(f"--limit-{m}", type=_positive, help=f"limit for {m} only")
-    p.add_argument("--patterns", type=_csv(PATTERNS), help="unstructured,2:4")
-    p.add_argument("--pattern-metrics", action="append", metavar="PATTERN=METRICS",
-                   help="metrics for one pattern's sub-models, e.g. 2:4=ppl,nextline,humaneval (default 2:4=ppl,nextline; "
-                        "'2:4=all' evaluates every metric)")
-    p.add_argument("--sweep-sparsities", type=_floats, help="e.g. 0.3,0.4,0.5,0.6,0.7")
-    p.add_argument("--sweep-languages", type=_csv(LANGUAGES))
-    p.add_argument("--noise-languages", type=_csv(LANGUAGES))
-    p.add_argument("--calib-samples", type=_positive, help="calibration windows (default 32 x 512 tokens)")
-    p.add_argument("--calib-seq-len", type=_positive, help="tokens per calibration window (default 512)")
-    p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--max-new-tokens", type=_positive)
-    p.add_argument("--seed", type=int)
+        description="Does calibrating on a language keep it best, and do languages prune distinct weights (arXiv "
+                    "2501.05248)? Dense, magnitude and Wanda calibrated on each language, on mixed code and on "
+                    "neutral prose, several calibration seeds each, evaluated on every language: perplexity and "
+                    "next-line exact match with 95%% intervals over files and seeds, paired tests, the fitted "
+                    "language-match effect, per-layer Jaccard bands. Resumable per cell; writes RESULTS.md and PNGs.")
+    p.add_argument("--quick", action="store_true", help="smoke check in minutes: smollm2-135m, tiny sizes")
+    p.add_argument("--model", action="append", help=f"preset(s) to study (repeatable; default {', '.join(d.models)})")
+    p.add_argument("--languages", type=_csv(LANGUAGES), help="calibration and evaluation languages")
+    p.add_argument("--baselines", type=_csv(BASELINES), help=f"extra calibration rows (default {','.join(d.baselines)})")
+    p.add_argument("--shapes", type=_shapes, help=f"sparsities and patterns (default {','.join(d.shapes)})")
+    p.add_argument("--seeds", type=_positive, help=f"calibration draws per row and shape (default {d.seeds})")
+    p.add_argument("--task-shapes", type=_shapes, help=f"shapes with next-line cells (default {','.join(d.task_shapes)})")
+    p.add_argument("--task-seeds", type=int, help=f"seeds with next-line cells, 0 = none (default {d.task_seeds})")
+    p.add_argument("--tasks", type=_positive, help=f"next-line tasks per language (default {d.tasks})")
+    p.add_argument("--windows", type=_positive, help=f"perplexity windows per language (default {d.windows})")
+    p.add_argument("--seq-len", type=_positive, help=f"tokens per perplexity window (default {d.seq_len})")
+    p.add_argument("--context-tokens", type=_positive, help=f"prompt budget (default {d.context_tokens})")
+    p.add_argument("--calib-samples", type=_positive, help=f"calibration windows (default {d.calib_samples})")
+    p.add_argument("--calib-seq-len", type=_positive, help=f"tokens per calibration window (default {d.calib_seq_len})")
+    p.add_argument("--eval-seed", type=int, help="which windows and tasks (default 0)")
+    p.add_argument("--no-kernel", action="store_true", help="keep pruned layers dense (slower; same numbers)")
     p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
     p.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where RESULTS.md and the PNGs go")
-    p.add_argument("--work-dir", type=Path, help="per-cell results (default: <cache>/study)")
+    p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/study"), help="per-cell results")
+    p.add_argument("--report-only", action="store_true", help="write RESULTS.md from the finished cells, run nothing")
+    p.add_argument("--later", metavar="TEXT", help="what RESULTS.md says is left for a later run")
     return p
 
 
 def study_plan(args: argparse.Namespace) -> Plan:
-    """The plan the arguments ask for: the full or quick plan, narrowed or widened by each option.
-
-    Raises argparse.ArgumentTypeError for a malformed --pattern-metrics."""
+    """The plan the arguments ask for: the full or quick plan, narrowed or widened by each option."""
     plan = Plan.quick_plan() if args.quick else Plan()
     if args.model:
         plan.models = tuple(dict.fromkeys(args.model))
-    for attr in ("languages", "metrics", "patterns", "sweep_sparsities", "sweep_languages", "noise_languages",
-                 "batch_size", "max_new_tokens", "seed"):
+    for attr in ("languages", "baselines", "shapes", "seeds", "task_shapes", "task_seeds", "tasks", "windows",
+                 "seq_len", "context_tokens", "calib_samples", "calib_seq_len", "eval_seed"):
         if getattr(args, attr) is not None:
             setattr(plan, attr, getattr(args, attr))
-    if args.metrics:
-        plan.noise_metrics = tuple(m for m in plan.noise_metrics if m in plan.metrics) or plan.metrics[:1]
-        plan.sweep_metrics = tuple(m for m in plan.sweep_metrics if m in plan.metrics) or plan.metrics[:1]
-    for item in args.pattern_metrics or ():
-        pattern, _, names = item.partition("=")
-        if pattern not in PATTERNS or not names:
-            raise argparse.ArgumentTypeError(f"--pattern-metrics wants PATTERN=METRICS, got {item!r}")
-        try:
-            chosen = METRICS if names == "all" else _csv(METRICS)(names)
-        except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"--pattern-metrics {item}: {exc}") from None
-        plan.pattern_metrics = {**plan.pattern_metrics, pattern: chosen}
-    if args.calib_samples:
-        plan.calib_samples = args.calib_samples
-    if args.calib_seq_len:
-        plan.calib_seq_len = args.calib_seq_len
-    if args.limit:
-        plan.limits = {m: args.limit for m in METRICS}
-    for m in METRICS:
-        if (v := getattr(args, f"limit_{m}")) is not None:
-            plan.limits[m] = v
-    if args.languages:
-        plan.noise_languages = tuple(x for x in plan.noise_languages if x in args.languages) or args.languages[:1]
-        plan.sweep_languages = tuple(x for x in plan.sweep_languages if x in args.languages) or args.languages[:1]
+    if args.task_seeds is not None and args.task_seeds < 0:
+        raise argparse.ArgumentTypeError("--task-seeds must be 0 or more")
+    plan.task_shapes = tuple(s for s in plan.task_shapes if s in plan.shapes)
+    plan.kernel = not args.no_kernel
     return plan
 
 
 def study_main(argv: list[str]) -> int:
-    from subcoder.pruner import paths
-    from subcoder.pruner.errors import SubcoderError
-
     from .report import write_results
     from .runner import set_threads
-    from .study import run_study
+    from .study import load_study, run_study
 
     args = study_parser().parse_args(argv)
-    set_threads(args.threads)
     try:
         plan = study_plan(args)
     except argparse.ArgumentTypeError as exc:
         print(f"subcoder eval study: {exc}", file=sys.stderr)
         return 2
-    work = args.work_dir or (paths.cache_dir() / "study")
-    command = "subcoder eval study " + " ".join(argv)
+    command = ("subcoder eval study " + " ".join(argv)).strip()
+    started = time.perf_counter()
     try:
-        study = run_study(plan, work_dir=Path(work), docs_dir=args.docs_dir, command=command.strip())
-        write_results(study, args.docs_dir)
+        if args.report_only:
+            study = load_study(plan, work_dir=args.work_dir, command=command)
+        else:
+            set_threads(args.threads)
+            study = run_study(plan, work_dir=args.work_dir, command=command)
+        path = write_results(study, args.docs_dir, later=args.later)
     except SubcoderError as exc:
         print(f"subcoder eval study: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.docs_dir / 'RESULTS.md'} in {study['wall_s'] / 60:.1f} min")
+    print(f"wrote {path} in {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 
 

@@ -1,23 +1,25 @@
-"""Readable output: the table `subcoder eval` prints, and docs/RESULTS.md + plots for the study."""
+"""Readable output: the table `subcoder eval` prints, and the study's RESULTS.md and figures.
+
+The study part is in two layers: `summarize` (pure) turns the cells `study.load_study` read into
+intervals and verdicts (stats.py), and `write_results` renders them with the figures. A verdict is
+read off an interval, never off one pair of draws: "holds" when the whole 95% interval favours
+own-language calibration, "does not hold" when it favours the rival, "not shown" when it spans zero."""
 
 from __future__ import annotations
 
 import math
+import re
+import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from subcoder.pruner import paths
 
-from .runner import METRICS, headline, summary
-from .study import metrics_for, model_slug
-
-LOWER_IS_BETTER = {"ppl"}
-METRIC_TITLE = {"ppl": "held-out perplexity (lower is better)", "nextline": "next-line exact match, %",
-                "humaneval": "HumanEval-X pass@1 (greedy, by execution), %",
-                "singleline": "HumanEval-X single-line exact match, %", "infill": "HumanEval single-line infilling pass@1, %"}
-EXTRA = {"nextline": ("edit_similarity", "next-line edit similarity, %"),
-         "singleline": ("pass@1", "HumanEval-X single-line pass@1 by execution, %"),
-         "infill": ("exact_match", "HumanEval single-line infilling exact match, %")}
+from . import stats
+from .runner import METRICS, summary
+from .study import MIXED, PROSE, model_slug, shape_config
 
 
 def eval_table(data: dict) -> str:
@@ -43,404 +45,469 @@ def eval_table(data: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- study values
+# --------------------------------------------------------------------------- the study: numbers (pure)
+
+# Dense next-line exact match below this: the cell says nothing about calibrations (every pruned
+# model scores ~0 too), so it is left out of the counts instead of being called a tie.
+FLOOR = 0.05
+RESAMPLES = 1000  # per interval; the study has hundreds of them and each is a few ms at this size
 
 
-def value(evals: dict, key: str, lang: str, metric: str, field: str | None = None):
-    cell = (evals.get(key) or {}).get("results", {}).get(lang, {}).get(metric)
-    if not cell or cell.get("skipped"):
-        return None
-    return cell.get(field or headline(metric))
+def file_losses(cell: dict, files: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A perplexity cell's windows pooled per file: (files, per-token loss, tokens), files sorted (or as given)."""
+    nll: dict[str, float] = {}
+    tok: dict[str, int] = {}
+    for w in cell["windows"]:
+        nll[w["file"]] = nll.get(w["file"], 0.0) + w["nll"]
+        tok[w["file"]] = tok.get(w["file"], 0) + w["tokens"]
+    files = sorted(nll) if files is None else files
+    t = np.array([tok[f] for f in files], dtype=np.float64)
+    return files, np.array([nll[f] for f in files]) / np.maximum(t, 1), t
 
 
-def count(evals: dict, key: str, lang: str, metric: str) -> int:
-    cell = (evals.get(key) or {}).get("results", {}).get(lang, {}).get(metric) or {}
-    return int(cell.get("n") or 0)
+def calibration_files(description: str | None) -> int | None:
+    """Files a calibration drew on, from its description ('... from 18 shipped python files ...')."""
+    found = [int(n) for n in re.findall(r"from (\d+)\b[^;,]*? files", description or "")]
+    return sum(found) if found else None
 
 
-def fmt(metric: str, v, field: str | None = None) -> str:
-    if v is None:
-        return "–"
-    if metric == "ppl" and field is None:
-        return f"{v:.2f}"
-    return f"{100 * v:.1f}"
+def _iv(iv: stats.Interval, transform=lambda x: x) -> dict:
+    return {"estimate": transform(iv.estimate), "low": transform(iv.low), "high": transform(iv.high)}
 
 
-def _better(metric: str, a: float, b: float) -> bool:
-    return a < b if metric in LOWER_IS_BETTER else a > b
+def interval_verdict(iv: dict, *, better_below: bool) -> str:
+    """From an interval of (own - rival): "holds" when all of it favours own, "does not hold" when all of it
+    favours the rival, "not shown" when it spans no difference."""
+    low, high = (iv["low"], iv["high"]) if better_below else (-iv["high"], -iv["low"])
+    return "holds" if high < 0 else "does not hold" if low > 0 else "not shown"
 
 
-def _shape(pattern: str, sparsity: float) -> str:
-    return pattern if pattern != "unstructured" else f"u{round(sparsity * 100)}"
+def _rows_of(entry: dict, shape: str, calibrations) -> dict[str, list[str]]:
+    """{calibration: its variant keys at `shape`, seed order}."""
+    out: dict[str, list[str]] = {}
+    for key, v in entry["variants"].items():
+        if v.get("shape") == shape and v["calibration"] in calibrations:
+            out.setdefault(v["calibration"], []).append(key)
+    return {c: sorted(ks, key=lambda k: entry["variants"][k]["seed"]) for c, ks in out.items()}
 
 
-def verdicts(study: dict) -> list[dict]:
-    """One verdict per (model, pattern, language, metric): does own-language calibration win, beyond noise?"""
-    plan = study["plan"]
-    out = []
-    for model, entry in study["models"].items():
-        ev = entry["evals"]
-        for pattern in plan["patterns"]:
-            shape = _shape(pattern, 0.5 if pattern == "2:4" else plan["sparsity"])
-            for lang in plan["languages"]:
-                for metric in metrics_for(plan, pattern):
-                    if metric == "infill" and lang != "python":
-                        continue
-                    own = value(ev, f"{lang}@{shape}", lang, metric)
-                    rivals = {r: value(ev, f"{r}@{shape}", lang, metric)
-                              for r in ("prose", *[x for x in plan["languages"] if x != lang])}
-                    rivals = {r: v for r, v in rivals.items() if v is not None}
-                    if own is None or not rivals:
-                        continue
-                    best_r = min(rivals, key=rivals.get) if metric in LOWER_IS_BETTER else max(rivals, key=rivals.get)
-                    margin = (rivals[best_r] - own) if metric in LOWER_IS_BETTER else (own - rivals[best_r])
-                    if metric in LOWER_IS_BETTER:
-                        margin_rel = margin / rivals[best_r]
-                    else:
-                        margin_rel = margin
-                    # Noise: the same language from disjoint halves (measured at 50% unstructured).
-                    h0 = value(ev, f"{lang}/h0@u{round(plan['sparsity'] * 100)}", lang, metric)
-                    h1 = value(ev, f"{lang}/h1@u{round(plan['sparsity'] * 100)}", lang, metric)
-                    noise = abs(h0 - h1) / (min(h0, h1) if metric in LOWER_IS_BETTER else 1) if None not in (h0, h1) else None
-                    se = None
-                    if metric not in LOWER_IS_BETTER:
-                        n = count(ev, f"{lang}@{shape}", lang, metric)
-                        p = (own + rivals[best_r]) / 2
-                        se = math.sqrt(2 * p * (1 - p) / n) if n else None
-                    threshold = max([x for x in (noise, se) if x is not None], default=0.0)
-                    if margin < 0:
-                        verdict = "does not hold"
-                    elif margin == 0:
-                        verdict = "tie"
-                    elif noise is None and se is None:
-                        verdict = "no noise control"  # a win, but nothing says it exceeds sampling noise
-                    elif margin_rel > threshold:
-                        verdict = "holds"
-                    else:
-                        verdict = "within noise"
-                    prose = rivals.get("prose")
-                    out.append({"model": model, "pattern": pattern, "language": lang, "metric": metric, "own": own,
-                                "best_rival": best_r, "rival": rivals[best_r], "prose": prose, "margin": margin_rel,
-                                "noise": noise, "se": se, "verdict": verdict,
-                                "beats_prose": prose is not None and _better(metric, own, prose)})
+def ppl_summary(entry: dict, plan: dict, shape: str, *, seed: int = 0) -> dict:
+    """Perplexity per (row, language) with intervals over files and seeds; own against every rival; the
+    baselines against own; the seed-to-seed spread; the language-match effect fitted across the matrix."""
+    calibs = (*plan["languages"], *plan["baselines"])
+    rows = _rows_of(entry, shape, (*calibs, "magnitude"))
+    cells = entry["cells"]
+    out: dict = {"table": {}, "own": {}, "baselines": {}, "spread": None, "match": None}
+    spreads, fit_rows = [], []
+    for lang in plan["languages"]:
+        ref = cells.get("dense", {}).get(lang, {}).get("ppl")
+        if ref is None:
+            continue
+        files, dense_loss, tokens = file_losses(ref)
+        losses: dict[str, np.ndarray] = {"dense": dense_loss[None, :]}
+        for calib, keys in rows.items():
+            got = [cells[k][lang]["ppl"] for k in keys if "ppl" in cells[k].get(lang, {})]
+            got = [c for c in got if sorted({w["file"] for w in c["windows"]}) == files]
+            if got:
+                losses[calib] = np.stack([file_losses(c, files)[1] for c in got])
+                descriptions = [entry["variants"][k].get("described") for k in keys]
+                cal_files = [n for n in map(calibration_files, descriptions) if n]
+                for s, k in enumerate(keys[:len(got)]):
+                    if calib in calibs:
+                        fit_rows.append({"calibration": calib, "language": lang, "seed": entry["variants"][k]["seed"],
+                                         "losses": losses[calib][s], "tokens": tokens})
+                if len(got) > 1:
+                    pooled = losses[calib] @ tokens / tokens.sum()
+                    spreads.append(float(np.std(pooled, ddof=1)))
+                out["table"].setdefault(calib, {})[lang] = {
+                    **_iv(stats.seeds_files_diff(losses[calib], None, tokens, resamples=RESAMPLES, seed=seed), math.exp),
+                    "seeds": len(got), "files": len(files), "windows": len(ref["windows"]),
+                    "calibration_files": round(statistics.fmean(cal_files)) if cal_files else None}
+        out["table"].setdefault("dense", {})[lang] = {
+            **_iv(stats.seeds_files_diff(losses["dense"], None, tokens, resamples=RESAMPLES, seed=seed), math.exp),
+            "seeds": 1, "files": len(files), "windows": len(ref["windows"]), "calibration_files": None}
+        if lang not in losses:
+            continue
+
+        def ratio(a: str, b: str) -> dict:  # (a / b) perplexity ratio with its interval
+            return _iv(stats.seeds_files_diff(losses[a], losses[b], tokens, resamples=RESAMPLES, seed=seed), math.exp)
+
+        rivals = {r: ratio(lang, r) for r in calibs if r != lang and r in losses}
+        if rivals:
+            best = max(rivals, key=lambda r: rivals[r]["estimate"])  # the rival own gains least against
+            logs = {r: {k: math.log(v) for k, v in iv.items()} for r, iv in rivals.items()}
+            verdicts = [interval_verdict(iv, better_below=True) for iv in logs.values()]
+            verdict = ("does not hold" if "does not hold" in verdicts
+                       else "holds" if all(v == "holds" for v in verdicts) else "not shown")
+            out["own"][lang] = {"rivals": rivals, "best_rival": best, "verdict": verdict}
+        own_iv = out["table"][lang][lang]
+        for b in plan["baselines"]:
+            if b in losses:
+                r = ratio(b, lang)
+                est = out["table"][b][lang]["estimate"]
+                out["baselines"].setdefault(b, {})[lang] = {
+                    "ratio": r, "inside_own": own_iv["low"] <= est <= own_iv["high"],
+                    "verdict": interval_verdict({k: math.log(v) for k, v in r.items()}, better_below=False)}
+    if spreads:
+        out["spread"] = statistics.median(spreads)
+    matched = {r["calibration"] == r["language"] for r in fit_rows}
+    if matched == {True, False}:
+        out["match"] = _iv(stats.match_effect(fit_rows, resamples=RESAMPLES // 5, seed=seed))
     return out
 
 
-def jaccard_summary(study: dict) -> list[dict]:
-    """Within-language (half vs half) distance against the distances to other languages' masks."""
-    rows = []
+def task_summary(entry: dict, plan: dict, shape: str, *, seed: int = 0) -> dict:
+    """Next-line exact match per row (seed 0, intervals over files) and own against every rival, paired on
+    the same tasks (bootstrap over files, exact McNemar); languages where dense is at the floor left out."""
+    calibs = (*plan["languages"], *plan["baselines"])
+    rows = {c: ks[0] for c, ks in _rows_of(entry, shape, (*calibs, "magnitude")).items()}
+    cells = entry["cells"]
+    out: dict = {}
+    for lang in plan["languages"]:
+        dense = cells.get("dense", {}).get(lang, {}).get("nextline")
+        if dense is None:
+            continue
+        got = {"dense": dense["results"]}
+        got.update({c: cells[k][lang]["nextline"]["results"] for c, k in rows.items()
+                    if "nextline" in cells[k].get(lang, {})})
+        n = min(len(r) for r in got.values())
+        got = {c: r[:n] for c, r in got.items()}
+        ids = [r["id"] for r in got["dense"]]
+        got = {c: r for c, r in got.items() if [x["id"] for x in r] == ids}
+        files = [r["file"] for r in got["dense"]]
+        exact = {c: [float(x["exact"]) for x in r] for c, r in got.items()}
+        entry_out = {"n": n, "files": len(set(files)), "layout": dense.get("layout"),
+                     "rows": {c: _iv(stats.cluster_bootstrap(e, files, resamples=RESAMPLES, seed=seed))
+                              for c, e in exact.items()}}
+        if sum(exact["dense"]) < FLOOR * n:
+            entry_out["excluded"] = f"dense at the floor ({int(sum(exact['dense']))}/{n} exact)"
+        elif lang in exact:
+            rivals = {}
+            for r in calibs:
+                if r == lang or r not in exact:
+                    continue
+                mc = stats.mcnemar_exact([bool(x) for x in exact[lang]], [bool(x) for x in exact[r]])
+                rivals[r] = {"diff": _iv(stats.paired_bootstrap(exact[lang], exact[r], files, resamples=RESAMPLES,
+                                                                seed=seed)),
+                             "only_own": mc.only_a, "only_rival": mc.only_b, "p": mc.p_value}
+            if rivals:
+                best = min(rivals, key=lambda r: rivals[r]["diff"]["estimate"])
+                verdicts = [interval_verdict(x["diff"], better_below=False) for x in rivals.values()]
+                entry_out.update(rivals=rivals, best_rival=best,
+                                 verdict="does not hold" if "does not hold" in verdicts
+                                 else "holds" if all(v == "holds" for v in verdicts) else "not shown")
+        out[lang] = entry_out
+    return out
+
+
+def jaccard_bands(pairs: list[dict]) -> dict | None:
+    """Per layer and for the whole model: the band of within-language distances (two seeds of one
+    language) and of between-language ones; a layer is distinct where every between-language pair is
+    further apart than every within-language pair."""
+    within = [p for p in pairs if p["a_calibration"] == p["b_calibration"]]
+    between = [p for p in pairs if p["a_calibration"] != p["b_calibration"]]
+    if not between:
+        return None
+    layers = sorted({int(k) for p in pairs for k in p["per_layer"]})
+
+    def band(ps, layer=None):
+        xs = [p["model"] if layer is None else p["per_layer"][str(layer)] for p in ps]
+        return {"min": min(xs), "max": max(xs), "mean": statistics.fmean(xs)} if xs else None
+
+    per_layer = [{"layer": k, "within": band(within, k), "between": band(between, k)} for k in layers]
+    distinct = [x["layer"] for x in per_layer if x["within"] and x["between"]["min"] > x["within"]["max"]]
+    whole = {"within": band(within), "between": band(between)}
+    if not within:
+        verdict = "no within-language band (one seed per language)"
+    elif whole["between"]["min"] > whole["within"]["max"]:
+        verdict = "distinct"
+    elif whole["between"]["max"] < whole["within"]["min"]:
+        verdict = "closer than two draws of one language"
+    else:
+        verdict = "not distinct"
+    return {"layers": per_layer, "distinct_layers": distinct, "whole": whole, "verdict": verdict,
+            "within_pairs": len(within), "between_pairs": len(between)}
+
+
+def summarize(study: dict, *, seed: int = 0) -> dict:
+    """{model: {shape: {"ppl": ..., "tasks": ..., "jaccard": ...}}} for every shape with cells."""
+    plan = study["plan"]
+    out = {}
     for model, entry in study["models"].items():
-        pairs = (entry.get("overlap") or {}).get("unstructured", {}).get("pairs", [])
-        d = {(p["a"], p["b"]): p["model"] for p in pairs}
-        d.update({(b, a): v for (a, b), v in list(d.items())})
-        langs = study["plan"]["languages"]
-        for lang in study["plan"]["noise_languages"]:
-            within = d.get((f"{lang}/h0", f"{lang}/h1"))
-            cross = [d[(lang, o)] for o in langs if o != lang and (lang, o) in d]
-            to_prose = d.get((lang, "prose"))
-            if within is None or not cross:
+        shapes = {}
+        for shape in plan["shapes"]:
+            if not any(v.get("shape") == shape for v in entry["variants"].values()):
                 continue
-            rows.append({"model": model, "language": lang, "within": within, "cross_min": min(cross),
-                         "cross_mean": sum(cross) / len(cross), "to_prose": to_prose,
-                         "real": min(cross) > within})
-    return rows
+            shapes[shape] = {"ppl": ppl_summary(entry, plan, shape, seed=seed),
+                             "tasks": task_summary(entry, plan, shape, seed=seed) if shape in plan["task_shapes"] else {},
+                             "jaccard": jaccard_bands(entry.get("jaccard", {}).get(shape, []))}
+        out[model] = shapes
+    return out
 
 
-# --------------------------------------------------------------------------- plots
+# --------------------------------------------------------------------------- the study: figures
 
 
-def sweep_plot(study: dict, model: str, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    plan = study["plan"]
-    ev = study["models"][model]["evals"]
-    sps = sorted(set(plan["sweep_sparsities"]) | {plan["sparsity"]})
-    metrics = [m for m in plan["sweep_metrics"] if m in ("ppl", "nextline")]
-    langs = plan["sweep_languages"]
-    if not metrics or not langs:
-        return None
-    fig, axes = plt.subplots(len(metrics), len(langs), figsize=(max(3.4 * len(langs), 4.8), 2.9 * len(metrics) + 0.4), squeeze=False)
-    for mi, metric in enumerate(metrics):
-        for li, lang in enumerate(langs):
-            ax = axes[mi][li]
-            for calib, style in ((lang, "o-"), ("prose", "s--")):
-                ys = [value(ev, f"{calib}@u{round(s * 100)}", lang, metric) for s in sps]
-                xs = [100 * s for s, y in zip(sps, ys) if y is not None]
-                ys = [(y if metric == "ppl" else 100 * y) for y in ys if y is not None]
-                ax.plot(xs, ys, style, label=f"Wanda-{calib}", markersize=4)
-            dense = value(ev, "dense", lang, metric)
-            if dense is not None:
-                ax.axhline(dense if metric == "ppl" else 100 * dense, color="grey", lw=0.8, ls=":", label="dense")
-            if metric == "ppl":
-                ax.set_yscale("log")
-            ax.set_title(f"{lang}", fontsize=9)
-            ax.set_xlabel("sparsity, %", fontsize=8)
-            ax.set_ylabel("perplexity" if metric == "ppl" else "next-line EM, %", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6)
-    # two lines: with one language the figure is narrower than the title
-    fig.suptitle(f"{model}\nown-language vs prose calibration, in the language itself", fontsize=10)
-    fig.tight_layout()
     try:
         with paths.atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
     return path
 
 
-# --------------------------------------------------------------------------- RESULTS.md
+def jaccard_plot(bands: dict, path: Path, *, title: str) -> Path:
+    """Per-layer Jaccard distance: the between-language band (and mean) over the within-language band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [x["layer"] for x in bands["layers"]]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if bands["within_pairs"]:
+        ax.fill_between(layers, [x["within"]["min"] for x in bands["layers"]],
+                        [x["within"]["max"] for x in bands["layers"]], color="tab:blue", alpha=0.35,
+                        label=f"within one language (seeds, {bands['within_pairs']} pairs)")
+    ax.fill_between(layers, [x["between"]["min"] for x in bands["layers"]], [x["between"]["max"] for x in bands["layers"]],
+                    color="tab:orange", alpha=0.3, label=f"between languages ({bands['between_pairs']} pairs)")
+    ax.plot(layers, [x["between"]["mean"] for x in bands["layers"]], color="tab:orange", lw=1)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("Jaccard distance of kept weights")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
-def _matrix(study: dict, model: str, pattern: str, metric: str, field: str | None, title: str) -> list[str]:
-    plan = study["plan"]
-    ev = study["models"][model]["evals"]
-    shape = _shape(pattern, 0.5 if pattern == "2:4" else plan["sparsity"])
-    langs = [lang for lang in plan["languages"] if not (metric == "infill" and lang != "python")]
-    rows = ["dense", "magnitude", "prose", *plan["languages"]]
-    keys = {r: ("dense" if r == "dense" else f"{r}@{shape}") for r in rows}
-    ns = {lang: count(ev, keys[plan["languages"][0]], lang, metric) for lang in langs}
-    head = "| calibration ↓ / evaluated on → | " + " | ".join(f"{lang} (n={ns[lang]})" if metric != "ppl" else lang
-                                                          for lang in langs) + " |"
-    lines = [f"**{title}**", "", head, "|---" * (len(langs) + 1) + "|"]
-    lower = metric in LOWER_IS_BETTER and field is None
-    best = {}
-    for lang in langs:
-        vals = [(value(ev, keys[r], lang, metric, field), r) for r in rows[1:]]
-        vals = [x for x in vals if x[0] is not None]
-        if vals:
-            best[lang] = (min if lower else max)(vals)[0]
-    for r in rows:
-        label = {"dense": "dense (reference)", "magnitude": "magnitude", "prose": "Wanda, prose"}.get(r, f"Wanda, {r}")
-        cells = []
-        for lang in langs:
-            v = value(ev, keys[r], lang, metric, field)
-            text = fmt(metric, v, field)
-            if r != "dense" and v is not None and best.get(lang) == v:
-                text = f"**{text}**"
-            if r == lang:
-                text = f"{text} ◆"
-            cells.append(text)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "◆ own-language calibration; **bold**: best pruned model in the column.", ""]
-    return lines
+def sweep_plot(model_summary: dict, plan: dict, path: Path, *, title: str) -> Path | None:
+    """Perplexity against unstructured sparsity per language: own-language, mixed-code and prose
+    calibration with 95% intervals (files and seeds), dense as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted((s for s in model_summary if s.startswith("u")), key=lambda s: shape_config(s)[1])
+    if len(shapes) < 2:
+        return None
+    langs = plan["languages"]
+    fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3.2), squeeze=False)
+    for ax, lang in zip(axes[0], langs):
+        for calib, style in ((lang, "o-"), (MIXED, "^--"), (PROSE, "s:")):
+            pts = [(100 * shape_config(s)[1], model_summary[s]["ppl"]["table"].get(calib, {}).get(lang)) for s in shapes]
+            pts = [(x, c) for x, c in pts if c]
+            if pts:
+                ax.errorbar([x for x, _ in pts], [c["estimate"] for _, c in pts],
+                            yerr=[[c["estimate"] - c["low"] for _, c in pts], [c["high"] - c["estimate"] for _, c in pts]],
+                            fmt=style, capsize=3, markersize=4, label="own language" if calib == lang else calib)
+        dense = model_summary[shapes[0]]["ppl"]["table"].get("dense", {}).get(lang)
+        if dense:
+            ax.axhline(dense["estimate"], color="grey", lw=0.8, ls=":", label="dense")
+        ax.set_yscale("log")
+        ax.set_title(lang, fontsize=9)
+        ax.set_xlabel("sparsity, %", fontsize=8)
+        ax.set_ylabel("held-out perplexity", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
-def _env(study: dict) -> dict:
+# --------------------------------------------------------------------------- the study: RESULTS.md
+
+
+def _ppl(c: dict | None) -> str:
+    return "–" if not c else f"{c['estimate']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+
+
+def _ratio(r: dict) -> str:
+    return f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+
+def _pt(iv: dict) -> str:
+    return f"{100 * iv['estimate']:+.1f} pt [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
+
+
+def _pct(iv: dict) -> str:
+    return f"{100 * iv['estimate']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+
+
+def _label(calib: str, lang: str | None = None) -> str:
+    return {"dense": "dense (reference)", "magnitude": "magnitude", MIXED: "Wanda, mixed code",
+            PROSE: "Wanda, prose"}.get(calib, f"Wanda, {calib}" + (" ◆" if calib == lang else ""))
+
+
+def _environment(study: dict) -> dict:
     for entry in study["models"].values():
-        for data in entry["evals"].values():
-            if data.get("environment"):
-                return data["environment"]
+        for cells in entry["cells"].values():
+            for metrics in cells.values():
+                for data in metrics.values():
+                    if data.get("environment"):
+                        return data["environment"]
     return {}
 
 
-def _device(study: dict) -> str:
-    dtypes = sorted({d.get("dtype") for e in study["models"].values() for d in e["evals"].values() if d.get("dtype")})
-    return f"evaluated on the CPU in {', '.join(dtypes) or 'the default dtype'} (float32 where the CPU has no native bf16)"
+def _claims(model: str, shape: str, s: dict) -> list[str]:
+    """The answers for one (model, shape), each with its interval."""
+    L = []
+    own = s["ppl"]["own"]
+    if own:
+        counts = {v: sum(o["verdict"] == v for o in own.values()) for v in ("holds", "not shown", "does not hold")}
+        L.append(f"- **Own language best (perplexity)**: holds in {counts['holds']} of {len(own)} languages, not shown "
+                 f"in {counts['not shown']}, does not hold in {counts['does not hold']} (own against every other "
+                 f"calibration; perplexity ratio own / rival, 95% interval over files and seeds).")
+    match = s["ppl"]["match"]
+    if match:
+        L.append(f"- **Language-match effect** fitted across the matrix (log-ppl ~ calibration + language + match + "
+                 f"seed): {100 * (math.exp(match['estimate']) - 1):+.1f}% perplexity "
+                 f"[{100 * (math.exp(match['low']) - 1):+.1f}, {100 * (math.exp(match['high']) - 1):+.1f}] when the "
+                 f"calibration is the evaluated language"
+                 + (" (an effect)." if match["high"] < 0 or match["low"] > 0 else " (the interval spans zero: no effect shown)."))
+    mixed = s["ppl"]["baselines"].get(MIXED)
+    if mixed:
+        inside = [lang for lang, m in mixed.items() if m["inside_own"]]
+        L.append(f"- **Mixed-code calibration** lands inside own-language's interval in {len(inside)} of {len(mixed)} "
+                 f"languages" + (f" ({', '.join(inside)})" if inside else "")
+                 + (": **one code sub-model serves every language** at this shape." if len(inside) == len(mixed)
+                    else "."))
+    prose = s["ppl"]["baselines"].get(PROSE)
+    if prose:
+        worse = sum(p["verdict"] == "holds" for p in prose.values())
+        L.append(f"- **Neutral prose calibration** is worse than own-language in {worse} of {len(prose)} languages "
+                 f"(ratio interval above 1).")
+    tasks = s["tasks"]
+    if tasks:
+        judged = {lang: t for lang, t in tasks.items() if "verdict" in t}
+        excluded = [lang for lang, t in tasks.items() if "excluded" in t]
+        L.append(f"- **Next-line exact match**: own language best holds in "
+                 f"{sum(t['verdict'] == 'holds' for t in judged.values())} of {len(judged)} judged languages, does not "
+                 f"hold in {sum(t['verdict'] == 'does not hold' for t in judged.values())}"
+                 + (f"; left out (dense at the floor): {', '.join(excluded)}" if excluded else "") + ".")
+    j = s["jaccard"]
+    if j:
+        w, b = j["whole"]["within"], j["whole"]["between"]
+        L.append(f"- **Distinct regions (Jaccard)**: {j['verdict']}; whole model, between languages "
+                 f"{b['min']:.4f}–{b['max']:.4f}" + (f" against within one language {w['min']:.4f}–{w['max']:.4f}" if w else "")
+                 + f"; {len(j['distinct_layers'])} of {len(j['layers'])} layers distinct.")
+    return L
 
 
-def _recorded_s(entry: dict) -> float:
-    """Seconds a model's part of the study costs without any cache: every sub-model's recorded build
-    time plus every evaluation cell's own time (a re-run that reuses both takes minutes)."""
-    build = sum(c.get("extract_s") or 0 for k, c in entry.get("costs", {}).items() if k != "dense")
-    cells = sum(res.get("seconds") or 0 for data in entry.get("evals", {}).values()
-                for cells in data.get("results", {}).values() for res in cells.values())
-    return build + cells
-
-
-def write_results(study: dict, docs_dir: Path) -> Path:
-    """RESULTS.md (and the sweep plots) in `docs_dir`, from what `study.run_study` returned."""
+def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> Path:
+    """RESULTS.md and the figures in `docs_dir`, from the finished cells in `study` (study.load_study)."""
     docs_dir = Path(docs_dir)
     paths.ensure_writable(docs_dir)
     plan = study["plan"]
-    env = _env(study)
-    vs = verdicts(study)
-    js = jaccard_summary(study)
-    L = []
-    L += ["# Results: language-specific pruning on subcoder's presets", "",
-          "_Generated by `subcoder eval study`; do not edit by hand. Re-running the command below reproduces it_",
-          "_(sub-models and finished evaluation cells are reused from the cache)._", ""]
+    summary = summarize(study)
+    env = _environment(study)
+    L = ["# Results: language-specific pruning on subcoder's presets", "",
+         "_Generated by `subcoder eval study` from the finished cells in its work directory; do not edit by hand._", ""]
     if plan.get("quick"):
-        L += ["> **Quick mode (smoke check).** Tiny limits: the numbers below carry large sampling error and must not "
-              "be read as results. Run the full study for numbers worth quoting.", ""]
-    L += ["## Setup", "",
+        L += ["> **Quick mode (smoke check).** Tiny sizes: read nothing into these numbers.", ""]
+    missing = [m for m in plan["models"] if not study["models"].get(m, {}).get("cells")]
+    if later or missing:
+        L += [f"> **Not in this run:** {later or ', '.join(missing) + ' (no finished cells yet; a later session runs it)'}.", ""]
+    L += ["## How it was measured", "",
           f"- command: `{study['command']}`",
-          f"- started {study['started']}; total wall time {study['wall_s'] / 60:.1f} min ("
-          + "; ".join(f"{m}: {e['wall_s'] / 60:.1f} min" for m, e in study["models"].items()) + "); "
-          + "from nothing, the recorded build and evaluation times add up to "
-          + "; ".join(f"{m}: {_recorded_s(e) / 60:.0f} min" for m, e in study["models"].items()),
-          f"- versions: subcoder {env.get('subcoder')}, Python {env.get('python')}, torch {env.get('torch')}, "
-          f"transformers {env.get('transformers')}",
-          f"- machine: {env.get('processor')}, {env.get('cpus')} CPUs ({env.get('threads')} torch threads), "
-          f"{env.get('platform')}; {_device(study)}; shared with other jobs, so wall times are upper bounds",
-          f"- pruning: " + " and ".join("50% unstructured (per-row)" if p == "unstructured" else p for p in plan["patterns"])
-          + f", every linear layer of every decoder block; calibration "
-          f"{plan['calib_samples']} × {plan['calib_seq_len']} tokens of the shipped `calibration` split (seed {plan['seed']}); "
-          f"`prose` is the general, non-code baseline (the role C4 plays in the Wanda paper); magnitude needs no data",
-          f"- evaluation: held-out split only (packages disjoint from calibration); greedy decoding; limits per "
-          f"(model, language) cell: " + ", ".join(f"{m} {plan['limits'].get(m)}" for m in plan["metrics"])
-          + f" (perplexity: windows of {plan.get('ppl_seq_len', 512)} tokens); HumanEval-X bodies capped at {plan['max_new_tokens']} new tokens; "
-          f"task samples are seeded (seed {plan['seed']}) and identical for every model",
-          "- single-line tasks use fill-in-the-middle (prompt + suffix) when the model has FIM tokens, the prefix "
-          "alone otherwise; HumanEval-X and next-line use the prefix alone", ""]
-
-    # ------------------------------------------------------------ verdict
-    L += ["## Does the paper's claim hold here?", ""]
-    if vs:
-        n = len(vs)
-        holds = sum(v["verdict"] == "holds" for v in vs)
-        weak = sum(v["verdict"] in ("within noise", "no noise control") for v in vs)
-        no = sum(v["verdict"] == "does not hold" for v in vs)
-        ties = sum(v["verdict"] == "tie" for v in vs)
-        prose_beaten = sum(v["beats_prose"] for v in vs)
-        L += [f"Claim 1 — *calibrating on a language keeps that language best*. Over {n} (model, pattern, language, "
-              f"metric) cells, own-language calibration beat prose calibration in {prose_beaten}, and beat **every** "
-              f"other calibration (prose and the other three languages) in {holds + weak}; in {holds} of those the "
-              f"margin exceeded the noise (half-vs-half difference, and for rates the binomial standard error of a "
-              f"difference); {weak} {'is' if weak == 1 else 'are'} within noise or {'has' if weak == 1 else 'have'} no noise control "
-              f"for {'its' if weak == 1 else 'their'} language; {ties} {'is a tie' if ties == 1 else 'are ties'} (mostly rates of 0 "
-              f"on tiny samples: no signal either way); in {no} another calibration did better.", ""]
-        by_metric = {}
-        for v in vs:
-            by_metric.setdefault(v["metric"], []).append(v)
-        L += ["| metric | cells | own wins beyond noise | own wins within or without measured noise | tie | does not hold | own beats prose |",
-              "|---|---|---|---|---|---|---|"]
-        for metric, items in by_metric.items():
-            L.append(f"| {metric} | {len(items)} | {sum(i['verdict'] == 'holds' for i in items)} | "
-                     f"{sum(i['verdict'] in ('within noise', 'no noise control') for i in items)} | {sum(i['verdict'] == 'tie' for i in items)} | "
-                     f"{sum(i['verdict'] == 'does not hold' for i in items)} | {sum(i['beats_prose'] for i in items)} |")
-        L += ["", "Per cell (margin: relative perplexity reduction against the best rival, or points of rate):", "",
-              "| model | pattern | language | metric | own | best rival | margin | noise | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        for v in vs:
-            lower = v["metric"] in LOWER_IS_BETTER
-            margin = f"{100 * v['margin']:+.1f}%" if lower else f"{100 * v['margin']:+.1f} pt"
-            noise = [x for x in (v["noise"], v["se"]) if x is not None]
-            noise_s = (f"{100 * max(noise):.1f}{'%' if lower else ' pt'}") if noise else "–"
-            L.append(f"| {v['model']} | {v['pattern']} | {v['language']} | {v['metric']} | {fmt(v['metric'], v['own'])} "
-                     f"| {v['best_rival']} {fmt(v['metric'], v['rival'])} | {margin} | {noise_s} | {v['verdict']} |")
-        L.append("")
-    if js:
-        real = sum(r["real"] for r in js)
-        L += [f"Claim 2 — *different languages keep measurably different weights*. In {real} of {len(js)} (model, "
-              f"language) cases the mask of a language is further from every other language's mask than two masks "
-              f"of that same language calibrated on disjoint halves of its data are from each other "
-              f"(50% unstructured).", "",
-              "| model | language | within language (h0 vs h1) | nearest other language | mean to other languages | to prose | beyond noise |",
-              "|---|---|---|---|---|---|---|"]
-        for r in js:
-            L.append(f"| {r['model']} | {r['language']} | {r['within']:.4f} | {r['cross_min']:.4f} | {r['cross_mean']:.4f} "
-                     f"| {'–' if r['to_prose'] is None else format(r['to_prose'], '.4f')} "
-                     f"| {'yes' if r['real'] else 'no'} |")
-        L.append("")
-    L += ["How to read this: a difference between calibrations only counts where it is larger than what two "
-          "draws of calibration data from the *same* language produce. The paper did not run this control.", ""]
-
-    # ------------------------------------------------------------ per model
-    for model, entry in study["models"].items():
+          f"- machine: {env.get('processor')}, {env.get('cpus')} CPUs ({env.get('threads')} torch threads), shared with "
+          f"other jobs; subcoder {env.get('subcoder')}, torch {env.get('torch')}, transformers {env.get('transformers')}",
+          f"- rows: dense; magnitude; Wanda calibrated on each language, on "
+          + " and on ".join({MIXED: "mixed code (the languages in equal shares)", PROSE: "neutral prose"}.get(b, b)
+                            for b in plan["baselines"] if b not in study["unavailable"])
+          + f"; {plan['seeds']} calibration draws (seeds) per Wanda row and shape, {plan['calib_samples']} × "
+          f"{plan['calib_seq_len']} tokens each, "
+          + ("one window per file (file-sampled)" if study["sampling"] == "files"
+             else "cut from a stream of concatenated files (this checkout's calibration has no file sampling yet)"),
+          f"- shapes: " + ", ".join(f"{round(100 * shape_config(s)[1])}% unstructured" if s.startswith("u") else s
+                                    for s in plan["shapes"]),
+          f"- perplexity: up to {plan['windows']} windows of {plan['seq_len']} tokens per language cut file by file from "
+          "the held-out split (packages disjoint from calibration), pooled per token; the files behind each cell are "
+          "in its table",
+          f"- next-line: up to {plan['tasks']} single-line tasks per language spread over the held-out files, greedy, "
+          f"{plan['context_tokens']}-token prompt budget, exact match on stripped text; at "
+          + ", ".join(plan["task_shapes"]) + f" for seed 0; PSM layout (prefix, suffix, then the line) for a model with "
+          "FIM tokens, the prefix alone otherwise (the layout is named per table)",
+          "- intervals: 95%, percentile bootstrap resampling evaluation files and calibration seeds together "
+          f"({RESAMPLES} resamples); comparisons paired on the same files or tasks; exact McNemar for exact match; "
+          f"languages where dense scores under {100 * FLOOR:.0f}% exact are left out of the task counts (not ties)",
+          ""]
+    if study["unavailable"]:
+        L += [f"Baselines not run (calibration.py of this checkout lacks them): {', '.join(study['unavailable'])}.", ""]
+    L += ["## Answers", ""]
+    for model, shapes in summary.items():
+        for shape, s in shapes.items():
+            claims = _claims(model, shape, s)
+            if claims:
+                L += [f"**{model}, {shape}**", "", *claims, ""]
+    for model, shapes in summary.items():
+        if not shapes:
+            continue
         slug = model_slug(model)
         L += [f"## {model}", ""]
-        for pattern in plan["patterns"]:
-            L += [f"### {pattern}" + (" (50%)" if pattern == "unstructured" else ""), ""]
-            skipped = [m for m in plan["metrics"] if m not in metrics_for(plan, pattern)]
-            if skipped:
-                L += [f"Not evaluated at {pattern} in this run: {', '.join(skipped)} (the plan's `pattern_metrics`; "
-                      f"`--pattern-metrics {pattern}=all` adds them).", ""]
-            for metric in metrics_for(plan, pattern):
-                L += _matrix(study, model, pattern, metric, None, METRIC_TITLE[metric])
-                if metric in EXTRA:
-                    field, title = EXTRA[metric]
-                    if any(value(entry["evals"], k, lang, metric, field) is not None
-                           for k in entry["evals"] for lang in plan["languages"]):
-                        L += _matrix(study, model, pattern, metric, field, title)
-            ov = (entry.get("overlap") or {}).get(pattern) or {}
-            if ov.get("pairs"):
-                main = [p for p in ov["pairs"] if "/" not in p["a"] and "/" not in p["b"]]
-                names = list(dict.fromkeys([p["a"] for p in main] + [p["b"] for p in main]))
-                d = {(p["a"], p["b"]): p["model"] for p in main}
-                L += ["**Jaccard distance between kept-weight masks (whole model)**; two random 50% masks would be "
-                      "at ≈ 0.667.", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-                for a in names:
-                    L.append(f"| {a} | " + " | ".join("0" if a == b else f"{d.get((a, b), d.get((b, a), float('nan'))):.4f}"
-                                                      for b in names) + " |")
-                subs = list(main[0]["per_sublayer"]) if main else []
-                L += ["", "Per sublayer type (all decoder layers):", "",
-                      "| pair | " + " | ".join(subs) + " |", "|---" * (len(subs) + 1) + "|"]
-                for p in main:
-                    L.append(f"| {p['a']} – {p['b']} | " + " | ".join(f"{p['per_sublayer'][s]:.4f}" for s in subs) + " |")
-                noise_pairs = [p for p in ov["pairs"] if "/" in p["a"] and "/" in p["b"]
-                               and p["a"].split("/")[0] == p["b"].split("/")[0]]
-                if noise_pairs:
-                    L += ["", "Noise control (same language, disjoint halves of its calibration packages):", "",
-                          "| pair | whole model | min layer | max layer |", "|---|---|---|---|"]
-                    for p in noise_pairs:
-                        pl = list(p["per_layer"].values())
-                        L.append(f"| {p['a']} – {p['b']} | {p['model']:.4f} | {min(pl):.4f} | {max(pl):.4f} |")
-                if ov.get("png"):
-                    L += ["", f"![Jaccard heatmap, {model}, {pattern}]({ov['png']})", ""]
-                L.append("")
-        # noise-control quality
-        noise_keys = [k for k, v in entry["variants"].items() if v["group"] == "noise"]
-        if noise_keys:
-            L += ["### Noise control: quality of same-language sub-models from disjoint halves", "",
-                  "| sub-model | evaluated on | " + " | ".join(plan["noise_metrics"]) + " |",
-                  "|---" * (len(plan["noise_metrics"]) + 2) + "|"]
-            for k in noise_keys:
-                lang = entry["variants"][k]["language"]
-                L.append(f"| {k} | {lang} | " + " | ".join(fmt(m, value(entry["evals"], k, lang, m))
-                                                            for m in plan["noise_metrics"]) + " |")
-            L.append("")
-        png = sweep_plot(study, model, docs_dir / f"study-{slug}-sparsity.png")
+        png = sweep_plot(shapes, plan, docs_dir / f"study-{slug}-sparsity.png",
+                         title=f"{model}: perplexity against sparsity (95% intervals, files and seeds)")
         if png:
-            L += ["### Quality vs sparsity (unstructured), own language vs prose calibration", "",
-                  f"![quality vs sparsity, {model}]({png.name})", ""]
-            sps = sorted(set(plan["sweep_sparsities"]) | {plan["sparsity"]})
-            for metric in plan["sweep_metrics"]:
-                L += [f"| {metric} | calibration | " + " | ".join(f"{round(100 * s)}%" for s in sps) + " |",
-                      "|---" * (len(sps) + 2) + "|"]
-                for lang in plan["sweep_languages"]:
-                    for calib in (lang, "prose"):
-                        L.append(f"| {lang} | {calib} | " + " | ".join(
-                            fmt(metric, value(entry["evals"], f"{calib}@u{round(100 * s)}", lang, metric)) for s in sps) + " |")
+            L += [f"![perplexity against sparsity, {model}]({png.name})", ""]
+        for shape, s in shapes.items():
+            L += [f"### {shape}", ""]
+            table = s["ppl"]["table"]
+            langs = [lang for lang in plan["languages"] if lang in table.get("dense", {})]
+            if langs:
+                files = {lang: table["dense"][lang] for lang in langs}
+                L += ["**Held-out perplexity** (lower is better), 95% interval; ◆ own language. Evaluation: "
+                      + ", ".join(f"{lang} {f['windows']} windows from {f['files']} files" for lang, f in files.items())
+                      + ".", "",
+                      "| calibration ↓ / evaluated on → | seeds | calibration files | " + " | ".join(langs) + " |",
+                      "|---" * (len(langs) + 3) + "|"]
+                for calib, row in table.items():
+                    any_cell = next(iter(row.values()))
+                    L.append(f"| {_label(calib)} | {any_cell['seeds'] if calib not in ('dense', 'magnitude') else '–'} "
+                             f"| {any_cell['calibration_files'] or '–'} | "
+                             + " | ".join(_ppl(row.get(lang)) + (" ◆" if calib == lang else "") for lang in langs) + " |")
                 L.append("")
-        # costs
-        L += ["### Cost", "", "Sub-model extraction (seconds the build took, as recorded in its manifest; cached = reused from the "
-              "sub-model cache in this run):", "",
-              "| sub-model | extraction s | cached now |", "|---|---|---|"]
-        for k, c in entry["costs"].items():
-            if k != "dense":
-                L.append(f"| {k} | {'–' if c.get('extract_s') is None else c['extract_s']} | {'yes' if c.get('cached') else 'no'} |")
-        per_cell: dict[tuple, list] = {}
-        for data in entry["evals"].values():
-            for lang, cells in data.get("results", {}).items():
-                for metric, res in cells.items():
-                    per_cell.setdefault((metric, lang), []).append((res.get("seconds") or 0, res.get("n") or res.get("windows") or 0))
-        L += ["", "Evaluation cost per (model, language, metric) cell, mean over the models evaluated:", "",
-              "| metric | language | cells | mean s per cell | items per cell |", "|---|---|---|---|---|"]
-        for (metric, lang), xs in sorted(per_cell.items()):
-            L.append(f"| {metric} | {lang} | {len(xs)} | {sum(x[0] for x in xs) / len(xs):.1f} | {xs[0][1]} |")
-        L.append("")
-
-    # ------------------------------------------------------------ exclusions
-    notes = set()
-    for entry in study["models"].values():
-        for data in entry["evals"].values():
-            for lang, cells in data.get("results", {}).items():
-                for metric, res in cells.items():
-                    for d in res.get("excluded", []) + res.get("skipped_tasks", []):
-                        notes.add(f"- {d['task_id']} ({metric}): {d['status']} — {d['reason']}")
-                    if res.get("skipped"):
-                        notes.add(f"- {metric} on {lang}: skipped — {res.get('reason')}")
-    if notes:
-        L += ["## Excluded and skipped tasks", "", *sorted(notes), ""]
+            own = s["ppl"]["own"]
+            if own:
+                L += ["Own-language calibration against each rival: perplexity ratio own / rival (below 1: own better).", "",
+                      "| evaluated on | " + " | ".join(_label(r) for r in next(iter(own.values()))["rivals"]) + " | verdict |",
+                      "|---" * (len(next(iter(own.values()))["rivals"]) + 2) + "|"]
+                for lang, o in own.items():
+                    L.append(f"| {lang} | " + " | ".join(_ratio(r) for r in o["rivals"].values()) + f" | {o['verdict']} |")
+                L.append("")
+            for b, per in s["ppl"]["baselines"].items():
+                L += [f"{_label(b)} against own-language calibration: ratio {b} / own (above 1: own better).", "",
+                      "| evaluated on | ratio | inside own's interval |", "|---|---|---|"]
+                L += [f"| {lang} | {_ratio(x['ratio'])} | {'yes' if x['inside_own'] else 'no'} |" for lang, x in per.items()]
+                L.append("")
+            if s["ppl"]["spread"] is not None:
+                L += [f"Calibration noise measured at {shape}: median standard deviation of log-perplexity across seeds "
+                      f"{s['ppl']['spread']:.4f} ({100 * (math.exp(s['ppl']['spread']) - 1):.1f}% in perplexity).", ""]
+            for lang, t in s["tasks"].items():
+                L += [f"**Next-line exact match, {lang}** ({t['layout']} layout, {t['n']} tasks from {t['files']} files, "
+                      "seed-0 sub-models)" + (f": left out, {t['excluded']}." if "excluded" in t else ""), ""]
+                L += ["| row | exact match | own − row | own only / row only, McNemar p |", "|---|---|---|---|"]
+                for calib, iv in t["rows"].items():
+                    r = (t.get("rivals") or {}).get(calib)
+                    paired = f"{r['only_own']} / {r['only_rival']}, p = {r['p']:.2g}" if r else "–"
+                    L.append(f"| {_label(calib, lang)} | {_pct(iv)} | {_pt(r['diff']) if r else '–'} | {paired} |")
+                if "verdict" in t:
+                    L.append(f"\nVerdict (own best against every rival): {t['verdict']}.")
+                L.append("")
+            j = s["jaccard"]
+            if j:
+                png = jaccard_plot(j, docs_dir / f"study-{slug}-jaccard-{shape.replace(':', 'of')}.png",
+                                   title=f"{model}, {shape}: Jaccard distance between masks per layer")
+                L += [f"![per-layer Jaccard distance, {model}, {shape}]({png.name})", "",
+                      f"Jaccard distance of kept-weight masks (random 50% masks: ≈ 0.667): {j['verdict']}; "
+                      f"{len(j['distinct_layers'])} of {len(j['layers'])} layers have every between-language pair "
+                      "further apart than every within-language pair.", ""]
     L += ["## Limitations", "",
-          "- Small models (135 M, 494 M) lose much more to 50% pruning than the 7B models of the paper; absolute "
-          "pass rates of pruned models are low, so differences between calibrations are a few tasks.",
-          "- HumanEval-X and single-line results are on seeded subsets (see limits); the noise column is what decides.",
-          "- Perplexities are comparable within one base model only (different tokenizers).",
+          "- Small models (135 M, 494 M parameters) lose much more to pruning than the paper's 7B models.",
+          "- Perplexities compare within one base model only (different tokenizers).",
+          "- Next-line tasks come from held-out files of the shipped corpora; HumanEval-X is not part of this study.",
           f"- Generated {time.strftime('%Y-%m-%d %H:%M %Z')}.", ""]
     path = docs_dir / "RESULTS.md"
     paths.atomic_write_bytes(path, "\n".join(L).encode())

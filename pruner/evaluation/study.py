@@ -1,165 +1,145 @@
-"""The study: does calibrating Wanda on one language keep that language better (arXiv 2501.05248)?
+"""The study: does calibrating Wanda on one language keep that language best, and do languages prune
+distinct regions of the network (arXiv 2501.05248)? Built to decide, so every number has a spread.
 
-For each base model: dense; magnitude; Wanda calibrated on prose; Wanda calibrated on each language
-— at 50% unstructured and at 2:4 — each evaluated on every language. Plus what the paper did not
-run: a noise control (two sub-models of one language from disjoint halves of its calibration
-packages) and a quality-vs-sparsity sweep (the language sub-model against the prose one, in its own
-language). Sub-models come from `subcoder.pruner.extract.extract` and are cached by key; every evaluation
-cell is kept in a results file keyed by its settings, so a re-run only does what is missing.
-`report.py` writes RESULTS.md from what `run_study` returns; `cli.py` parses `subcoder eval study`.
+Per base model and pruning shape (50% and 30% unstructured, 2:4), the matrix is:
+
+  rows     dense (the reference) and magnitude (no data), once each; Wanda calibrated on each
+           language, on mixed code (the languages in equal shares) and on neutral prose, each drawn
+           `seeds` times (a calibration seed picks other files: CalibrationSpec(seed=k), file-sampled
+           where calibration.py offers it)
+  columns  the languages evaluated on
+  cells    ppl       per-window losses on windows cut file by file from the held-out split
+                     (perplexity.file_windows), each window kept with its file
+           nextline  single-line next-line completion over tasks spread across the held-out files
+                     (nextline.spread_tasks), PSM for models with FIM tokens, the prefix alone
+                     otherwise; each task's outcome kept with its file
+
+Task cells run at `task_shapes` for the first `task_seeds` seeds (paired tests compare one sub-model
+with another on the same tasks). Every seed's mask enters the Jaccard distances: pairs of one
+language's seeds give the within-language band, pairs of two languages the between-language one.
+
+Each cell is a JSON file under the work directory, written atomically (next-line cells every few
+tasks), so a run cut short resumes where it stopped; a cell stored with other settings is redone.
+Variants run seed-major (every calibration's seed 0 first), so a run cut short has a full matrix at
+fewer seeds. `load_study` reads what is on disk; `report.py` turns it into intervals, verdicts,
+figures and RESULTS.md; `cli.py` parses `subcoder eval study`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import logging
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .runner import LANGUAGES, EvalConfig, evaluate, pick_dtype
+from .runner import LANGUAGES, Bar, _atomic_json, environment, pick_dtype
 
-log = logging.getLogger(__name__)
+STUDY_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
+MIXED, PROSE = "mixed-code", "prose"
+BASELINES = (MIXED, PROSE)
+SHAPES = ("u50", "u30", "2:4")
+PATTERNS = ("unstructured", "2:4")  # what `--patterns` accepted before shapes; kept for old scripts
 
-STUDY_MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m")
-PATTERNS = ("unstructured", "2:4")
+
+def parse_shape(text: str) -> str:
+    """`u50`, `50%`, `0.5` (unstructured) or an N:M pattern, as the canonical `u50` / `2:4`."""
+    text = text.strip()
+    if ":" in text:
+        from subcoder.pruner.config import Pattern
+
+        Pattern.parse(text)
+        return text
+    percent = text.startswith("u") or text.endswith("%")
+    try:
+        value = float(text.strip("u%")) / (100 if percent else 1)
+    except ValueError:
+        raise ValueError(f"not a sparsity or N:M pattern: {text!r}") from None
+    if not 0 < value < 1:
+        raise ValueError(f"sparsity must be in (0, 1), got {text!r}")
+    return f"u{round(value * 100)}"
+
+
+def shape_config(shape: str) -> tuple[str, float]:
+    """(pattern, sparsity) of a canonical shape; N:M patterns prune half."""
+    return ("unstructured", int(shape[1:]) / 100) if shape.startswith("u") else (shape, 0.5)
 
 
 @dataclass
 class Plan:
     models: tuple[str, ...] = STUDY_MODELS
     languages: tuple[str, ...] = LANGUAGES
-    patterns: tuple[str, ...] = PATTERNS
-    sparsity: float = 0.5
-    metrics: tuple[str, ...] = ("ppl", "nextline", "humaneval", "singleline", "infill")
-    # Metrics per pattern where they differ from `metrics`. At 2:4 these small models lose most of
-    # their ability to write working code (measured in the quick study and on the dense-vs-2:4
-    # perplexities), so the execution metrics there would cost ~40% of the study for rows of zeros;
-    # perplexity and next-line similarity still rank the calibrations. `--pattern-metrics` widens it.
-    pattern_metrics: dict = field(default_factory=lambda: {"2:4": ("ppl", "nextline")})
-    # Sized so the full study fits a few hours of this 2-core CPU (measured per-unit costs on
-    # qwen2.5-coder-0.5b in bf16: ~2 s per 512-token perplexity window, ~1.3 s per next-line task at
-    # 512 tokens of context, ~2.5 s per HumanEval-X body, ~1 s per single-line task, ~90 s per
-    # sub-model). Perplexity is the low-variance signal; the task rates carry their binomial error
-    # in the report. Raise the limits with --limit-* where more hours are available.
-    limits: dict = field(default_factory=lambda: {"ppl": 8, "nextline": 16, "humaneval": 12, "singleline": 16,
-                                                  "infill": 16})
-    max_new_tokens: int = 256
+    baselines: tuple[str, ...] = BASELINES
+    shapes: tuple[str, ...] = SHAPES
+    seeds: int = 5  # calibration draws per (calibration, shape)
+    # Task cells: 300 tasks detect a ~7-point exact-match difference at typical discordance (stats.py's
+    # MDE); they run for one seed, as paired tests need one sub-model per side.
+    task_shapes: tuple[str, ...] = ("u50", "u30")
+    task_seeds: int = 1
+    tasks: int = 300
+    windows: int = 64  # perplexity windows per language, cut file by file, round-robin over the files
+    seq_len: int = 512
     context_tokens: int = 512
-    ppl_seq_len: int = 512
-    batch_size: int = 8
-    seed: int = 0
+    max_new_tokens: int = 48
     calib_samples: int = 32
     calib_seq_len: int = 512
-    noise_languages: tuple[str, ...] = LANGUAGES
-    noise_metrics: tuple[str, ...] = ("ppl",)
-    sweep_sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
-    sweep_languages: tuple[str, ...] = ("python",)
-    sweep_metrics: tuple[str, ...] = ("ppl",)
+    eval_seed: int = 0  # which windows and tasks; the same for every sub-model
+    kernel: bool = True  # sub-models on the sparse kernel where the machine runs it (speed only)
     quick: bool = False
 
     @classmethod
-    def quick_plan(cls) -> "Plan":
-        return cls(models=("smollm2-135m",), metrics=("ppl", "nextline", "humaneval", "singleline"),
-                   patterns=("unstructured",),
-                   limits={"ppl": 2, "nextline": 4, "humaneval": 2, "singleline": 4, "infill": 4},
-                   max_new_tokens=96, context_tokens=384, ppl_seq_len=256, calib_samples=8, calib_seq_len=256,
-                   noise_languages=("python",), noise_metrics=("ppl", "nextline"), sweep_sparsities=(0.3, 0.5, 0.7),
-                   sweep_languages=("python",), sweep_metrics=("ppl",), quick=True)
+    def quick_plan(cls) -> Plan:
+        return cls(models=("smollm2-135m",), shapes=("u50",), seeds=2, task_shapes=("u50",), tasks=20, windows=8,
+                   seq_len=256, context_tokens=256, calib_samples=8, calib_seq_len=256, quick=True)
+
+    def calibrations(self) -> tuple[str, ...]:
+        return (*self.languages, *self.baselines)
+
+    def calib_settings(self, sampling: str) -> dict:
+        return {"samples": self.calib_samples, "seq_len": self.calib_seq_len, "sampling": sampling}
+
+    def settings(self, metric: str, sampling: str | None) -> dict:
+        """What a cell depends on besides its sub-model's name: a stored cell with others is redone. Not the
+        number of windows or tasks: the first n of a larger draw are the draw for n, so a cell grows."""
+        common = {"eval_seed": self.eval_seed, "calibration": self.calib_settings(sampling) if sampling else None}
+        if metric == "ppl":
+            return {**common, "seq_len": self.seq_len}
+        return {**common, "context_tokens": self.context_tokens, "max_new_tokens": self.max_new_tokens}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Variant:
-    """One model in the study: the base, or a sub-model to extract."""
-
-    name: str  # row label: dense, magnitude, prose, python, ..., python/h0
-    method: str | None = None  # None = the dense base
-    language: str = "prose"
-    pattern: str = "unstructured"
-    sparsity: float = 0.5
-    half: int | None = None
+    calibration: str  # a language, mixed-code or prose; "dense"; "magnitude"
+    shape: str = ""
+    seed: int = 0
 
     @property
     def key(self) -> str:
-        if self.method is None:
+        if self.calibration == "dense":
             return "dense"
-        shape = self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}"
-        return f"{self.name}@{shape}"
+        if self.calibration == "magnitude":
+            return f"magnitude-{self.shape}"
+        return f"{self.calibration}-{self.shape}-s{self.seed}"
+
+    @property
+    def method(self) -> str | None:
+        return {"dense": None, "magnitude": "magnitude"}.get(self.calibration, "wanda")
 
 
-def variants(plan: Plan) -> dict[str, list[Variant]]:
-    """Groups, in the order they run: dense, the main matrix at the first pattern (50% unstructured),
-    its noise control and sparsity sweep, then the other patterns -- so that a run cut short has
-    answered both claims at the paper's main setting first."""
-    mains: dict[str, list[Variant]] = {}
-    for pattern in plan.patterns:
-        sp = 0.5 if pattern == "2:4" else plan.sparsity
-        rows = [Variant("magnitude", "magnitude", "prose", pattern, sp), Variant("prose", "wanda", "prose", pattern, sp)]
-        rows += [Variant(lang, "wanda", lang, pattern, sp) for lang in plan.languages]
-        mains[f"main:{pattern}"] = rows
-    first = next(iter(mains), None)
-    groups: dict[str, list[Variant]] = {"dense": [Variant("dense")]}
-    if first is not None:
-        groups[first] = mains.pop(first)
-    groups["noise"] = [Variant(f"{lang}/h{h}", "wanda", lang, "unstructured", plan.sparsity, h)
-                       for lang in plan.noise_languages for h in (0, 1)]
-    groups["sweep"] = [Variant(name, "wanda", name, "unstructured", s)
-                       for s in plan.sweep_sparsities if abs(s - plan.sparsity) > 1e-9
-                       for name in dict.fromkeys(("prose", *plan.sweep_languages))]
-    groups.update(mains)
-    return groups
+def variants(plan: Plan) -> list[Variant]:
+    """Dense, then per shape: magnitude and every calibration, seed by seed (seed 0 of all first)."""
+    out = [Variant("dense")]
+    for shape in plan.shapes:
+        out.append(Variant("magnitude", shape))
+        out += [Variant(c, shape, s) for s in range(plan.seeds) for c in plan.calibrations()]
+    return out
 
 
-def metrics_for(plan, pattern: str) -> tuple[str, ...]:
-    """The main-matrix metrics evaluated at `pattern` (a Plan, or its dict in a results file)."""
-    get = plan.get if isinstance(plan, dict) else lambda k, d=None: getattr(plan, k, d)
-    metrics = get("metrics")
-    chosen = (get("pattern_metrics") or {}).get(pattern)
-    return tuple(m for m in metrics if chosen is None or m in chosen)
-
-
-def _say(msg: str) -> None:
-    print(f"[study {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def extract_variant(model: str, v: Variant, plan: Plan) -> tuple[Path, dict]:
-    from subcoder.pruner.calibration import CalibrationSpec
-    from subcoder.pruner.config import PruneConfig
-    from subcoder.pruner.extract import extract
-
-    cfg = PruneConfig(sparsity=v.sparsity, pattern=v.pattern, method=v.method)
-    spec = CalibrationSpec(n_samples=plan.calib_samples, seq_len=plan.calib_seq_len, seed=plan.seed, half=v.half)
-    t0 = time.perf_counter()
-    res = extract(model, v.language, cfg, spec, dtype=pick_dtype("auto"))
-    wall = time.perf_counter() - t0
-    cost = {"cached": res.cached, "wall_s": round(wall, 1),
-            "extract_s": _extraction_seconds(res.manifest.get("timings") or {}),
-            "calibration": (res.manifest.get("calibration") or {}).get("description")}
-    return res.path, cost
-
-
-def _extraction_seconds(timings: dict) -> float | None:
-    """The build's own time, also for a cached sub-model: its manifest keeps the parts (the total
-    is only known to the process that built it)."""
-    if timings.get("total_s") is not None:
-        return timings["total_s"]
-    parts = [timings[k] for k in ("load_s", "calibration_set_s", "prune_s") if timings.get(k) is not None]
-    return round(sum(parts), 1) if parts else None
-
-
-def _cfg(plan: Plan, languages, metrics) -> EvalConfig:
-    return EvalConfig(languages=tuple(languages), metrics=tuple(metrics), limits=dict(plan.limits), seed=plan.seed,
-                      batch_size=plan.batch_size, max_new_tokens=plan.max_new_tokens,
-                      context_tokens=plan.context_tokens, seq_len=plan.ppl_seq_len)
-
-
-def _results_file(work: Path, model: str, v: Variant, cfg: EvalConfig, source: str) -> Path:
-    digest = hashlib.sha256(json.dumps([cfg.key(), source], sort_keys=True).encode()).hexdigest()[:10]
-    safe = v.key.replace("/", "-").replace(":", "of").replace("@", "_")
-    return work / model_slug(model) / f"{safe}-{digest}.json"
+def metrics_of(plan: Plan, v: Variant) -> tuple[str, ...]:
+    tasks = v.method is None or (v.shape in plan.task_shapes and v.seed < plan.task_seeds)
+    return ("ppl", "nextline") if tasks else ("ppl",)
 
 
 def model_slug(model: str) -> str:
@@ -167,80 +147,253 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "", Path(model).name if "/" in model else model.replace(".", "")) or "model"
 
 
-def run_study(plan: Plan, *, work_dir: Path, docs_dir: Path, command: str) -> dict:
-    """Extract and evaluate every variant of every model; the Jaccard heatmaps go to `docs_dir`.
-
-    Returns the study (plan, per-model variants, costs, evaluations, overlaps), which
-    `report.write_results` turns into RESULTS.md.
-    """
-    from subcoder.pruner import paths
-
-    started = time.perf_counter()
-    study = {"plan": asdict(plan), "command": command, "models": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    for model in plan.models:
-        m_start = time.perf_counter()
-        entry = {"variants": {}, "costs": {}, "evals": {}}
-        groups = variants(plan)
-        for group, rows in groups.items():
-            for v in rows:
-                if v.method is None:
-                    path = model
-                    entry["costs"][v.key] = {"cached": True}
-                else:
-                    _say(f"{model}: sub-model {v.key} ({v.method}, calibrated on {v.language}"
-                         f"{'' if v.half is None else f', half {v.half}'})")
-                    p, cost = extract_variant(model, v, plan)
-                    path = str(p)
-                    entry["costs"][v.key] = cost
-                    _say(f"  {'reused from cache' if cost['cached'] else 'extracted'} in {cost['wall_s']:.0f} s: {p}")
-                entry["variants"][v.key] = {**asdict(v), "group": group, "path": path}
-                if group == "noise":
-                    langs, metrics = (v.language,), plan.noise_metrics
-                elif group == "sweep":
-                    langs, metrics = ((v.language,) if v.language != "prose" else plan.sweep_languages), plan.sweep_metrics
-                else:
-                    langs, metrics = plan.languages, (plan.metrics if v.method is None else metrics_for(plan, v.pattern))
-                cfg = _cfg(plan, langs, metrics)
-                out = _results_file(work_dir, model, v, cfg, path if v.method is None else Path(path).name)
-                data = evaluate(path, cfg, out=out, resume=True, label=f"{model}:{v.key}",
-                                progress=sys.stderr.isatty(), log_fn=_say)
-                entry["evals"][v.key] = data
-        entry["overlap"] = overlaps(model, entry, plan, docs_dir)
-        entry["wall_s"] = round(time.perf_counter() - m_start, 1)
-        study["models"][model] = entry
-    study["wall_s"] = round(time.perf_counter() - started, 1)
-    study["cache_dir"] = str(paths.cache_dir())
-    return study
+def _say(msg: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def overlaps(model: str, entry: dict, plan: Plan, docs_dir: Path) -> dict:
-    """Jaccard distances between the masks of every pruned sub-model (per pattern), with heatmaps."""
-    from subcoder.pruner.overlap import compare, heatmap
+# --------------------------------------------------------------------------- calibration
+
+
+def sampling_available() -> str:
+    """"files" where calibration.py samples one window per file, else "stream" (its older default)."""
+    from subcoder.pruner.calibration import CalibrationSpec
+
+    return "files" if "sampling" in {f.name for f in dataclasses.fields(CalibrationSpec)} else "stream"
+
+
+def baseline_available(name: str) -> bool:
+    """Mixed-code calibration needs calibration.py's `mixed-code` source; prose is always a corpus language."""
+    from subcoder.pruner import calibration
+
+    return name == PROSE or name in getattr(calibration, "SOURCES", ())
+
+
+def calibration_for(plan: Plan, v: Variant, sampling: str):
+    """(language argument of `extract`, CalibrationSpec) for a Wanda variant."""
+    from subcoder.pruner.calibration import CalibrationSpec
+
+    kw = {"n_samples": plan.calib_samples, "seq_len": plan.calib_seq_len, "seed": v.seed}
+    if sampling == "files":
+        kw["sampling"] = "files"
+    if v.calibration == MIXED:
+        return plan.languages[0], CalibrationSpec(source=MIXED, **kw)
+    return v.calibration, CalibrationSpec(**kw)
+
+
+def submodel(model: str, plan: Plan, v: Variant, work: Path, sampling: str) -> dict:
+    """The sub-model of a variant (built on first use, then remembered beside its cells): path, what it
+    was calibrated on, and what the build cost."""
+    meta_file = work / model_slug(model) / v.key / "submodel.json"
+    settings = plan.calib_settings(sampling) if v.method == "wanda" else None
+    if v.method is None:
+        return {"path": model, "described": None, "settings": None}
+    meta = _read(meta_file)
+    if meta and meta.get("settings") == settings and Path(meta["path"]).is_dir():
+        return meta
+    from subcoder.pruner.calibration import CalibrationSpec
+    from subcoder.pruner.config import PruneConfig
+    from subcoder.pruner.extract import extract
+
+    pattern, sparsity = shape_config(v.shape)
+    cfg = PruneConfig(sparsity=sparsity, pattern=pattern, method=v.method)
+    language, spec = (PROSE, CalibrationSpec()) if v.method == "magnitude" else calibration_for(plan, v, sampling)
+    _say(f"{model}: sub-model {v.key}")
+    t0 = time.perf_counter()
+    res = extract(model, language, cfg, spec, dtype=pick_dtype("auto"))
+    timings = res.manifest.get("timings") or {}
+    meta = {"path": str(res.path), "settings": settings, "cached": res.cached,
+            "described": (res.manifest.get("calibration") or {}).get("description") if v.method == "wanda" else None,
+            "extract_s": timings.get("total_s") or round(time.perf_counter() - t0, 1)}
+    _atomic_json(meta_file, meta)
+    return meta
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def cell_file(work: Path, model: str, v: Variant, language: str, metric: str) -> Path:
+    return work / model_slug(model) / v.key / f"{language}-{metric}.json"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stored(path: Path, settings: dict) -> dict | None:
+    data = _read(path)
+    return data if data and data.get("settings") == settings else None
+
+
+def _wanted(plan: Plan, metric: str) -> int:
+    return plan.windows if metric == "ppl" else plan.tasks
+
+
+def _done(data: dict | None, plan: Plan, metric: str) -> bool:
+    if not data or not data.get("complete"):
+        return False
+    items = data.get("windows" if metric == "ppl" else "results") or []
+    # a split smaller than asked for is done when it has all it has
+    return len(items) >= _wanted(plan, metric) or data.get("exhausted", False)
+
+
+def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *, inputs: dict,
+                progress: bool = False) -> None:
+    """Every missing cell of one variant, in every language; loads the model once."""
+    settings = {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
+    todo = []
+    for lang in plan.languages:
+        for metric in metrics_of(plan, v):
+            stored = _stored(cell_file(work, model, v, lang, metric), settings[metric])
+            if not _done(stored, plan, metric):
+                todo.append((lang, metric, stored))
+    if not todo:
+        return
+    meta = submodel(model, plan, v, work, sampling)
+    from subcoder.pruner.engine.completer import Completer
+    from subcoder.pruner.loader import load_model
+
+    from .nextline import score
+    from .perplexity import window_losses
+
+    loaded = load_model(meta["path"], dtype=pick_dtype("auto"), sparse=None if plan.kernel else False)
+    tok = loaded.tokenizer
+    layout = "psm" if loaded.info.fim is not None else "prefix"
+    completer = Completer(loaded, context_tokens=plan.context_tokens, fim_order="psm")
+    for lang, metric, stored in todo:
+        out = cell_file(work, model, v, lang, metric)
+        data = {"variant": v.key, "model": model, "language": lang, "metric": metric, "settings": settings[metric],
+                "submodel": meta["path"], "described": meta.get("described"), "environment": environment(),
+                "complete": False}
+        started = time.perf_counter()
+        if metric == "ppl":
+            windows = inputs.setdefault(("ppl", lang), _windows(tok, plan, lang))
+            bar = Bar(len(windows), f"{v.key} {lang} ppl", enabled=progress)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            losses = window_losses(loaded.model, [w["ids"] for w in windows], batch_size=2, pad_id=pad, bar=bar)
+            bar.close()
+            data["windows"] = [{"file": w["file"], "nll": round(s, 4), "tokens": c} for w, (s, c) in zip(windows, losses)]
+            data["exhausted"] = len(windows) < plan.windows
+        else:
+            items = inputs.setdefault(("nextline", lang), _tasks(plan, lang))
+            data["layout"] = layout
+            data["exhausted"] = len(items) < plan.tasks
+            bar = Bar(len(items), f"{v.key} {lang} nextline", enabled=progress)
+
+            def save(results, data=data, out=out):
+                data["results"] = results
+                _atomic_json(out, data)
+
+            suffix_of = (lambda s: s) if layout == "psm" else (lambda s: "")
+            data["results"] = score(
+                lambda p, s: completer.complete(p, suffix_of(s), max_new_tokens=plan.max_new_tokens,
+                                                mode="single-line").text,
+                items, layout=layout, done=(stored or {}).get("results"), save=save, bar=bar)
+            bar.close()
+        data["seconds"] = round(time.perf_counter() - started, 1)
+        data["complete"] = True
+        _atomic_json(out, data)
+        _say(f"{v.key} {lang} {metric}: {cell_summary(data)} ({data['seconds']:.0f} s)")
+
+
+def _windows(tok, plan: Plan, lang: str) -> list[dict]:
+    from .perplexity import file_windows
+
+    return file_windows(tok, lang, n_windows=plan.windows, seq_len=plan.seq_len, seed=plan.eval_seed)
+
+
+def _tasks(plan: Plan, lang: str) -> list[dict]:
+    from .nextline import spread_tasks
+
+    return spread_tasks(lang, plan.tasks, plan.eval_seed)
+
+
+def cell_summary(data: dict) -> str:
+    import math
+
+    if data["metric"] == "ppl":
+        w = data["windows"]
+        return (f"perplexity {math.exp(sum(x['nll'] for x in w) / max(sum(x['tokens'] for x in w), 1)):.3f} over "
+                f"{len(w)} windows from {len({x['file'] for x in w})} files")
+    res = data["results"]
+    return f"exact {sum(r['exact'] for r in res)}/{len(res)} ({data.get('layout')})"
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[str, dict]) -> list[dict]:
+    """Per-layer Jaccard distances between every pair of one shape's language sub-models (all seeds),
+    each pair computed once and kept in the work directory."""
+    from subcoder.pruner.overlap import compare
     from subcoder.pruner.storage import load_masks
 
-    out = {}
-    slug = model_slug(model)
-    cache: dict[str, dict] = {}
+    keys = [k for k, m in metas.items() if m["shape"] == shape and m["calibration"] in plan.languages]
+    store = work / model_slug(model) / f"jaccard-{shape.replace(':', 'of')}.json"
+    known = {(p["a"], p["b"]): p for p in (_read(store) or {}).get("pairs", [])}
+    masks: dict[str, dict] = {}
+    pairs = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            p = known.get((a, b))
+            if p is None or p.get("paths") != [metas[a]["path"], metas[b]["path"]]:
+                for k in (a, b):
+                    if k not in masks:
+                        masks[k] = load_masks(Path(metas[k]["path"]))
+                d = compare(masks[a], masks[b], a, b)
+                p = {"a": a, "b": b, "paths": [metas[a]["path"], metas[b]["path"]], "model": d.model,
+                     "per_layer": {str(k): v for k, v in d.per_layer.items()}}
+                known[(a, b)] = p
+                _atomic_json(store, {"pairs": list(known.values())})
+            pairs.append({**p, "a_calibration": metas[a]["calibration"], "b_calibration": metas[b]["calibration"]})
+        masks.pop(a, None)  # later pairs never need it again
+    return pairs
 
-    def masks(key):
-        if key not in cache:
-            cache[key] = load_masks(Path(entry["variants"][key]["path"]))
-        return cache[key]
 
-    for pattern in plan.patterns:
-        keys = [v for v, d in entry["variants"].items() if d["group"] == f"main:{pattern}"]
-        if pattern == "unstructured":
-            keys += [v for v, d in entry["variants"].items() if d["group"] == "noise"]
-        pairs = []
-        for i, a in enumerate(keys):
-            for b in keys[i + 1:]:
-                pairs.append(compare(masks(a), masks(b), entry["variants"][a]["name"], entry["variants"][b]["name"]))
-        main = [p for p in pairs if "/" not in p.a and "/" not in p.b]
-        png = docs_dir / f"study-{slug}-jaccard-{pattern.replace(':', 'of')}.png"
-        if main:
-            heatmap(main, png, title=f"{model}, {pattern}: Jaccard distance between kept-weight masks")
-        out[pattern] = {"png": png.name if main else None,
-                        "pairs": [{"a": p.a, "b": p.b, "model": p.model, "per_layer": p.per_layer,
-                                   "per_sublayer": p.per_sublayer} for p in pairs]}
-        cache = {k: v for k, v in cache.items() if entry["variants"][k]["group"] == "noise"}
-    return out
+# --------------------------------------------------------------------------- the run
+
+
+def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None = None) -> dict:
+    """Every missing cell of every model; then the study as `load_study` reads it."""
+    progress = sys.stderr.isatty() if progress is None else progress
+    sampling = sampling_available()
+    for model in plan.models:
+        inputs: dict = {}
+        for v in variants(plan):
+            if v.calibration in plan.baselines and not baseline_available(v.calibration):
+                continue
+            run_variant(model, plan, v, Path(work_dir), sampling, inputs=inputs, progress=progress)
+    return load_study(plan, work_dir=work_dir, command=command, masks=True)
+
+
+def load_study(plan: Plan, *, work_dir: Path, command: str, masks: bool = True) -> dict:
+    """The finished cells on disk under the plan's settings (a cell cut short is left out), the sub-models
+    behind them and, with `masks`, the Jaccard pairs of the sub-models there are."""
+    work = Path(work_dir)
+    sampling = sampling_available()
+    study = {"plan": asdict(plan), "command": command, "sampling": sampling,
+             "unavailable": [b for b in plan.baselines if not baseline_available(b)], "models": {}}
+    for model in plan.models:
+        entry: dict = {"variants": {}, "cells": {}, "jaccard": {}}
+        for v in variants(plan):
+            meta = _read(work / model_slug(model) / v.key / "submodel.json") if v.method else {"path": model}
+            cells = {}
+            for lang in plan.languages:
+                for metric in metrics_of(plan, v):
+                    data = _stored(cell_file(work, model, v, lang, metric),
+                                   plan.settings(metric, sampling if v.method == "wanda" else None))
+                    if _done(data, plan, metric):
+                        key = "windows" if metric == "ppl" else "results"
+                        cells.setdefault(lang, {})[metric] = {**data, key: data[key][:_wanted(plan, metric)]}
+            if cells and meta:
+                entry["variants"][v.key] = {**asdict(v), "method": v.method, **meta}
+                entry["cells"][v.key] = cells
+        if masks:
+            for shape in plan.shapes:
+                pairs = jaccard_pairs(model, plan, shape, work, entry["variants"])
+                if pairs:
+                    entry["jaccard"][shape] = pairs
+        study["models"][model] = entry
+    return study

@@ -1,60 +1,169 @@
-"""The study end to end on a tiny model: sub-models, matrices, Jaccard heatmap, noise control, sweep, RESULTS.md."""
+"""The study: its plan and options, verdicts and Jaccard bands from intervals, RESULTS.md rendered from
+synthetic cells, and one end-to-end run on a tiny model (sub-models, cells, resume, figures)."""
+
+import random
 
 import pytest
 
+from subcoder.pruner.evaluation import report
 from subcoder.pruner.evaluation.cli import study_main, study_parser, study_plan
-from subcoder.pruner.evaluation.report import write_results
-from subcoder.pruner.evaluation.runner import METRICS
-from subcoder.pruner.evaluation.study import Plan, run_study
+from subcoder.pruner.evaluation.study import Plan, Variant, load_study, parse_shape, run_study, variants
 from tiny_models import save_tiny_model_dir
 
 
-@pytest.mark.slow
-def test_study_on_a_tiny_model(tmp_path):
-    model = str(save_tiny_model_dir(tmp_path / "tiny-llama"))
-    plan = Plan(models=(model,), languages=("python", "java"), patterns=("unstructured", "2:4"), metrics=("ppl",),
-                limits={"ppl": 1}, calib_samples=2, calib_seq_len=32, ppl_seq_len=32, context_tokens=64,
-                noise_languages=("python",), noise_metrics=("ppl",), sweep_sparsities=(0.3, 0.5),
-                sweep_languages=("python",), sweep_metrics=("ppl",), batch_size=2)
-    docs = tmp_path / "docs"
-    study = run_study(plan, work_dir=tmp_path / "work", docs_dir=docs, command="subcoder eval study (test)")
-    write_results(study, docs)
-    text = (docs / "RESULTS.md").read_text()
-    for needle in ("## Does the paper's claim hold here?", "Wanda, python", "Noise control", "Quality vs sparsity",
-                   "### Cost", "dense (reference)"):
-        assert needle in text, needle
-    pngs = sorted(p.name for p in docs.glob("*.png"))
-    assert pngs == ["study-tiny-llama-jaccard-2of4.png", "study-tiny-llama-jaccard-unstructured.png",
-                    "study-tiny-llama-sparsity.png"]
-    entry = study["models"][model]
-    assert "python/h0@u50" in entry["variants"] and "python@u30" in entry["variants"]
-    # a second run reuses every sub-model and every finished cell
-    again = run_study(plan, work_dir=tmp_path / "work", docs_dir=docs, command="again")
-    write_results(again, docs)
-    assert all(c["cached"] for c in again["models"][model]["costs"].values())
-    # ... and still reports what each sub-model cost to build, from its manifest
-    assert all(c["extract_s"] is not None for k, c in again["models"][model]["costs"].items() if k != "dense")
-    assert "recorded build and evaluation times add up to" in (docs / "RESULTS.md").read_text()
+def test_shapes_parse_to_one_spelling():
+    assert [parse_shape(x) for x in ("0.5", "50%", "u30", "2:4", "0.3")] == ["u50", "u50", "u30", "2:4", "u30"]
+    with pytest.raises(ValueError):
+        parse_shape("1.5")
+
+
+def test_variants_run_seed_by_seed_so_a_short_run_has_a_whole_matrix():
+    plan = Plan(languages=("python", "java"), baselines=("prose",), shapes=("u50",), seeds=2)
+    keys = [v.key for v in variants(plan)]
+    assert keys == ["dense", "magnitude-u50", "python-u50-s0", "java-u50-s0", "prose-u50-s0",
+                    "python-u50-s1", "java-u50-s1", "prose-u50-s1"]
+    assert Variant("dense").method is None and Variant("prose", "u50").method == "wanda"
 
 
 def test_study_options_shape_the_plan():
-    args = study_parser().parse_args(["--quick", "--languages", "java,python", "--limit", "3", "--limit-ppl", "1",
-                                      "--pattern-metrics", "2:4=all", "--sweep-sparsities", "0.2,0.6"])
-    plan = study_plan(args)
-    assert plan.quick and plan.languages == ("java", "python")
-    assert plan.limits == {"ppl": 1, "nextline": 3, "humaneval": 3, "singleline": 3, "infill": 3}
-    assert plan.pattern_metrics["2:4"] == METRICS and plan.sweep_sparsities == (0.2, 0.6)
-    assert plan.noise_languages == ("python",) and plan.sweep_languages == ("python",)
-    narrowed = study_plan(study_parser().parse_args(["--languages", "cpp", "--metrics", "nextline"]))
-    assert narrowed.noise_languages == ("cpp",) and narrowed.noise_metrics == ("nextline",)
+    plan = study_plan(study_parser().parse_args(["--quick", "--languages", "java,python", "--shapes", "0.5,2:4",
+                                                 "--seeds", "3", "--task-shapes", "0.5,0.3", "--tasks", "40"]))
+    assert plan.quick and plan.languages == ("java", "python") and plan.shapes == ("u50", "2:4")
+    assert plan.seeds == 3 and plan.tasks == 40
+    assert plan.task_shapes == ("u50",)  # a task shape outside the study's shapes is dropped
+    assert study_plan(study_parser().parse_args(["--no-kernel"])).kernel is False
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--pattern-metrics", "3:4=ppl"], "wants PATTERN=METRICS"),
-    (["--pattern-metrics", "2:4=bleu"], "choose from"),
-])
+@pytest.mark.parametrize("argv, words", [(["--shapes", "1.5"], "sparsity must be in (0, 1)"),
+                                         (["--shapes", "3:2"], "shapes:"),
+                                         (["--baselines", "c4"], "choose from")])
 def test_bad_study_options_are_one_line(capsys, tmp_path, argv, words):
-    assert study_main([*argv, "--work-dir", str(tmp_path / "w"), "--docs-dir", str(tmp_path / "d")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        study_main([*argv, "--work-dir", str(tmp_path / "w"), "--docs-dir", str(tmp_path / "d")])
+    assert exc.value.code == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("subcoder eval study: ") and words in err[0]
+    assert err[-1].startswith("usage: ") is False and words in err[-1]
     assert not (tmp_path / "d").exists()
+
+
+def test_interval_verdicts():
+    assert report.interval_verdict({"low": -0.2, "high": -0.1}, better_below=True) == "holds"
+    assert report.interval_verdict({"low": -0.2, "high": 0.1}, better_below=True) == "not shown"
+    assert report.interval_verdict({"low": 0.1, "high": 0.2}, better_below=True) == "does not hold"
+    assert report.interval_verdict({"low": 0.1, "high": 0.2}, better_below=False) == "holds"
+
+
+def _pair(a, b, per_layer):
+    return {"a": a, "b": b, "a_calibration": a.split("-")[0], "b_calibration": b.split("-")[0],
+            "model": sum(per_layer) / len(per_layer), "per_layer": {str(i): d for i, d in enumerate(per_layer)}}
+
+
+def test_jaccard_bands_call_layers_distinct_only_beyond_the_within_band():
+    pairs = [_pair("python-s0", "python-s1", [0.10, 0.30]), _pair("java-s0", "java-s1", [0.12, 0.28]),
+             _pair("python-s0", "java-s0", [0.20, 0.29]), _pair("python-s1", "java-s1", [0.22, 0.31])]
+    bands = report.jaccard_bands(pairs)
+    assert bands["distinct_layers"] == [0]  # layer 1's between band overlaps its within band
+    assert bands["layers"][0]["within"]["max"] == 0.12 and bands["layers"][0]["between"]["min"] == 0.20
+    assert bands["within_pairs"] == 2 and bands["between_pairs"] == 2
+    assert bands["verdict"] == "distinct"  # whole model: 0.245, 0.265 against 0.2, 0.2
+    one_seed = report.jaccard_bands([_pair("python-s0", "java-s0", [0.2, 0.3])])
+    assert one_seed["verdict"].startswith("no within-language band") and one_seed["distinct_layers"] == []
+
+
+def synthetic_study(effect=-0.1, seeds=3, files=12, tasks=60):
+    """Cells as load_study returns them: own-language calibration lowers the loss by `effect` (log)."""
+    rng = random.Random(0)
+    langs = ("python", "java")
+    plan = Plan(models=("m",), languages=langs, baselines=("mixed-code", "prose"), shapes=("u50",), seeds=seeds,
+                task_shapes=("u50",), tasks=tasks)
+    from dataclasses import asdict
+
+    entry = {"variants": {}, "cells": {}, "jaccard": {}}
+    base = {lang: [1.0 + rng.random() for _ in range(files)] for lang in langs}
+
+    def ppl(loss_shift, lang):
+        return {"windows": [{"file": f"{lang}{i}", "nll": (b + loss_shift + rng.gauss(0, 0.005)) * 100, "tokens": 100}
+                            for i, b in enumerate(base[lang])]}
+
+    def nextline(p, lang):
+        return {"layout": "psm", "results": [{"id": f"{lang}{i}", "file": f"{lang}{i % files}", "exact": rng.random() < p}
+                                             for i in range(tasks)]}
+
+    for v in variants(plan):
+        entry["variants"][v.key] = {**asdict(v), "method": v.method, "path": v.key,
+                                    "described": f"{v.calibration}, 32 x 512 tokens: 32 windows from 9 shipped files"
+                                    if v.method == "wanda" else None}
+        cells = {}
+        for lang in langs:
+            shift = 0.0 if v.method is None else 0.3 + (effect if v.calibration == lang else 0.0) \
+                + (effect / 2 if v.calibration == "mixed-code" else 0.0) + rng.gauss(0, 0.01)
+            cells[lang] = {"ppl": ppl(shift, lang)}
+            if v.method is None or v.seed == 0:
+                hit = 0.02 if lang == "java" else (0.6 if v.calibration in ("dense", lang) else 0.3)
+                cells[lang]["nextline"] = nextline(hit, lang)
+        entry["cells"][v.key] = cells
+    keys = [k for k, v in entry["variants"].items() if v["calibration"] in langs]
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            same = entry["variants"][a]["calibration"] == entry["variants"][b]["calibration"]
+            entry["jaccard"].setdefault("u50", []).append(
+                _pair(a, b, [0.1 + rng.random() * 0.01 + (0 if same else 0.05) for _ in range(4)]))
+    return {"plan": asdict(plan), "command": "subcoder eval study (synthetic)", "sampling": "files", "unavailable": [],
+            "models": {"m": entry}}
+
+
+def test_summary_and_results_from_synthetic_cells(tmp_path):
+    study = synthetic_study()
+    s = report.summarize(study)["m"]["u50"]
+    assert s["ppl"]["own"]["python"]["verdict"] == "holds" and s["ppl"]["own"]["java"]["verdict"] == "holds"
+    assert s["ppl"]["match"]["high"] < 0 and s["ppl"]["table"]["python"]["python"]["seeds"] == 3
+    assert s["ppl"]["table"]["python"]["python"]["calibration_files"] == 9
+    assert s["ppl"]["baselines"]["prose"]["python"]["verdict"] == "holds"
+    assert s["tasks"]["java"]["excluded"].startswith("dense at the floor")
+    assert "verdict" in s["tasks"]["python"] and s["jaccard"]["verdict"] == "distinct"
+    path = report.write_results(study, tmp_path, later="qwen2.5-coder-0.5b, for a later session")
+    text = path.read_text()
+    for needle in ("## Answers", "Own language best (perplexity)**: holds in 2 of 2", "Language-match effect",
+                   "Mixed-code calibration", "left out (dense at the floor): java", "Distinct regions (Jaccard)**: distinct",
+                   "psm layout, 60 tasks from 12 files", "12 windows from 12 files", "qwen2.5-coder-0.5b, for a later session",
+                   "one window per file"):
+        assert needle in text, needle
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["study-m-jaccard-u50.png"]
+
+
+def test_no_effect_is_not_called_a_win(tmp_path):
+    s = report.summarize(synthetic_study(effect=0.0))["m"]["u50"]
+    assert all(o["verdict"] != "holds" for o in s["ppl"]["own"].values())
+    assert abs(s["ppl"]["match"]["estimate"]) < 0.01  # against the -0.1 the other test finds
+    assert all(m["inside_own"] for m in s["ppl"]["baselines"]["mixed-code"].values())
+
+
+@pytest.mark.slow
+def test_study_end_to_end_on_a_tiny_model(tmp_path):
+    model = str(save_tiny_model_dir(tmp_path / "tiny-llama"))
+    plan = Plan(models=(model,), languages=("python", "java"), baselines=("prose",), shapes=("u50", "u30"), seeds=2,
+                task_shapes=("u50",), tasks=3, windows=3, seq_len=32, context_tokens=64, max_new_tokens=8,
+                calib_samples=2, calib_seq_len=32, kernel=False)
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    study = run_study(plan, work_dir=work, command="subcoder eval study (test)", progress=False)
+    entry = study["models"][model]
+    assert set(entry["variants"]) == {v.key for v in variants(plan)}
+    assert len(entry["cells"]["python-u50-s0"]["java"]["ppl"]["windows"]) == 3
+    assert "nextline" in entry["cells"]["prose-u50-s0"]["python"] and "nextline" not in entry["cells"]["prose-u50-s1"]["python"]
+    assert entry["jaccard"]["u50"] and entry["jaccard"]["u30"]
+    report.write_results(study, docs)
+    text = (docs / "RESULTS.md").read_text()
+    assert "## Answers" in text and "Held-out perplexity" in text
+    assert sorted(p.name for p in docs.glob("*.png")) == ["study-tiny-llama-jaccard-u30.png",
+                                                          "study-tiny-llama-jaccard-u50.png",
+                                                          "study-tiny-llama-sparsity.png"]
+    # a finished study re-reads from disk without building or evaluating anything, and so does a bigger plan's
+    # finished part (seeds are added, not redone)
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
+    again = load_study(plan, work_dir=work, command="again")
+    assert again["models"][model]["cells"].keys() == entry["cells"].keys()
+    plan.seeds = 3
+    plan.shapes = ("u50",)
+    partial = load_study(plan, work_dir=work, command="more seeds", masks=False)
+    assert "python-u50-s2" not in partial["models"][model]["cells"] and "python-u50-s1" in partial["models"][model]["cells"]
+    assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
