@@ -276,12 +276,13 @@ def _fim_ids(tokenizer) -> tuple[int, int, int]:
 
 
 def _draw(tokenizer, docs: list[dict], n: int, spec: CalibrationSpec, rng: random.Random,
-          plan: list[str | None], fim_ids) -> tuple[list[list[int]], int, int]:
+          plan: list[str | None], fim_ids, *, code: bool = True) -> tuple[list[list[int]], int, int]:
     """Up to n windows from `docs` with the spec's sampler: (windows, files used, packages used)."""
     if spec.sampling == "stream":
         windows, used = _windows(tokenizer, docs, n, spec.seq_len, rng)
         return windows, used, len({d["package"] for d in docs})
-    docs = [d for d in docs if not data_table(d["text"])]
+    if code:  # not prose: a paragraph of quoted dialogue would look like a table of strings
+        docs = [d for d in docs if not data_table(d["text"])]
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     windows, used = sample_file_windows(lambda i: tokenizer(docs[i]["text"], add_special_tokens=False)["input_ids"],
                                         [d["package"] for d in docs], n, spec.seq_len, rng, sep=sep, plan=plan,
@@ -331,7 +332,7 @@ def build_calibration(tokenizer, language: str, spec: CalibrationSpec | None = N
         corpus = LITERATURE if spec.source == LITERATURE else language
         docs = corpus_documents(corpus, spec.split, spec.half)
         rest, used, packages = _draw(tokenizer, docs, spec.n_samples - len(windows), spec, rng, plan[len(windows):],
-                                     fim_ids)
+                                     fim_ids, code=corpus in LANGUAGES)
         if spec.sampling == "stream":
             parts.append(f"{len(rest)} windows from {used} shipped {corpus} files ({packages} packages)")
         else:

