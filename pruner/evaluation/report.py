@@ -416,7 +416,8 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
           f"- machine: {env.get('processor')}, {env.get('cpus')} CPUs ({env.get('threads')} torch threads), shared with "
           f"other jobs; subcoder {env.get('subcoder')}, torch {env.get('torch')}, transformers {env.get('transformers')}",
           f"- rows: dense; magnitude; Wanda calibrated on each language, on "
-          + " and on ".join({MIXED: "mixed code (the languages in equal shares)", PROSE: "neutral prose"}.get(b, b)
+          + " and on ".join({MIXED: "mixed code (python, java, cpp, javascript in equal shares)",
+                             PROSE: "neutral prose (public-domain books, not about programming)"}.get(b, b)
                             for b in plan["baselines"] if b not in study["unavailable"])
           + f"; {plan['seeds']} calibration draws (seeds) per Wanda row and shape, {plan['calib_samples']} × "
           f"{plan['calib_seq_len']} tokens each, "

@@ -4,7 +4,7 @@ distinct regions of the network (arXiv 2501.05248)? Built to decide, so every nu
 Per base model and pruning shape (50% and 30% unstructured, 2:4), the matrix is:
 
   rows     dense (the reference) and magnitude (no data), once each; Wanda calibrated on each
-           language, on mixed code (the languages in equal shares) and on neutral prose, each drawn
+           language, on mixed code (four languages in equal shares) and on neutral prose (books), each drawn
            `seeds` times (a calibration seed picks other files: CalibrationSpec(seed=k), file-sampled
            where calibration.py offers it)
   columns  the languages evaluated on
@@ -40,6 +40,9 @@ from .runner import LANGUAGES, Bar, _atomic_json, environment, pick_dtype
 STUDY_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
 MIXED, PROSE = "mixed-code", "prose"
 BASELINES = (MIXED, PROSE)
+# calibration.py's source for each baseline row: "prose" is neutral English prose (public-domain books,
+# corpora/SOURCES.md), not the Python documentation the corpus language "prose" holds.
+BASELINE_SOURCES = {MIXED: "mixed-code", PROSE: "literature"}
 SHAPES = ("u50", "u30", "2:4")
 PATTERNS = ("unstructured", "2:4")  # what `--patterns` accepted before shapes; kept for old scripts
 
@@ -162,21 +165,22 @@ def sampling_available() -> str:
 
 
 def baseline_available(name: str) -> bool:
-    """Mixed-code calibration needs calibration.py's `mixed-code` source; prose is always a corpus language."""
+    """Whether this checkout's calibration.py has the source a baseline row needs."""
     from subcoder.pruner import calibration
 
-    return name == PROSE or name in getattr(calibration, "SOURCES", ())
+    return BASELINE_SOURCES[name] in getattr(calibration, "STUDY_SOURCES", ())
 
 
 def calibration_for(plan: Plan, v: Variant, sampling: str):
-    """(language argument of `extract`, CalibrationSpec) for a Wanda variant."""
+    """(language argument of `extract`, CalibrationSpec) for a Wanda variant. A baseline's sub-model is
+    named after the first study language (extract wants one); its windows do not depend on it."""
     from subcoder.pruner.calibration import CalibrationSpec
 
     kw = {"n_samples": plan.calib_samples, "seq_len": plan.calib_seq_len, "seed": v.seed}
     if sampling == "files":
         kw["sampling"] = "files"
-    if v.calibration == MIXED:
-        return plan.languages[0], CalibrationSpec(source=MIXED, **kw)
+    if v.calibration in BASELINE_SOURCES:
+        return plan.languages[0], CalibrationSpec(source=BASELINE_SOURCES[v.calibration], **kw)
     return v.calibration, CalibrationSpec(**kw)
 
 
