@@ -2,85 +2,17 @@
 // user journey: status building -> ready, ghost text accepted with Tab, rebuild from the palette,
 // status picker. One screenshot per step in $ARTIFACTS. Exit status 0 only when every step passed.
 //
-// Environment: CS_URL (workbench URL with ?folder=), ARTIFACTS (folder), CHROME (browser binary),
-// BUILD_TIMEOUT_S (longest wait for a build, default 300), NODE_PATH (where playwright-core is).
+// Environment: BUILD_TIMEOUT_S (longest wait for a build, default 300), and journey.js's (CS_URL,
+// ARTIFACTS, CHROME, NODE_PATH).
 'use strict';
-const fs = require('fs');
-const os = require('os');
-const path = require('path');
-const { chromium } = require('playwright-core');
+const { journey } = require('./journey');
+const { isBuilding, isReady, isTerminal, runCommand } = require('./workbench');
 
-const URL = process.env.CS_URL || 'http://127.0.0.1:8080/';
-const ARTIFACTS = process.env.ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), 'subcoder-e2e-'));
 const BUILD_TIMEOUT = 1000 * Number(process.env.BUILD_TIMEOUT_S || 300);
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s]`, ...a);
+const { check, screenshot, statusHistory, waitForStatus, ghostTextAcceptedWithTab, runAndExit } =
+    journey('subcoder-e2e', { width: 1400, height: 900 });
 
-const results = [];
-let shot = 0;
-async function screenshot(page, name) {
-    shot += 1;
-    const file = path.join(ARTIFACTS, `${String(shot).padStart(2, '0')}-${name}.png`);
-    await page.screenshot({ path: file });
-    log('screenshot', path.basename(file));
-}
-function check(name, ok, detail = '') {
-    results.push({ name, ok, detail });
-    log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? `: ${detail}` : ''}`);
-    return ok;
-}
-
-// --- the status bar item --------------------------------------------------------------------------
-const statusHistory = [];
-/** Polls the status bar until `predicate(text)`; records every distinct text seen. */
-async function waitForStatus(page, predicate, timeout, what) {
-    const deadline = Date.now() + timeout;
-    while (Date.now() < deadline) {
-        const text = await statusText(page).catch(() => null);
-        if (text !== null && text !== statusHistory[statusHistory.length - 1]) {
-            statusHistory.push(text);
-            log(`status bar: "${text}"`);
-        }
-        if (text !== null && predicate(text)) {
-            return text;
-        }
-        await page.waitForTimeout(100);
-    }
-    log(`timed out waiting for status: ${what}`);
-    return null;
-}
-const { isBuilding, isReady, isTerminal, runCommand, statusText, typeFunctionAndWaitForGhost, editorLines, cursor } = require('./workbench');
-
-async function main() {
-    fs.mkdirSync(ARTIFACTS, { recursive: true });
-    const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'chromium-profile-'));
-    const context = await chromium.launchPersistentContext(profile, {
-        executablePath: process.env.CHROME || '/usr/bin/chromium',
-        headless: true,
-        viewport: { width: 1400, height: 900 },
-        // No sandbox (root in a container); the rest keeps Chromium off the (closed) network.
-        args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-            '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    const page = context.pages()[0] || (await context.newPage());
-    page.on('pageerror', (e) => log('page error:', String(e).slice(0, 200)));
-    try {
-        await journey(page);
-    } catch (err) {
-        check('journey completed without exceptions', false, String(err && err.stack || err).slice(0, 500));
-        await screenshot(page, 'failure').catch(() => {});
-    } finally {
-        fs.writeFileSync(path.join(ARTIFACTS, 'results.json'), JSON.stringify({ results, statusHistory }, null, 2));
-        await context.close();
-    }
-}
-
-async function journey(page) {
-    await page.goto(URL);
-    await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
-    // The workbench takes its keybindings a moment after it appears.
-    await page.waitForTimeout(3000);
-    log('workbench loaded');
+async function steps(page) {
     await screenshot(page, 'workbench');
 
     // 1. The first build: building -> ready.
@@ -94,26 +26,7 @@ async function journey(page) {
     await screenshot(page, 'ready');
 
     // 2. Ghost text in a file, accepted with Tab.
-    const ghost = await typeFunctionAndWaitForGhost(page, log);
-    check('ghost text appears', ghost.trim().length > 0, JSON.stringify(ghost));
-    await screenshot(page, 'ghost-text');
-    if (ghost.trim()) {
-        // The view lines show ghost text as if typed: accepting is seen in the cursor position
-        // (status bar "Ln L, Col C") moving past the suggestion, and the line text holding it.
-        const before = await cursor(page);
-        await page.keyboard.press('Tab');
-        await page.waitForTimeout(500);
-        const after = await cursor(page);
-        const lines = ghost.split('\n');
-        const expected = lines.length === 1
-            ? { line: before.line, col: before.col + lines[0].length }
-            : { line: before.line + lines.length - 1, col: lines[lines.length - 1].length + 1 };
-        const text = (await editorLines(page)).join('\n');
-        const accepted = after.line === expected.line && after.col >= expected.col - 1 && text.includes(lines[0]);
-        check('Tab accepts the ghost text', accepted,
-            `cursor ${before.line}:${before.col} -> ${after.line}:${after.col}, expected about ${expected.line}:${expected.col}`);
-        await screenshot(page, 'accepted');
-    }
+    await ghostTextAcceptedWithTab(page);
 
     // 3. Rebuild from the command palette: the build happens again.
     const historyBefore = statusHistory.length;
@@ -192,11 +105,4 @@ async function journey(page) {
     await screenshot(page, 'logs');
 }
 
-main().then(() => {
-    const failed = results.filter((r) => !r.ok);
-    log(`${results.length - failed.length}/${results.length} checks passed; artifacts in ${ARTIFACTS}`);
-    process.exit(failed.length || results.length === 0 ? 1 : 0);
-}, (err) => {
-    console.error(err);
-    process.exit(2);
-});
+runAndExit(steps);

@@ -1,6 +1,6 @@
-// Workbench helpers shared by the VS Code end-to-end drivers (drive.js, first_run.js): status-bar
-// predicates and the few workbench gestures both journeys use (command palette, quick open, cursor,
-// ghost text), written once.
+// Workbench helpers shared by the VS Code end-to-end drivers (drive.js, first_run.js, through
+// journey.js): status-bar predicates and the few workbench gestures both journeys use (command
+// palette, quick open, cursor, ghost text and its acceptance), written once.
 'use strict';
 
 /** The subcoder status-bar item's text, or null while it is not shown. */
@@ -92,4 +92,24 @@ async function typeFunctionAndWaitForGhost(page, log) {
     return ghost;
 }
 
-module.exports = { statusText, typeFunctionAndWaitForGhost, isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText };
+/**
+ * Presses Tab on the ghost text `ghost`. The view lines show ghost text as if typed, so acceptance is
+ * seen in the cursor (status bar "Ln L, Col C") moving past the suggestion, and the lines holding it.
+ */
+async function acceptWithTab(page, ghost) {
+    const before = await cursor(page);
+    await page.keyboard.press('Tab');
+    await page.waitForTimeout(500);
+    const after = await cursor(page);
+    const lines = ghost.split('\n');
+    const expected = lines.length === 1
+        ? { line: before.line, col: before.col + lines[0].length }
+        : { line: before.line + lines.length - 1, col: lines[lines.length - 1].length + 1 };
+    const text = (await editorLines(page)).join('\n');
+    return {
+        accepted: after.line === expected.line && after.col >= expected.col - 1 && text.includes(lines[0]),
+        detail: `cursor ${before.line}:${before.col} -> ${after.line}:${after.col}, expected about ${expected.line}:${expected.col}`,
+    };
+}
+
+module.exports = { statusText, typeFunctionAndWaitForGhost, acceptWithTab, isBuilding, isReady, isTerminal, runCommand, openFile, editorLines, cursor, ghostText };
