@@ -1,4 +1,5 @@
-"""End to end, continued: which model serves which document, live settings, TCP, a full disk.
+"""End to end, continued: which model serves which document, live settings, TCP. A full or read-only cache is
+in robustness/test_disk.py.
 
 Same setup as test_lsp.py: a real `subcoder serve` process, a tiny random model, builds of seconds; tests
 wait on `subcoder/status` notifications and assert on the `subcoder.status` command's counters.
@@ -188,37 +189,3 @@ def test_tcp_bad_address():
     proc = subprocess.run([*SERVE, "--tcp", "localhost:http"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and "HOST:PORT" in proc.stderr
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs: smaller than one tiny sub-model. Needs root (CAP_SYS_ADMIN) to mount."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({(proc.stderr or proc.stdout).strip()}): needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-async def test_full_disk_during_a_build(tiny_model_dir, py_workspace, tmp_path, tiny_disk):
-    """The cache fills up mid-build: the build fails with a message, nothing half-written stays, the
-    server keeps serving the base model and answering."""
-    settings = fast_settings(tiny_model_dir, cacheDir=str(tiny_disk))
-    async with serve(py_workspace, tmp_path / "cache", settings) as s:
-        failed = await s.wait_for(lambda: next((x for x in s.statuses if "failed" in x["message"]), None),
-                                  what="the build failure")
-        assert "space" in failed["message"].lower(), failed["message"]
-        assert failed["state"] in ("base", "error")
-        assert any("space" in m.message.lower() for m in s.client.messages)
-        await s.wait_state("base")
-        uri = s.open("app/new.py", PY_DOC)
-        assert (await s.inline(uri, 1, 11)).items, "the base model still serves"
-        assert (await s.command("subcoder.status"))["state"] == "base"
-        root = tiny_disk / "submodels"
-        leftovers = [p.name for p in root.iterdir() if p.name != ".locks"] if root.is_dir() else []
-        assert leftovers == [], f"left on the full disk: {leftovers}"

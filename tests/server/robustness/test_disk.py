@@ -73,6 +73,8 @@ async def test_an_unwritable_cache_is_a_status_error_and_the_server_serves_on(ki
             words = "no space left" if kind == "full" else "read-only file system"
             assert words in failed["message"].lower() and "Traceback" not in failed["message"], failed["message"]
             assert str(disk) in failed["message"], failed["message"]
+            assert failed["state"] in ("base", "error"), failed
+            assert any(words in m.message.lower() for m in s.client.messages), "the user is told why, in a message"
             await s.wait_state("base", timeout=120)
             uri = s.open("app/new.py", PY_DOC)
             answers = [await s.inline(uri, 1, 11) for _ in range(3)]
