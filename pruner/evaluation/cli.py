@@ -202,7 +202,10 @@ def frontier_parser() -> argparse.ArgumentParser:
                     "decode ms/token, memory and disk. Resumable per cell; writes FRONTIER.md and a plot.")
     p.add_argument("--model", default=d.base, help=f"base preset (default {d.base})")
     p.add_argument("--configs", default=",".join(d.configurations),
-                   help="comma list: dense, sparsities (0.5 or 50%%), N:M patterns (default dense,0.5,0.3)")
+                   help="comma list: dense, sparsities (0.5 or 50%%), N:M patterns (default dense,0.5,0.3); "
+                        "/CALIBRATION after a sub-model picks its calibration (0.5/files-fim25: "
+                        "one window per file, a quarter as FIM prompts); @PRESET after any names another "
+                        "base model (0.5@qwen2.5-coder-1.5b)")
     p.add_argument("--languages", type=_csv(LANGUAGES), default=d.languages, help="comma list (default python)")
     p.add_argument("--layouts", type=_csv(LAYOUTS), default=d.layouts, help="FIM layouts (default psm,spm)")
     p.add_argument("--cells", type=_csv(("cost", "ppl", "nextline")), default=d.cells,

@@ -43,6 +43,7 @@ class Configuration:
     sparsity: float = 0.0  # 0: the dense base model
     pattern: str = "unstructured"
     foreign: bool = False  # the base is not the plan's: the frontier's question is a bigger model pruned
+    calibration: str = ""  # "" = the default calibration; else CALIBRATION_HELP's words joined by "-"
 
     @property
     def dense(self) -> bool:
@@ -52,7 +53,14 @@ class Configuration:
     def spec(self) -> str:
         if self.dense:
             return "dense"
-        return self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}"
+        spec = self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}"
+        return f"{spec}/{self.calibration}" if self.calibration else spec
+
+    def calibration_spec(self):
+        """The CalibrationSpec this configuration's sub-models are built with."""
+        from subcoder.pruner.calibration import CalibrationSpec
+
+        return CalibrationSpec(**calibration_fields(self.calibration))
 
     @property
     def name(self) -> str:
@@ -70,6 +78,12 @@ class Configuration:
                 raise ValueError("nothing after '@': name a base model, e.g. 0.5@qwen2.5-coder-1.5b")
             if other != base:
                 return dataclasses.replace(cls.parse(other, text), foreign=True)
+        if "/" in text:
+            text, calibration = (x.strip() for x in text.split("/", 1))
+            if text == "dense":
+                raise ValueError("a dense model has no calibration: drop the '/...'")
+            calibration_fields(calibration)  # fail early on a word it does not know
+            return dataclasses.replace(cls.parse(base, text), calibration=calibration)
         if text == "dense":
             return cls(base)
         if ":" in text:
@@ -81,6 +95,27 @@ class Configuration:
         if not 0 < value < 1:
             raise ValueError(f"sparsity must be in (0, 1), got {text!r}")
         return cls(base, value)
+
+
+CALIBRATION_HELP = ("files (one window per file), stream (cut from concatenated files), fimNN (NN%% of the "
+                    "windows as FIM prompts), nNN (windows), lenNN (tokens per window)")
+
+
+def calibration_fields(text: str) -> dict:
+    """`files-fim25-n128-len1024` -> CalibrationSpec fields; "" -> {} (the default)."""
+    fields: dict = {}
+    for word in filter(None, text.split("-")):
+        if word in ("files", "stream"):
+            fields["sampling"] = word
+        elif word.startswith("fim") and word[3:].isdigit():
+            fields["fim"] = int(word[3:]) / 100
+        elif word.startswith("len") and word[3:].isdigit():
+            fields["seq_len"] = int(word[3:])
+        elif word.startswith("n") and word[1:].isdigit():
+            fields["n_samples"] = int(word[1:])
+        else:
+            raise ValueError(f"unknown calibration word {word!r}: use {CALIBRATION_HELP % ()}")
+    return fields
 
 
 @dataclass
@@ -119,12 +154,11 @@ def submodel_path(cfg: Configuration, language: str) -> str:
     """The base itself, or the cached sub-model calibrated on `language` (built on first use)."""
     if cfg.dense:
         return cfg.base
-    from subcoder.pruner.calibration import CalibrationSpec
     from subcoder.pruner.config import PruneConfig
     from subcoder.pruner.extract import extract
 
     res = extract(cfg.base, language, PruneConfig(sparsity=cfg.sparsity, pattern=cfg.pattern, method="wanda"),
-                  CalibrationSpec(), dtype=pick_dtype("auto"))
+                  cfg.calibration_spec(), dtype=pick_dtype("auto"))
     return str(res.path)
 
 
@@ -235,7 +269,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
 def _cell_file(work: Path, cfg: Configuration, language: str, cell: str) -> Path:
     from .study import model_slug
 
-    return work / model_slug(cfg.base) / cfg.spec.replace(":", "of") / f"{language}-{cell.replace(':', '-')}.json"
+    return work / model_slug(cfg.base) / cfg.spec.replace(":", "of").replace("/", "+") / f"{language}-{cell.replace(':', '-')}.json"
 
 
 def _load_cell(path: Path, settings: dict) -> dict | None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from subcoder.pruner.evaluation import frontier
-from subcoder.pruner.evaluation.frontier import Configuration, FrontierPlan
+from subcoder.pruner.evaluation.frontier import Configuration, FrontierPlan, _cell_file
 from subcoder.pruner.evaluation.nextline import coverage, score, spread_tasks
 from subcoder.pruner.evaluation.perplexity import file_windows
 from subcoder.pruner.evaluation.study import model_slug
@@ -60,6 +60,25 @@ def test_configuration_names():
     assert Configuration.parse("m", "2:4").name == "2:4"
     with pytest.raises(ValueError):
         Configuration.parse("m", "1.5")
+
+
+def test_configurations_name_another_base_and_a_calibration(tmp_path):
+    bigger = Configuration.parse("m", "0.5@big")
+    assert (bigger.base, bigger.sparsity, bigger.foreign, bigger.name) == ("big", 0.5, True, "u50@big")
+    assert not Configuration.parse("m", "dense@m").foreign, "the plan's own base is not foreign"
+    assert Configuration.parse("m", "2:4@big").pattern == "2:4"
+    tuned = Configuration.parse("m", "0.5/files-fim25-n128-len1024@big")
+    assert tuned.name == "u50/files-fim25-n128-len1024@big"
+    spec = tuned.calibration_spec()
+    assert (spec.sampling, spec.fim, spec.n_samples, spec.seq_len) == ("files", 0.25, 128, 1024)
+    assert Configuration.parse("m", "0.5").calibration_spec() == type(spec)(), "no suffix: the default calibration"
+    # Distinct configurations keep distinct cell files.
+    paths = {_cell_file(tmp_path, Configuration.parse("m", t), "python", "nextline:psm")
+             for t in ("0.5", "0.5/files", "0.5@big", "dense", "dense@big", "2:4")}
+    assert len(paths) == 6
+    for bad in ("0.5/fim", "dense/files", "0.5@", "0.5/files-wat"):
+        with pytest.raises(ValueError):
+            Configuration.parse("m", bad)
 
 
 def test_pareto():
