@@ -19,7 +19,7 @@ from subcoder.pruner import paths
 
 from . import stats
 from .runner import METRICS, summary
-from .study import MIXED, PROSE, model_slug, shape_config
+from .study import FLOOR, MIXED, PROSE, model_slug, shape_config
 
 
 def eval_table(data: dict) -> str:
@@ -47,9 +47,6 @@ def eval_table(data: dict) -> str:
 
 # --------------------------------------------------------------------------- the study: numbers (pure)
 
-# Dense next-line exact match below this: the cell says nothing about calibrations (every pruned
-# model scores ~0 too), so it is left out of the counts instead of being called a tie.
-FLOOR = 0.05
 RESAMPLES = 1000  # per interval; the study has hundreds of them and each is a few ms at this size
 
 
