@@ -256,31 +256,30 @@ async function reinstallRuntime(): Promise<void> {
     await restartServer('runtime reinstalled');
 }
 
-async function rebuild(): Promise<void> {
+/** Run one of the server's commands on the user's behalf; `failed` says what went wrong, and `tell` shows it. */
+async function runServerCommand(command: string, requested: string, failed: string, tell: boolean): Promise<void> {
     const c = runningClient();
     if (!c) {
         return;
     }
-    traceInfo('Rebuild of the sub-model requested');
+    traceInfo(requested);
     try {
-        await executeServerCommand(c, SERVER_COMMAND_REBUILD);
+        await executeServerCommand(c, command);
     } catch (err) {
-        traceError('Rebuild failed', err);
-        void api.showErrorMessage(`Subcoder: rebuild failed: ${err instanceof Error ? err.message : String(err)}`);
+        traceError(failed, err);
+        if (tell) {
+            void api.showErrorMessage(`Subcoder: ${failed.toLowerCase()}: ${err instanceof Error ? err.message : String(err)}`);
+        }
     }
 }
 
-async function cancelBuild(): Promise<void> {
-    const c = runningClient();
-    if (!c) {
-        return;
-    }
-    traceInfo('Build cancelled by the user');
-    try {
-        await executeServerCommand(c, SERVER_COMMAND_CANCEL);
-    } catch (err) {
-        traceError('Cancelling the build failed', err);
-    }
+function rebuild(): Promise<void> {
+    return runServerCommand(SERVER_COMMAND_REBUILD, 'Rebuild of the sub-model requested', 'Rebuild failed', true);
+}
+
+function cancelBuild(): Promise<void> {
+    // The progress notification already closed: a failed cancel goes to the log only.
+    return runServerCommand(SERVER_COMMAND_CANCEL, 'Build cancelled by the user', 'Cancelling the build failed', false);
 }
 
 const OFF_KEY = 'subcoder.off';
