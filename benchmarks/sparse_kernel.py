@@ -10,6 +10,14 @@ Two regimes: "hot" repeats the call on one weight (it stays in the CPU caches wh
 rotates through enough copies of the weight that every call streams it from DRAM, which is what
 decoding a whole model does (Qwen2.5-Coder-0.5B is ~400 MB per token at 50%, far beyond L3).
 Each figure is the median (or --stat min) of --repeat calls, the candidates timed in turn call by call;\nrun on a quiet machine, and rerun when figures jump.
+
+    python benchmarks/sparse_kernel.py --formats [--isa 1] [--write docs/PERFORMANCE.md]
+
+compares the value formats instead, per matrix at the 1.5B preset's shapes and 30/50/70% per-row
+sparsity, cold (streamed from DRAM): dense bf16 kernel (DenseBF16Linear), dense int8 (DenseInt8Linear),
+packed bf16 and packed int8 (SparseLinear), each as microseconds per call and speed-up over dense bf16
+in the same run, with the bytes each call reads and the time a purely bandwidth-bound call would take
+at the streaming-read bandwidth measured at the start of the run. `--isa 1` forces the AVX2 path.
 """
 
 from __future__ import annotations
@@ -112,6 +120,98 @@ def bench_prefill(out, inp, sparsity, repeat, gen, batch=512):
     return r["torch"], r["sparse"]
 
 
+FORMAT_SHAPES = [  # (out, in, label): Qwen2.5-Coder-1.5B's decoder matrices
+    (8960, 1536, "gate/up 1.5B"),
+    (1536, 8960, "down 1.5B"),
+    (1536, 1536, "q/o proj 1.5B"),
+    (256, 1536, "k/v proj 1.5B"),
+]
+FORMAT_SPARSITIES = (0.3, 0.5, 0.7)
+
+
+def stream_bandwidth(repeat: int = 15, nbytes: int = 256 << 20) -> float:
+    """Bytes per second of a plain streaming read (a sum over a buffer far beyond L3), with the
+    threads the benchmark uses: the ceiling a bandwidth-bound matrix-vector product can reach."""
+    buf = torch.ones(nbytes // 4, dtype=torch.float32)
+    buf.sum()  # pages in
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return nbytes / min(times)
+
+
+def format_bytes(out: int, inp: int, nnz: int) -> dict[str, int]:
+    """Weight bytes one call reads, per format (the input and output are negligible)."""
+    mask = out * ((inp + 31) // 32) * 4
+    return {"dense bf16": out * inp * 2, "dense int8": out * inp + out * 4,
+            "packed bf16": mask + nnz * 2, "packed int8": mask + nnz + out * 4}
+
+
+def bench_formats(out, inp, sparsity, repeat, gen, dense_layers=None):
+    """ms per call of the four formats on one shape, cold (every call reads its weight from DRAM)."""
+    from subcoder.pruner.kernels import int8
+
+    w = torch.randn(out, inp, generator=gen).to(torch.bfloat16)
+    m = per_row_mask(out, inp, sparsity, gen)
+    x = torch.randn(1, inp, generator=gen).to(torch.bfloat16)
+    nnz = int(m.sum())
+    sizes = format_bytes(out, inp, nnz)
+    copies = {k: max(1, COLD_BYTES // b) for k, b in sizes.items()}
+    words, kept = sparse.pack_rows(w, m)
+    offsets = sparse.row_offsets(words)
+    q, scales = int8.quantise_rows(kept, offsets)
+    dq, dscales = int8.quantise_dense(w)
+    layers = {
+        "dense bf16": [sparse.DenseBF16Linear(torch.nn.Parameter(w.clone(), requires_grad=False))
+                       for _ in range(copies["dense bf16"])],
+        "dense int8": [sparse.DenseInt8Linear(dq, dscales) for _ in range(copies["dense int8"])],
+        "packed bf16": [sparse.SparseLinear(words, kept, (out, inp)) for _ in range(copies["packed bf16"])],
+        "packed int8": [sparse.SparseLinear(words, q, (out, inp), scales=scales) for _ in range(copies["packed int8"])],
+    }
+    with torch.no_grad():
+        ref = F.linear(x.float(), (w * m).float())
+        for name in ("packed bf16", "packed int8"):  # a wrong kernel must not produce a fast figure
+            err = (layers[name][0](x).float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-9)
+            assert err < 3e-2, f"{name} result off by {err}"
+        fns = {k: rotating([lambda s=s: s(x) for s in v]) for k, v in layers.items()}
+        return interleaved_ms(fns, repeat), sizes
+
+
+def run_formats(args, gen) -> list[str]:
+    bw = stream_bandwidth()
+    load = os.getloadavg()
+    names = ("dense bf16", "dense int8", "packed bf16", "packed int8")
+    lines = [
+        f"Machine: {machine_line()}; load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
+        "",
+        f"Streaming-read bandwidth (sum over 256 MiB, {torch.get_num_threads()} threads, best of 15): "
+        f"**{bw / 1e9:.1f} GB/s**.",
+        "",
+        f"Decode, batch 1, per-row sparsity, cold (every call streams its weight from DRAM), {STAT['name']} of "
+        f"{args.repeat} calls. Each cell: microseconds per call (speed-up over dense bf16 in the same run) "
+        "[the bandwidth-bound time for the bytes it reads]:",
+        "",
+        "| shape (out x in) | layer | sparsity | " + " | ".join(names) + " | MB read (bf16 / int8, dense -> packed) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for out, inp, label in FORMAT_SHAPES:
+        for sparsity in FORMAT_SPARSITIES:
+            ms, sizes = bench_formats(out, inp, sparsity, args.repeat, gen)
+            base = ms["dense bf16"]
+            cells = [f"{ms[n] * 1e3:.0f} ({base / ms[n]:.2f}x) [{sizes[n] / bw * 1e6:.0f}]" for n in names]
+            mb = (f"{sizes['dense bf16'] / 1e6:.1f} -> {sizes['packed bf16'] / 1e6:.1f} / "
+                  f"{sizes['dense int8'] / 1e6:.1f} -> {sizes['packed int8'] / 1e6:.1f}")
+            row = f"| {out} x {inp} | {label} | {sparsity:.0%} | " + " | ".join(cells) + f" | {mb} |"
+            lines.append(row)
+            print(row, flush=True)
+    load = os.getloadavg()
+    lines += ["", f"Load average at the end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."]
+    return lines
+
+
 def machine_line() -> str:
     cpu = "unknown CPU"
     try:
@@ -136,7 +236,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="min resists other processes sharing the CPU; median is the default")
-    ap.add_argument("--write", metavar="MD", help="replace the 'Sparse kernel' section of this markdown file")
+    ap.add_argument("--write", metavar="MD", help="replace the 'Sparse kernel' section of this markdown file "
+                                                   "(with --formats: the block of the ISA run)")
+    ap.add_argument("--formats", action="store_true",
+                    help="compare dense/packed bf16/int8 at the 1.5B shapes and 30/50/70%% sparsity instead")
+    ap.add_argument("--isa", type=int, choices=(1, 2), help="force the kernel's ISA: 1 AVX2, 2 AVX-512 BF16")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -146,6 +250,18 @@ def main(argv=None) -> int:
         print(f"kernel unavailable: {reason}", file=sys.stderr)
         return 1
     gen = torch.Generator().manual_seed(0)
+    if args.formats:
+        with debug.overrides(isa=args.isa):
+            lines = run_formats(args, gen)
+        if args.write:
+            isa = debug.ISA_NAMES.get(args.isa or debug.best_isa(), "?")
+            begin = f"<!-- int8-values-{isa}:begin (generated by benchmarks/sparse_kernel.py --formats) -->"
+            cmd = ("python benchmarks/sparse_kernel.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+            from _report import write_block
+
+            write_block(Path(args.write), FORMATS_SECTION, begin, f"<!-- int8-values-{isa}:end -->",
+                        [f"Command: `{cmd}`", "", *lines])
+        return 0
     lines = [f"Machine: {machine_line()}.", ""]
     lines += [
         f"Decode, batch 1, {args.sparsity:.0%} per-row sparsity, {args.stat} of {args.repeat} calls, milliseconds "
@@ -184,6 +300,7 @@ def main(argv=None) -> int:
 
 
 SECTION = "## Sparse kernel"
+FORMATS_SECTION = "## int8 kept values"
 BEGIN, END = "<!-- sparse-kernel:begin (generated by benchmarks/sparse_kernel.py) -->", "<!-- sparse-kernel:end -->"
 
 

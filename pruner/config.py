@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 METHODS = ("wanda", "magnitude")
+VALUE_FORMATS = ("bf16", "int8")  # how kept values are stored (storage; subcoder.pruner.kernels.int8)
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,12 @@ class Pattern:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """One pruning run: method, target sparsity and pattern."""
+    """One pruning run: method, target sparsity and pattern, and how the kept values are stored."""
 
     sparsity: float = 0.5  # fraction of each linear layer's weights set to zero
     pattern: Pattern = field(default_factory=Pattern)
     method: str = "wanda"
+    values: str = "bf16"  # "int8": kept values quantised per row (storage's `values`)
 
     def __post_init__(self):
         pattern = Pattern.parse(self.pattern)
@@ -77,8 +79,11 @@ class PruneConfig:
         object.__setattr__(self, "sparsity", sparsity)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.values not in VALUE_FORMATS:
+            raise ConfigError(f"values must be one of {', '.join(VALUE_FORMATS)}, not {self.values!r}")
 
     def slug(self) -> str:
-        """A short name for file names and cache keys: `wanda-u50`, `wanda-2of4`."""
+        """A short name for file names and cache keys: `wanda-u50`, `wanda-2of4`, `wanda-u50-int8`
+        (bf16 values, the default, add nothing: existing keys stay valid)."""
         shape = f"{self.pattern.n}of{self.pattern.m}" if self.pattern.structured else f"u{round(self.sparsity * 100)}"
-        return f"{self.method}-{shape}"
+        return f"{self.method}-{shape}" + ("" if self.values == "bf16" else f"-{self.values}")

@@ -173,6 +173,7 @@ def _write(loaded, result, language, config, calibration, calib, key, timings, t
         "method": config.method,
         "pattern": str(config.pattern),
         "sparsity": config.sparsity,
+        "values": config.values,
         "calibration": {"fingerprint": calib.fingerprint, "description": calib.description,
                         "source": calibration.source, "n_samples": calibration.n_samples,
                         "seq_len": calibration.seq_len, "seed": calibration.seed, "tokens": calib.tokens},

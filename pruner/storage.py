@@ -3,7 +3,10 @@
 Layout (format version 1, see docs/ARCHITECTURE.md): each pruned weight W (out, in) is stored as
 `NAME.mask` (int32 (out, ceil(in/32)), bit j of word k = column 32k+j kept, LSB first) and
 `NAME.values` (kept values row by row). At 50% sparsity in bf16 that is 0.5 * 2 + 1/8 = 1.125 bytes
-per weight instead of 2 (0.5625x). Everything else is stored densely under its own name.
+per weight instead of 2 (0.5625x). With the manifest's `values: int8` (`subcoder prune --values int8`)
+the kept values are int8 with one fp32 scale per row in `NAME.scales` (symmetric, round to nearest:
+subcoder.pruner.kernels.int8): 0.5 + 1/8 = 0.625 bytes per weight at 50% (0.31x). Everything else is
+stored densely under its own name. A manifest without `values` is bf16.
 
 Directories are written atomically (temporary directory, then rename) and every file's sha256 is in
 the manifest, checked on load: a truncated or tampered directory is refused, never half-loaded.
@@ -21,7 +24,8 @@ import torch
 
 from . import __version__, paths
 from .errors import CorruptError, ModelError
-from .packing import pack_mask, pack_rows, unpack_mask  # noqa: F401  (pack_mask: part of this module's API)
+from .kernels import int8
+from .packing import pack_mask, pack_rows, row_offsets, unpack_mask  # noqa: F401  (pack_mask: part of this module's API)
 from .loaded import LoadedModel, MANIFEST, ModelInfo, WEIGHTS, checkpoint_dtype, detect_fim, parse_dtype, sha256_file
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MASK_SUFFIX = ".mask"
 VALUES_SUFFIX = ".values"
+SCALES_SUFFIX = ".scales"  # int8 values only: fp32 (out,), one scale per row
+PACKED_SUFFIXES = (MASK_SUFFIX, VALUES_SUFFIX, SCALES_SUFFIX)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
@@ -39,6 +45,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 def pack_weight(weight: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask words, kept values row by row, in the weight's dtype) for one pruned weight."""
     return pack_rows(weight, keep, dtype=None)
+
+
+def pack_weight_int8(weight: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask words, int8 kept values row by row, fp32 scales per row) for one pruned weight."""
+    words, kept = pack_rows(weight, keep, dtype=None)
+    q, scales = int8.quantise_rows(kept, row_offsets(words))
+    return words, q, scales
 
 
 def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,23 +67,30 @@ def unpack_weight(words: torch.Tensor, values: torch.Tensor, shape) -> tuple[tor
 # --------------------------------------------------------------------------- saving
 
 
-def encode_tensors(items, masks: dict[str, torch.Tensor], dtype: str | None = None
+def encode_tensors(items, masks: dict[str, torch.Tensor], dtype: str | None = None, values: str = "bf16"
                    ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
-    """Tensors as stored: pruned weights become `.mask` + `.values`, the rest stays dense.
+    """Tensors as stored: pruned weights become `.mask` + `.values` (+ `.scales` for int8 values),
+    the rest stays dense.
 
     `dtype`: the base checkpoint's precision. A bf16 checkpoint pruned in fp32 is stored in bf16 again,
-    which is exact (the values came from bf16) and keeps the compact size bound.
+    which is exact (the values came from bf16) and keeps the compact size bound. `values`: "bf16"
+    (kept values in that precision) or "int8" (quantised from it, per row).
     """
+    int8.check_format(values)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     target = parse_dtype(dtype) if dtype else None
     for name, tensor in items:
         if target is not None and tensor.is_floating_point():
             tensor = tensor.to(target)
-        if name in masks:
-            words, values = pack_weight(tensor, masks[name])
+        if name in masks and values == "int8":
+            words, q, scales = pack_weight_int8(tensor, masks[name])
+            tensors.update({name + MASK_SUFFIX: words, name + VALUES_SUFFIX: q, name + SCALES_SUFFIX: scales})
+            shapes[name] = list(tensor.shape)
+        elif name in masks:
+            words, kept = pack_weight(tensor, masks[name])
             tensors[name + MASK_SUFFIX] = words
-            tensors[name + VALUES_SUFFIX] = values
+            tensors[name + VALUES_SUFFIX] = kept
             shapes[name] = list(tensor.shape)
         else:
             tensors[name] = tensor.detach().contiguous().cpu()
@@ -90,8 +110,11 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
     """Write a sub-model directory atomically and return its full manifest.
 
     `masks`: weight name -> keep-mask (True = kept). `shards`: a staging folder of weight files already
-    written layer by layer (offloaded pruning); their tensors are not written again.
+    written layer by layer (offloaded pruning); their tensors are not written again (only re-encoded
+    when they hold bf16 values and the manifest asks for int8). `manifest["values"]`: the value
+    format, "bf16" when absent.
     """
+    value_format = int8.check_format(manifest.get("values", "bf16"))
     model, tokenizer = loaded.model, loaded.tokenizer
     tied = _tied_names(model)
     from safetensors import safe_open
@@ -101,15 +124,18 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
     pruned: set[str] = set()
     for f in staged:  # one read of each staged header: which tensors it holds, which are pruned
         with safe_open(str(f), framework="pt") as fh:
-            done.update(k.removesuffix(MASK_SUFFIX).removesuffix(VALUES_SUFFIX) for k in fh.keys())
+            done.update(_weight_name(k) for k in fh.keys())
             pruned.update(_pruned_shapes(fh.metadata()))
     items = ((n, t) for n, t in model.state_dict().items() if n not in tied and n not in done)
-    tensors, shapes = encode_tensors(items, masks, loaded.info.weights_dtype)
+    tensors, shapes = encode_tensors(items, masks, loaded.info.weights_dtype, value_format)
     pruned.update(shapes)
     with paths.atomic_dir(Path(target)) as tmp:
         write_weights(tmp / WEIGHTS, tensors, shapes)
         for f in staged:
-            shutil.move(str(f), tmp / f.name)
+            if value_format == "int8":
+                _requantise_shard(f, tmp / f.name)
+            else:
+                shutil.move(str(f), tmp / f.name)
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -119,6 +145,7 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
             "subcoder_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **manifest,
+            "values": value_format,
             "pruned_weights": sorted(pruned),
             "weights_files": [WEIGHTS] + [f.name for f in staged],
         }
@@ -126,6 +153,30 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
     log.info("saved sub-model to %s", target)
     return full
+
+
+def _weight_name(key: str) -> str:
+    """'a.weight.mask' / '.values' / '.scales' -> 'a.weight'; other keys as they are."""
+    for suffix in PACKED_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def _requantise_shard(src: Path, dst: Path) -> None:
+    """A staged weight file (written layer by layer with bf16 values) written again with int8 values."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as fh:
+        shapes = _pruned_shapes(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    for name in shapes:
+        kept = tensors[name + VALUES_SUFFIX]
+        if kept.dtype != torch.int8:
+            q, scales = int8.quantise_rows(kept, row_offsets(tensors[name + MASK_SUFFIX]))
+            tensors[name + VALUES_SUFFIX], tensors[name + SCALES_SUFFIX] = q, scales
+    write_weights(dst, tensors, shapes)
+    src.unlink()
 
 
 def _tied_names(model) -> set[str]:
@@ -154,6 +205,9 @@ def read_manifest(directory: Path) -> dict:
         raise CorruptError(f"{path} is not valid JSON: the sub-model is corrupt") from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CorruptError(f"{directory}: sub-model format {manifest.get('format_version')!r}, this subcoder reads {FORMAT_VERSION}")
+    if manifest.get("values", "bf16") not in int8.FORMATS:
+        raise CorruptError(f"{directory}: kept values {manifest.get('values')!r}, this subcoder reads "
+                           f"{' or '.join(int8.FORMATS)}")
     return manifest
 
 
@@ -214,26 +268,42 @@ def load_masks(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def dense_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(dense state dict with zeros in pruned places, keep-masks, packed form) of a verified sub-model."""
+    """(dense state dict with zeros in pruned places, keep-masks, packed form) of a verified sub-model.
+
+    The packed form is name -> (mask words, values, shape), plus the scales as a fourth entry for
+    int8 values; their dense weights are dequantised (q * scale) into the float dtype of the
+    sub-model's other weights."""
     tensors, shapes = _read_tensors(directory)
     state, masks, packed = {}, {}, {}
     for name, tensor in tensors.items():
-        if name.endswith(MASK_SUFFIX) or name.endswith(VALUES_SUFFIX):
+        if name.endswith(PACKED_SUFFIXES):
             continue
         state[name] = tensor
+    dense_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.bfloat16)
     for name, shape in shapes.items():
         try:
             words, values = tensors[name + MASK_SUFFIX], tensors[name + VALUES_SUFFIX]
         except KeyError:
             raise CorruptError(f"{directory}: {name} is listed as pruned but its mask or values are missing") from None
-        state[name], masks[name] = unpack_weight(words, values, shape)
-        packed[name] = (words, values, shape)
+        if values.dtype == torch.int8:
+            scales = tensors.get(name + SCALES_SUFFIX)
+            if scales is None or scales.numel() != shape[0]:
+                raise CorruptError(f"{directory}: {name} has int8 values but no scale per row")
+            if int(row_offsets(words)[-1]) != values.numel():
+                raise CorruptError(f"{directory}: {name}: mask and int8 values disagree")
+            kept = int8.dequantise_rows(values, scales.float(), row_offsets(words)).to(dense_dtype)
+            state[name], masks[name] = unpack_weight(words, kept, shape)
+            packed[name] = (words, values, shape, scales)
+        else:
+            state[name], masks[name] = unpack_weight(words, values, shape)
+            packed[name] = (words, values, shape)
     return state, masks, packed
 
 
 def load_submodel(directory: Path, *, dtype="auto", device="cpu", name=None) -> tuple[LoadedModel, dict]:
-    """An ordinary transformers model with exactly the pruned weights (bit-exact, zeros where pruned),
-    and the packed form of each pruned weight (name -> (mask words, values, shape)).
+    """An ordinary transformers model with exactly the pruned weights (bit-exact, zeros where pruned;
+    int8 values dequantised), and the packed form of each pruned weight (name -> (mask words,
+    values, shape[, scales])).
 
     Whether the packed form then runs on the sparse kernel is the loader's decision
     (subcoder.pruner.loader.load_model), not storage's.
@@ -244,6 +314,9 @@ def load_submodel(directory: Path, *, dtype="auto", device="cpu", name=None) -> 
     directory = Path(directory)
     manifest = verify(directory)
     state, masks, packed = dense_state(directory)
+    if manifest.get("values") == "int8":
+        log.info("%s stores int8 kept values: dequantised to dense weights here; where the sparse kernel "
+                 "runs, it computes from the int8 values directly", directory.name)
     torch_dtype = parse_dtype(dtype, device)
     try:
         config = AutoConfig.from_pretrained(str(directory))
@@ -312,7 +385,7 @@ def size_report(directory: Path) -> dict:
     from safetensors import safe_open
 
     directory = Path(directory)
-    itemsize = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8}
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "I8": 1}
     compact = dense = other = 0
     for path in weight_files(directory):
         with safe_open(str(path), framework="pt") as fh:
@@ -322,7 +395,7 @@ def size_report(directory: Path) -> dict:
                 nbytes = itemsize.get(sl.get_dtype(), 4)
                 for d in sl.get_shape():
                     nbytes *= d
-                if key.endswith(MASK_SUFFIX) or key.endswith(VALUES_SUFFIX):
+                if key.endswith(PACKED_SUFFIXES):
                     compact += nbytes
                 else:
                     other += nbytes // itemsize.get(sl.get_dtype(), 4) * 2  # as bf16

@@ -38,6 +38,11 @@ class EngineOptions:
     # on equal terms. Off, they stay torch's nn.Linear (what plain transformers runs).
     # SUBCODER_DENSE_KERNEL; the loader also leaves them alone when the sparse kernel is off.
     dense_kernel: bool = True
+    # How a dense model's decoder linears sit on the kernel: "bf16" (DenseBF16Linear, sharing the
+    # weights) or "int8" (DenseInt8Linear, per-row scales): the fair baseline for sub-models with int8
+    # values, "int8 dense" against "int8 sparse" on the same engine. Not an exact switch (int8 changes
+    # the answers), so no environment variable: benchmarks and evaluations set it explicitly.
+    dense_values: str = "bf16"
     # The lean batch-1 decode step: one token skips the Hugging Face forward's per-call machinery
     # (about a third of a step). Off, every token goes through the model's forward. SUBCODER_FAST_STEP.
     fast_step: bool = True
@@ -59,9 +64,13 @@ class EngineOptions:
         """Options from `environ` (default `os.environ`): a variable set to "0" turns its switch off,
         anything else or unset leaves the default. `overrides` (field=value) win over the environment."""
         environ = os.environ if environ is None else environ
-        unknown = set(overrides) - set(ENV_NAMES)
+        unknown = set(overrides) - set(ENV_NAMES) - {"dense_values"}
         if unknown:
             raise TypeError(f"unknown engine option(s): {', '.join(sorted(unknown))}")
         values = {name: False for name, var in ENV_NAMES.items() if environ.get(var, "").strip() == "0"}
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self):
+        if self.dense_values not in ("bf16", "int8"):
+            raise ValueError(f"dense_values must be bf16 or int8, not {self.dense_values!r}")

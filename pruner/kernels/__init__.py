@@ -11,18 +11,22 @@ as plain values (subcoder.pruner.engine.options.EngineOptions is read once where
 Knobs for benchmarks and tests (instruction set, attention loop, batch thresholds) are in `debug`.
 
 Weights use the packed layout of docs/ARCHITECTURE.md ("Storage format"): per row int32 mask
-words (bit j of word k = column 32k + j kept, LSB first) and the kept bf16 values row by row.
+words (bit j of word k = column 32k + j kept, LSB first) and the kept bf16 values row by row, or
+int8 values with per-row fp32 scales (`int8`: the reference quantiser).
 """
 
 from .native import kernel_dir
-from .linear import DenseBF16Linear, SparseLinear, SparsifyReport, kernel_available, model_bytes, sparsify
+from .linear import (DenseBF16Linear, DenseInt8Linear, SparseLinear, SparsifyReport, dense_kernel_layer,
+                     kernel_available, model_bytes, sparsify)
 from .. import packing
 from ..packing import pack_mask, pack_rows, row_offsets, unpack, unpack_mask
 
 __all__ = [
     "DenseBF16Linear",
+    "DenseInt8Linear",
     "SparseLinear",
     "SparsifyReport",
+    "dense_kernel_layer",
     "kernel_available",
     "kernel_dir",
     "model_bytes",

@@ -229,21 +229,26 @@ def _eps(norm: nn.Module) -> float:
 
 
 def _linear_parts(linear: nn.Module) -> tuple[int, list[torch.Tensor]] | None:
-    """(kind, [weight-or-mask, values, row offsets, bias]) as `decode_layers` takes a linear; None if unknown."""
-    from .linear import DenseBF16Linear, SparseLinear
+    """(kind, [weight-or-mask, values, row offsets, int8 scales, bias]) as `decode_layers` takes a
+    linear (csrc/decode_step.cpp lists the kinds); None if unknown."""
+    from .linear import DenseBF16Linear, DenseInt8Linear, SparseLinear
 
     empty = torch.empty(0)
     bias = linear.bias if linear.bias is not None else empty
     if isinstance(linear, SparseLinear):
         if not linear.use_kernel:  # its values carry no kernel padding: the step would refuse them
             return None
-        return 0, [linear.mask, linear.values, linear.row_offsets, bias]
+        if linear.value_format == "int8":
+            return 3, [linear.mask, linear.values, linear.row_offsets, linear.scales, bias]
+        return 0, [linear.mask, linear.values, linear.row_offsets, empty, bias]
     if isinstance(linear, DenseBF16Linear):
         if linear.weight.dtype != torch.bfloat16 or not linear.weight.is_contiguous():
             return None
-        return 1, [linear.weight, empty, empty, bias]
+        return 1, [linear.weight, empty, empty, empty, bias]
+    if isinstance(linear, DenseInt8Linear):
+        return 4, [linear.weight_q, empty, empty, linear.scales, bias]
     if type(linear) is nn.Linear:
-        return 2, [linear.weight, empty, empty, bias]
+        return 2, [linear.weight, empty, empty, empty, bias]
     return None
 
 

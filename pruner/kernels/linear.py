@@ -1,4 +1,5 @@
-"""`SparseLinear`, `DenseBF16Linear` and `sparsify(model, masks)`: the layers a sub-model decodes with."""
+"""`SparseLinear`, `DenseBF16Linear`, `DenseInt8Linear` and `sparsify(model, masks)`: the layers a
+sub-model (or a dense model on the same engine) decodes with."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import packing
-from . import native
+from . import int8, native
 
 log = logging.getLogger("subcoder.pruner.kernels")
 
@@ -37,7 +38,8 @@ def _as_bf16_values(values: torch.Tensor) -> torch.Tensor:
 class SparseLinear(nn.Module):
     """A linear layer whose weight is kept only in the packed format (no dense copy).
 
-    Built from the storage tensors: `mask_words` int32 (out, ceil(in/32)), `values` bf16 (nnz,),
+    Built from the storage tensors: `mask_words` int32 (out, ceil(in/32)), `values` bf16 (nnz,) --
+    or int8 (nnz,) with `scales` fp32 (out,), one per row (storage's `values: int8`, see `int8`) --
     `shape` (out, in), optional `bias`. Works on inputs of any leading shape, bf16 or fp32 (other
     float dtypes go through fp32); the output has the input's dtype. `use_kernel=False` (or no
     kernel on this machine) expands the dense weight on every call instead: slow, same results to
@@ -45,7 +47,7 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, mask_words: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
-                 bias: torch.Tensor | None = None, *, use_kernel: bool = True):
+                 bias: torch.Tensor | None = None, *, scales: torch.Tensor | None = None, use_kernel: bool = True):
         super().__init__()
         self.use_kernel = bool(use_kernel)
         out_features, in_features = (int(s) for s in shape)
@@ -58,55 +60,89 @@ class SparseLinear(nn.Module):
         words = mask_words.detach().contiguous().cpu()
         offsets = packing.row_offsets(words)
         nnz = int(offsets[-1])
-        values = _as_bf16_values(values.detach().reshape(-1).cpu())
+        self.value_format = "int8" if values.dtype == torch.int8 else "bf16"
+        if self.value_format == "int8":
+            if scales is None or scales.numel() != out_features:
+                raise ValueError(f"int8 values need {out_features} per-row scales, got "
+                                 f"{'none' if scales is None else scales.numel()}")
+            values, dtype = values.detach().reshape(-1).cpu(), torch.int8
+        else:
+            values, dtype = _as_bf16_values(values.detach().reshape(-1).cpu()), torch.bfloat16
         if values.numel() < nnz:
             raise ValueError(f"{values.numel()} values for a mask that keeps {nnz}")
         # zeros after the last kept value, as many as the kernel's SIMD loads may read (its contract)
-        padded = torch.zeros(nnz + (native.value_padding() if self.use_kernel else 0), dtype=torch.bfloat16)
+        padded = torch.zeros(nnz + (native.value_padding(dtype.itemsize) if self.use_kernel else 0), dtype=dtype)
         padded[:nnz] = values[:nnz]
         self.nnz = nnz
-        # int16 storage so that model.to(dtype) / .float() never converts the packed values.
+        # bf16 values as int16 and scales as int32 bits, so that model.to(dtype) / .float() never
+        # converts them (int8 values are out of its reach anyway).
         self.register_buffer("mask", words, persistent=False)
-        self.register_buffer("values", padded.view(torch.int16), persistent=False)
+        self.register_buffer("values", padded.view(torch.int16) if dtype == torch.bfloat16 else padded,
+                             persistent=False)
         self.register_buffer("row_offsets", offsets, persistent=False)
+        if self.value_format == "int8":
+            bits = scales.detach().reshape(-1).cpu().to(torch.float32).contiguous().view(torch.int32)
+            self.register_buffer("scales", bits, persistent=False)
+        else:
+            self.scales = None
         if bias is not None:
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor, *, use_kernel: bool = True) -> SparseLinear:
-        words, values = packing.pack_rows(linear.weight.detach().cpu(), mask.cpu())
-        return cls(words, values, (linear.out_features, linear.in_features), linear.bias, use_kernel=use_kernel)
+    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor, *, values: str = "bf16",
+                   use_kernel: bool = True) -> SparseLinear:
+        """The packed layer of `linear`'s kept weights; `values="int8"` quantises them per row."""
+        shape = (linear.out_features, linear.in_features)
+        if int8.check_format(values) == "int8":
+            words, kept = packing.pack_rows(linear.weight.detach().cpu(), mask.cpu(), dtype=None)
+            q, scales = int8.quantise_rows(kept, packing.row_offsets(words))
+            return cls(words, q, shape, linear.bias, scales=scales, use_kernel=use_kernel)
+        words, kept = packing.pack_rows(linear.weight.detach().cpu(), mask.cpu())
+        return cls(words, kept, shape, linear.bias, use_kernel=use_kernel)
 
-    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask words int32, values bf16 (nnz,)), the storage format."""
+    def packed(self) -> tuple[torch.Tensor, ...]:
+        """The storage format: (mask words int32, values bf16 (nnz,)), or for int8 values
+        (mask words, values int8 (nnz,), scales fp32 (out,))."""
+        if self.value_format == "int8":
+            return self.mask, self.values[: self.nnz], self.scales.view(torch.float32)
         return self.mask, self.values.view(torch.bfloat16)[: self.nnz]
 
     def nbytes(self) -> int:
-        b = self.mask.numel() * 4 + self.nnz * 2
+        b = self.mask.numel() * 4 + self.nnz * self.values.element_size()
+        if self.scales is not None:
+            b += self.scales.numel() * 4
         return b + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
 
     def dense_weight(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        if self.value_format == "int8":
+            kept = int8.dequantise_rows(self.values, self.scales.view(torch.float32), self.row_offsets)
+            return packing.unpack(self.mask, kept, self.in_features, dtype)
         return packing.unpack(self.mask, self.values, self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = native.get_ops() if self.use_kernel else None
         if ops is not None and x.device.type == "cpu":
-            if x.dtype in _KERNEL_DTYPES:  # the decode hot path: one call, no Python tensor work
-                d = self.__dict__
-                return ops.sparse_linear(x, d["_buffers"]["mask"], d["_buffers"]["values"],
-                                         d["_buffers"]["row_offsets"], self.in_features, d["_parameters"]["bias"], 0)
-            return ops.sparse_linear(x.float(), self.mask, self.values, self.row_offsets, self.in_features,
-                                     self.bias, 0).to(x.dtype)
+            xin = x if x.dtype in _KERNEL_DTYPES else x.float()
+            d = self.__dict__  # the decode hot path: one call, no Python tensor work
+            buffers, bias = d["_buffers"], d["_parameters"]["bias"]
+            if self.value_format == "int8":
+                y = ops.sparse_linear_q8(xin, buffers["mask"], buffers["values"], buffers["scales"],
+                                         buffers["row_offsets"], self.in_features, bias, 0)
+            else:
+                y = ops.sparse_linear(xin, buffers["mask"], buffers["values"], buffers["row_offsets"],
+                                      self.in_features, bias, 0)
+            return y if xin is x else y.to(x.dtype)
         # fallback: the dense weight, expanded on the fly
-        w = packing.unpack(self.mask, self.values, self.in_features, x.dtype).to(x.device)
+        w = self.dense_weight(x.dtype).to(x.device)
         b = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, w, b)
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.in_features * self.out_features)
-        return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, "
+                f"values={self.value_format}, bias={self.bias is not None}")
 
 
 _ISA_AVX2 = 1
@@ -175,6 +211,61 @@ class DenseBF16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class DenseInt8Linear(nn.Module):
+    """A dense linear layer stored as int8 with per-row fp32 scales (`int8.quantise_dense`): the
+    dense counterpart of a sub-model with int8 values, so that "int8 dense" and "int8 sparse" are
+    compared on the same engine (EngineOptions.dense_values). Batches below the kernel's GEMM
+    threshold run the row kernels; larger ones (prefill) convert the weight in row chunks and
+    multiply with the BLAS. Without the kernel it dequantises and multiplies with torch.
+    """
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 use_kernel: bool = True):
+        super().__init__()
+        if q.dim() != 2 or q.dtype != torch.int8 or scales.numel() != q.shape[0]:
+            raise ValueError("an int8 (out, in) weight and one scale per row are needed")
+        self.use_kernel = bool(use_kernel)
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight_q", q.detach().contiguous().cpu(), persistent=False)
+        # fp32 bits as int32: out of reach of model.to(dtype)
+        self.register_buffer("scales", scales.detach().reshape(-1).cpu().to(torch.float32).contiguous().view(torch.int32),
+                             persistent=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, use_kernel: bool = True) -> DenseInt8Linear:
+        q, scales = int8.quantise_dense(linear.weight)
+        return cls(q, scales, linear.bias, use_kernel=use_kernel)
+
+    def dense_weight(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return int8.dequantise_dense(self.weight_q, self.scales.view(torch.float32)).to(dtype)
+
+    def nbytes(self) -> int:
+        b = self.weight_q.numel() + self.scales.numel() * 4
+        return b + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = native.get_ops() if self.use_kernel else None
+        if ops is not None and x.device.type == "cpu":
+            xin = x if x.dtype in _KERNEL_DTYPES else x.float()
+            d = self.__dict__
+            y = ops.dense_linear_q8(xin, d["_buffers"]["weight_q"], d["_buffers"]["scales"], self.bias)
+            return y if xin is x else y.to(x.dtype)
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.dense_weight(x.dtype).to(x.device), b)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, values=int8, bias={self.bias is not None}"
+
+
+def dense_kernel_layer(linear: nn.Linear, values: str = "bf16", *, use_kernel: bool = True) -> nn.Module:
+    """A dense model's linear on the kernel: `DenseBF16Linear` (sharing the weight) for bf16 values,
+    `DenseInt8Linear` (a quantised copy; the bf16 weight can then be dropped) for int8."""
+    if int8.check_format(values) == "int8":
+        return DenseInt8Linear.from_linear(linear, use_kernel=use_kernel)
+    return DenseBF16Linear.from_linear(linear, use_kernel=use_kernel)
+
+
 @dataclass
 class SparsifyReport:
     replaced: list[str] = field(default_factory=list)  # module names now SparseLinear
@@ -211,7 +302,7 @@ def model_bytes(model: nn.Module) -> int:
 def _module_name(key: str) -> tuple[str, str | None]:
     """'a.b.weight' / 'a.b' -> ('a.b', None); 'a.b.weight.mask' -> ('a.b', 'mask')."""
     part = None
-    for suffix in (".mask", ".values"):
+    for suffix in (".mask", ".values", ".scales"):
         if key.endswith(suffix):
             key, part = key[: -len(suffix)], suffix[1:]
     if key.endswith(".weight"):
@@ -220,35 +311,36 @@ def _module_name(key: str) -> tuple[str, str | None]:
 
 
 def _normalise(masks_or_packed: Mapping) -> dict[str, tuple]:
-    """-> {module name: ("mask", bool (out, in)) | ("packed", words, values)}."""
+    """-> {module name: ("mask", bool (out, in)) | ("packed", words, values, scales or None)}."""
     out: dict[str, tuple] = {}
     flat: dict[str, dict[str, torch.Tensor]] = {}
     for key, val in masks_or_packed.items():
         name, part = _module_name(str(key))
         if part is not None:
             flat.setdefault(name, {})[part] = val
-        elif isinstance(val, tuple | list) and len(val) in (2, 3):  # (words, values[, shape])
-            out[name] = ("packed", val[0], val[1])
+        elif isinstance(val, tuple | list) and len(val) in (2, 3, 4):  # (words, values[, shape[, scales]])
+            out[name] = ("packed", val[0], val[1], val[3] if len(val) == 4 else None)
         elif isinstance(val, torch.Tensor) and val.dtype == torch.bool:
             out[name] = ("mask", val)
         else:
             raise ValueError(f"{key}: expected a bool mask or a (mask words, values) pair")
     for name, parts in flat.items():
-        if set(parts) != {"mask", "values"}:
+        if not {"mask", "values"} <= set(parts):
             raise ValueError(f"{name}: needs both .mask and .values")
-        out[name] = ("packed", parts["mask"], parts["values"])
+        out[name] = ("packed", parts["mask"], parts["values"], parts.get("scales"))
     return out
 
 
 @torch.no_grad()
 def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool = True,
-             kernel: bool = True) -> SparsifyReport:
+             kernel: bool = True, values: str = "bf16") -> SparsifyReport:
     """Replace the pruned `nn.Linear`s of `model` by `SparseLinear`, in place.
 
     `masks_or_packed` maps module (or weight) names to a boolean keep-mask (out, in) -- the kept
     values are then read from the module's current weight -- or to a `(mask words, values[, shape])`
-    tuple,
-    or is a flat dict holding `NAME.mask` / `NAME.values` tensors as in the storage format.
+    tuple (`(mask words, int8 values, shape, scales)` for int8 values), or is a flat dict holding
+    `NAME.mask` / `NAME.values` (/ `NAME.scales`) tensors as in the storage format. `values`: how
+    layers built from a bool mask store their kept values ("bf16" or "int8"; packed inputs keep theirs).
     With `dense_lm_head`, a bf16 output projection that is not pruned is wrapped in
     `DenseBF16Linear` (sharing its weight, tied or not). `kernel=False`: the new layers compute with
     dense torch even where the kernel could run (packed storage all the same).
@@ -265,9 +357,9 @@ def sparsify(model: nn.Module, masks_or_packed: Mapping, *, dense_lm_head: bool 
         if spec[0] == "mask":
             if tuple(spec[1].shape) != shape:
                 raise ValueError(f"{name}: mask {tuple(spec[1].shape)} does not match the weight {shape}")
-            new = SparseLinear.from_dense(module, spec[1], use_kernel=kernel)
+            new = SparseLinear.from_dense(module, spec[1], values=values, use_kernel=kernel)
         else:
-            new = SparseLinear(spec[1], spec[2], shape, module.bias, use_kernel=kernel)
+            new = SparseLinear(spec[1], spec[2], shape, module.bias, scales=spec[3], use_kernel=kernel)
         report.linear_bytes_before += w.numel() * w.element_size()
         if module.bias is not None:
             report.linear_bytes_before += module.bias.numel() * module.bias.element_size()

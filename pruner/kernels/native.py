@@ -173,7 +173,8 @@ def _load() -> tuple[object | None, str]:
 
 def _self_check(ops) -> str | None:
     """Compare the kernel with dense torch on a few odd shapes and sparsities; None when all agree."""
-    from ..packing import pack_rows, row_offsets
+    from ..packing import pack_rows, row_offsets, unpack
+    from .int8 import dequantise_dense, dequantise_rows, quantise_dense, quantise_rows
 
     g = torch.Generator().manual_seed(1234)
     for out_f, in_f, batch, density in ((7, 37, 1, 0.5), (33, 100, 3, 0.3), (64, 96, 1, 1.0), (5, 64, 2, 0.0)):
@@ -190,6 +191,18 @@ def _self_check(ops) -> str | None:
         dense = ops.dense_linear(x, w, None).float()
         if not torch.allclose(dense, x.float() @ w.float().T, rtol=2e-2, atol=5e-2):
             return f"dense {out_f}x{in_f} batch {batch} differs"
+        # int8 values: packed and dense, against the reference dequantisation
+        offsets = row_offsets(words)
+        q, scales = quantise_rows(values[: int(offsets[-1])], offsets)
+        q = torch.cat([q, torch.zeros(int(ops.pad_values()) * 2, dtype=torch.int8)])
+        deq = unpack(words, dequantise_rows(q, scales, offsets), in_f, torch.float32)
+        got = ops.sparse_linear_q8(x, words, q, scales, offsets, in_f, None, 0).float()
+        if not torch.allclose(got, x.float() @ deq.T, rtol=2e-2, atol=5e-2):
+            return f"sparse int8 {out_f}x{in_f} batch {batch} differs"
+        dq, dscales = quantise_dense(w)
+        if not torch.allclose(ops.dense_linear_q8(x, dq, dscales, None).float(),
+                              x.float() @ dequantise_dense(dq, dscales).T, rtol=2e-2, atol=5e-2):
+            return f"dense int8 {out_f}x{in_f} batch {batch} differs"
     return None
 
 
@@ -205,11 +218,12 @@ def get_ops():
     return _state["ops"]
 
 
-def value_padding() -> int:
-    """Zero values a packed `values` tensor must carry after its last kept one for the kernel (its
-    `pad_values` op, the one definition of that contract); 0 where the kernel does not run here."""
+def value_padding(itemsize: int = 2) -> int:
+    """Zero values a packed `values` tensor of `itemsize`-byte values (2: bf16, 1: int8) must carry
+    after its last kept one for the kernel (its `pad_values` op counts bf16 values: the one
+    definition of that contract); 0 where the kernel does not run here."""
     ops = get_ops()
-    return int(ops.pad_values()) if ops is not None else 0
+    return int(ops.pad_values()) * 2 // itemsize if ops is not None else 0
 
 
 def load_reason() -> str:

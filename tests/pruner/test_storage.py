@@ -262,3 +262,82 @@ def test_submodel_missing_a_weight_is_refused(submodel):
     (submodel / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CorruptError, match="missing.*model.norm.weight"):
         load_model(str(submodel), sparse=False)
+
+
+# --------------------------------------------------------------------------- int8 kept values
+
+
+def test_int8_values_config_and_cli():
+    from subcoder.pruner.cli import build_parser, check_args
+    from subcoder.pruner.errors import ConfigError, SubcoderError
+
+    assert PruneConfig(0.5).slug() == "wanda-u50"  # the default adds nothing: existing cache keys stay valid
+    assert PruneConfig(0.5, values="int8").slug() == "wanda-u50-int8"
+    with pytest.raises(ConfigError, match="values must be one of bf16, int8"):
+        PruneConfig(0.5, values="int4")
+    parser = build_parser()
+    assert parser.parse_args(["prune"]).values == "bf16"
+    check_args(parser.parse_args(["prune", "--values", "int8"]))
+    with pytest.raises(SubcoderError, match="--values must be bf16 or int8"):
+        check_args(parser.parse_args(["prune", "--values", "fp8"]))
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    return save_tiny_model_dir(tmp_path / "base-llama", "llama")
+
+
+def test_int8_values_roundtrip(llama_dir, workspace, tmp_path):
+    """Stored as int8 + per-row scales, read back as exactly what the reference quantiser makes of the
+    pruned weights; the kernel's layers then compute what the dequantised dense model computes."""
+    from subcoder.pruner.kernels import SparseLinear, kernel_available
+    from subcoder.pruner.storage import pack_weight_int8, read_manifest
+
+    base = load_model(str(llama_dir), sparse=False)
+    result = extract(base, "python", PruneConfig(0.5, values="int8"), spec(workspace), tmp_path / "sub")
+    pruned = {k: v.to(torch.bfloat16) for k, v in base.model.state_dict().items()}  # as the checkpoint stores them
+    assert result.manifest["values"] == "int8" and read_manifest(result.path)["values"] == "int8"
+    assert "-int8-" in result.manifest["cache_key"]
+    assert result.sizes["pruned_ratio"] < 0.36  # 0.3125 at 50%, plus one fp32 scale per (short) row
+    dense = load_model(str(result.path), sparse=False)
+    masks = load_masks(result.path)
+    for name, keep in masks.items():
+        _, q, scales = pack_weight_int8(pruned[name], keep)
+        want = torch.zeros(keep.shape)
+        want[keep] = q.float() * scales.repeat_interleave(keep.sum(1))
+        assert torch.equal(dense.model.state_dict()[name], want.to(torch.bfloat16)), name
+    ok, reason = kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    fast = load_model(str(result.path), sparse=True)
+    layers = {n: m for n, m in fast.model.named_modules() if isinstance(m, SparseLinear)}
+    assert len(layers) == len(masks) and all(m.value_format == "int8" for m in layers.values())
+    for name, layer in layers.items():
+        words, q, scales = pack_weight_int8(pruned[name + ".weight"], masks[name + ".weight"])
+        packed = layer.packed()
+        assert torch.equal(packed[0], words) and torch.equal(packed[1], q) and torch.equal(packed[2], scales)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        a, b = dense.model(ids).logits.float(), fast.model(ids).logits.float()
+    torch.testing.assert_close(b, a, atol=3e-2, rtol=3e-2)  # bf16 dense weights vs int8 * scale in fp32
+
+
+def test_offloaded_int8_gives_the_same_submodel(llama_dir, workspace, tmp_path):
+    """Offloaded pruning stages bf16 values layer by layer; the saved sub-model re-encodes them."""
+    config = PruneConfig(0.5, values="int8")
+    a = extract(str(llama_dir), "python", config, spec(workspace), tmp_path / "mem")
+    b = extract(str(llama_dir), "python", config, spec(workspace), tmp_path / "disk", offload=True)
+    sa = load_model(str(a.path), sparse=False).model.state_dict()
+    sb = load_model(str(b.path), sparse=False).model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert b.sizes["pruned_ratio"] == pytest.approx(a.sizes["pruned_ratio"])
+
+
+def test_unknown_value_format_is_refused(llama_dir, workspace, tmp_path):
+    result = extract(str(llama_dir), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub")
+    assert result.manifest["values"] == "bf16"
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    manifest["values"] = "int4"
+    (result.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptError, match="kept values 'int4'"):
+        load_model(str(result.path))

@@ -100,26 +100,32 @@ at::Tensor rope(const at::Tensor& t_in, const at::Tensor& cos_in, const at::Tens
 // interpreter between ~15 tiny operators per layer (measured: ~11 ms of a ~30 ms step for
 // Qwen2.5-Coder-0.5B, against ~1.5 ms of dispatch from C++).
 //
-// params: per layer, 2 norm weights then 7 linears (q, k, v, o, gate, up, down) of 3 tensors each
-//         (weight-or-mask, values-or-empty, row offsets-or-empty) plus a bias-or-empty: 2 + 7 * 4.
+// params: per layer, 2 norm weights then 7 linears (q, k, v, o, gate, up, down) of 4 tensors each
+//         (weight-or-mask, values-or-empty, row offsets-or-empty, int8 scales-or-empty) plus a
+//         bias-or-empty: 2 + 7 * 5.
 // kinds:  per linear, 0 = packed sparse (SparseLinear), 1 = dense bf16 row kernel
-//         (DenseBF16Linear), 2 = torch's linear (nn.Linear).
+//         (DenseBF16Linear), 2 = torch's linear (nn.Linear), 3 = packed sparse with int8 values,
+//         4 = dense int8 row kernel (DenseInt8Linear).
 // k_cache/v_cache: per layer, the KV buffers (1, kv_heads, capacity, d); the new token's keys and
 //         values are written at `pos` and attention reads positions [0, pos].
 // eps: per layer, the two RMSNorm epsilons.
 
 namespace {
 
-constexpr int64_t STEP_TENSORS_PER_LAYER = 2 + 7 * 4;
+constexpr int64_t LINEAR_TENSORS = 5;
+constexpr int64_t STEP_TENSORS_PER_LAYER = 2 + 7 * LINEAR_TENSORS;
 
 at::Tensor step_linear(const at::Tensor& x, at::TensorList p, int64_t kind) {
   const at::Tensor& a = p[0];
   const at::Tensor& b = p[1];
   const at::Tensor& roff = p[2];
-  const at::Tensor& bias = p[3];
+  const at::Tensor& scales = p[3];
+  const at::Tensor& bias = p[4];
   const c10::optional<at::Tensor> ob = bias.numel() ? c10::optional<at::Tensor>(bias) : c10::nullopt;
   if (kind == 0) return sparse_linear_2d(x, a, b, roff, x.size(1), ob, 0);
   if (kind == 1) return dense_linear_2d(x, a, ob).to(x.scalar_type());
+  if (kind == 3) return sparse_linear_q8_2d(x, a, b, scales, roff, x.size(1), ob, 0);
+  if (kind == 4) return dense_linear_q8_2d(x, a, scales, ob);
   return at::linear(x, a, ob);
 }
 
@@ -186,17 +192,17 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList params, at::IntA
                 "subcoder_sparse: KV buffer too small");
     at::Tensor h = rms_norm(x, p[0], eps[2 * i]);
     // (1, heads, T, d) views of the rotated (T, heads * d) projections
-    const at::Tensor q = rope_tokens(step_linear(h, p.slice(2, 4), kd[0]), cos_f, sin_f, d).view({1, T, heads, d}).transpose(1, 2);
-    const at::Tensor k = rope_tokens(step_linear(h, p.slice(6, 4), kd[1]), cos_f, sin_f, d).view({1, T, kv_heads, d}).transpose(1, 2);
-    const at::Tensor v = step_linear(h, p.slice(10, 4), kd[2]).view({1, T, kv_heads, d}).transpose(1, 2);
+    const at::Tensor q = rope_tokens(step_linear(h, p.slice(2, LINEAR_TENSORS), kd[0]), cos_f, sin_f, d).view({1, T, heads, d}).transpose(1, 2);
+    const at::Tensor k = rope_tokens(step_linear(h, p.slice(7, LINEAR_TENSORS), kd[1]), cos_f, sin_f, d).view({1, T, kv_heads, d}).transpose(1, 2);
+    const at::Tensor v = step_linear(h, p.slice(12, LINEAR_TENSORS), kd[2]).view({1, T, kv_heads, d}).transpose(1, 2);
     kb.narrow(2, pos, T).copy_(k);
     vb.narrow(2, pos, T).copy_(v);
     const at::Tensor attn = decode_attention(q, kb, vb, pos + 1, scaling);
-    x = x + step_linear(attn, p.slice(14, 4), kd[3]);
+    x = x + step_linear(attn, p.slice(17, LINEAR_TENSORS), kd[3]);
     h = rms_norm(x, p[1], eps[2 * i + 1]);
-    at::Tensor gate = step_linear(h, p.slice(18, 4), kd[4]);
-    at::Tensor up = step_linear(h, p.slice(22, 4), kd[5]);
-    x = x + step_linear(at::silu(gate) * up, p.slice(26, 4), kd[6]);
+    at::Tensor gate = step_linear(h, p.slice(22, LINEAR_TENSORS), kd[4]);
+    at::Tensor up = step_linear(h, p.slice(27, LINEAR_TENSORS), kd[5]);
+    x = x + step_linear(at::silu(gate) * up, p.slice(32, LINEAR_TENSORS), kd[6]);
   }
   return x;
 }

@@ -12,7 +12,12 @@ namespace subcoder {
 at::Tensor row_offsets(const at::Tensor& mask);
 at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                          const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias, int64_t mode);
+at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& scales, const at::Tensor& roff, int64_t in,
+                            const c10::optional<at::Tensor>& bias, int64_t mode);
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+at::Tensor dense_linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                           const c10::optional<at::Tensor>& bias);
 at::Tensor expand(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,
                   int64_t r0, int64_t r1, at::ScalarType dtype);
 int64_t set_gemm_min_batch(int64_t batch);

@@ -1,4 +1,5 @@
-// The linear layers: packed sparse (bitmask + bf16 values) and dense bf16, in batches.
+// The linear layers: packed sparse (bitmask + bf16 values, or + int8 values and per-row fp32
+// scales) and dense (bf16, or int8 with per-row scales), in batches.
 //
 // Rows are split between threads (at::parallel_for) so that each gets about the same number of kept
 // values. Batches up to the GEMM threshold go through the row kernels (packed_rows.h) in tiles of
@@ -45,29 +46,47 @@ void parallel_rows(int64_t rows, const int64_t* roff, int64_t row_cost, int64_t 
   });
 }
 
-void check_packed(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in) {
+void check_packed(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,
+                  bool q8 = false) {
   TORCH_CHECK(mask.dim() == 2 && mask.scalar_type() == at::kInt && mask.is_contiguous() && mask.is_cpu(),
               "subcoder_sparse: mask must be a contiguous CPU int32 tensor (out, ceil(in/32))");
   TORCH_CHECK(mask.size(1) == divup(in, 32), "subcoder_sparse: mask has ", mask.size(1),
               " words per row, in_features ", in, " needs ", divup(in, 32));
-  TORCH_CHECK((values.scalar_type() == at::kBFloat16 || values.scalar_type() == at::kShort) &&
-                  values.dim() == 1 && values.is_contiguous() && values.is_cpu(),
-              "subcoder_sparse: values must be a contiguous 1-D CPU bf16 (or int16) tensor");
+  if (q8) {
+    TORCH_CHECK(values.scalar_type() == at::kChar && values.dim() == 1 && values.is_contiguous() && values.is_cpu(),
+                "subcoder_sparse: int8 values must be a contiguous 1-D CPU int8 tensor");
+  } else {
+    TORCH_CHECK((values.scalar_type() == at::kBFloat16 || values.scalar_type() == at::kShort) &&
+                    values.dim() == 1 && values.is_contiguous() && values.is_cpu(),
+                "subcoder_sparse: values must be a contiguous 1-D CPU bf16 (or int16) tensor");
+  }
   TORCH_CHECK(roff.scalar_type() == at::kLong && roff.dim() == 1 && roff.numel() == mask.size(0) + 1 &&
                   roff.is_contiguous(),
               "subcoder_sparse: row_offsets must be int64 (out + 1,)");
   const int64_t nnz = roff.data_ptr<int64_t>()[mask.size(0)];
-  TORCH_CHECK(values.numel() >= nnz + PAD_VALUES, "subcoder_sparse: values hold ", values.numel(),
-              " entries, the mask needs ", nnz, " plus ", PAD_VALUES, " of padding");
+  const int64_t pad = q8 ? 2 * PAD_VALUES : PAD_VALUES;  // 32 bytes either way (isa.h)
+  TORCH_CHECK(values.numel() >= nnz + pad, "subcoder_sparse: values hold ", values.numel(),
+              " entries, the mask needs ", nnz, " plus ", pad, " of padding");
 }
 
-// Writes results (plus bias) straight into the output tensor, in its dtype.
+// The per-row scales of int8 weights: fp32 (out,), contiguous on the CPU, or their bits as int32
+// (the layers keep them so, out of reach of model.to(dtype)). Returns them as fp32 (a view).
+at::Tensor checked_scales(const at::Tensor& scales, int64_t rows) {
+  TORCH_CHECK((scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kInt) && scales.dim() == 1 &&
+                  scales.numel() == rows && scales.is_contiguous() && scales.is_cpu(),
+              "subcoder_sparse: scales must be a contiguous CPU fp32 (or int32) tensor of ", rows,
+              " entries (one per row)");
+  return scales.scalar_type() == at::kFloat ? scales : scales.view(at::kFloat);
+}
+
+// Writes results (times the row's scale, plus bias) straight into the output tensor, in its dtype.
 struct OutputWriter {
   void* data;
   bool bf16;
   int64_t stride;  // = out_features
   const float* bias;          // fp32 bias, or
   const uint16_t* bias_bf16;  // bf16 bias, read in place (no per-call copy)
+  const float* scale = nullptr;  // int8 weights: the row's scale, applied before the bias
   at::Tensor bias_keep;
 
   OutputWriter(at::Tensor& y, const c10::optional<at::Tensor>& b) {
@@ -88,6 +107,7 @@ struct OutputWriter {
     }
   }
   inline void put(int64_t b, int64_t r, float v) const {
+    if (scale) v *= scale[r];
     if (bias) v += bias[r];
     else if (bias_bf16) v += to_f32(bias_bf16[r]);
     if (bf16) reinterpret_cast<c10::BFloat16*>(data)[b * stride + r] = c10::BFloat16(v);
@@ -112,12 +132,13 @@ inline void run_tiles(int64_t B, int64_t r, const OutputWriter& w, const RowFn& 
   for (int64_t i = 0; i < rem; ++i) w.put(b0 + i, r, tmp[i]);
 }
 
+template <class T>
 void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                          const at::Tensor& roff, int64_t in, int isa, const OutputWriter& ow) {
   const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
   const PaddedInput xp = padded_input(x, in, isa);
   const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
-  const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const T* vp = static_cast<const T*>(values.data_ptr());
   const int64_t* rp = roff.data_ptr<int64_t>();
   const int64_t xs = xp.stride;
   const int64_t nt = n_threads_for(O * nwords * 32 * B);
@@ -128,17 +149,18 @@ void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::
     parallel_rows(O, rp, nwords * word_cost, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* mw = mp + r * nwords;
-        const uint16_t* v = vp + rp[r];
+        const T* v = vp + rp[r];
         run_tiles(B, r, ow, [&](int nb, int64_t b, float* o) {
-          PackedRows<I>::sparse(nb, mw, nwords, v, xq + b * xs, xs, o);
+          PackedRows<I, T>::sparse(nb, mw, nwords, v, xq + b * xs, xs, o);
         });
       }
     });
   });
 }
 
-// Expand rows [r0, r1) into `dst` (rows x ld, fp32 or bf16), threads split the rows.
-void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const int64_t* rp, int64_t r0,
+// Expand rows [r0, r1) into `dst` (rows x ld, fp32 or bf16; int8 values unscaled), threads split the rows.
+template <class T>
+void expand_rows(const uint32_t* mp, int64_t nwords, const T* vp, const int64_t* rp, int64_t r0,
                  int64_t r1, at::Tensor& dst, int isa) {
   const int64_t ld = dst.size(1);
   const int64_t nt = n_threads_for((r1 - r0) * nwords * 32 / 4);  // expansion is ~4x cheaper per column
@@ -150,7 +172,7 @@ void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const i
       return;
     }
     dispatch_isa(isa, [&](auto tag) {
-      PackedRows<decltype(tag)>::expand_f32(mp, nwords, vp, rp, r0 + a, r0 + b, dst.data_ptr<float>() + a * ld, ld);
+      PackedRows<decltype(tag), T>::expand_f32(mp, nwords, vp, rp, r0 + a, r0 + b, dst.data_ptr<float>() + a * ld, ld);
     });
   };
   parallel_rows(r1 - r0, nullptr, 1, nt, body);
@@ -166,6 +188,8 @@ void expand_rows(const uint32_t* mp, int64_t nwords, const uint16_t* vp, const i
 constexpr int64_t WHOLE_LAYER_BYTES = int64_t(16) << 20;
 constexpr int64_t CHUNK_BYTES = int64_t(8) << 20;
 
+// int8 values are expanded as their integers (exact in bf16) and the product's columns scaled after.
+template <class T>
 at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                               const at::Tensor& roff, int64_t in, int isa) {
   const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
@@ -181,7 +205,7 @@ at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const
     wbuf = at::empty({chunk * ld}, x.options().dtype(cdt));
   at::Tensor y = at::empty({B, O}, x.options().dtype(cdt));
   const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
-  const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  const T* vp = static_cast<const T*>(values.data_ptr());
   const int64_t* rp = roff.data_ptr<int64_t>();
   for (int64_t r0 = 0; r0 < O; r0 += chunk) {
     const int64_t n = std::min(chunk, O - r0);
@@ -253,10 +277,13 @@ at::Tensor row_offsets(const at::Tensor& mask) {
   return out;
 }
 
-at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
-                            const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
-                            int64_t mode) {
-  check_packed(mask, values, roff, in);
+namespace {
+
+// x @ W^T (+ bias) for a packed W; `scales` defined: int8 values and their per-row scales.
+template <class T>
+at::Tensor packed_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& scales, const at::Tensor& roff, int64_t in,
+                            const c10::optional<at::Tensor>& bias, int64_t mode) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) == in && x.is_cpu(), "subcoder_sparse: input must be (B, ", in, ")");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
               "subcoder_sparse: input must be bf16 or fp32");
@@ -265,14 +292,48 @@ at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const a
   if (B == 0) return at::empty({0, O}, x.options());
   const bool gemm = mode == 2 || (mode == 0 && B >= g_gemm_min_batch.load());
   if (gemm) {
-    at::Tensor y = sparse_matmul_gemm(x, mask, values, roff, in, isa);
+    at::Tensor y = sparse_matmul_gemm<T>(x, mask, values, roff, in, isa);
+    if (scales.defined()) y = y.to(at::kFloat).mul_(scales);  // fp32, so the scale adds no bf16 rounding
     if (bias.has_value() && bias->defined()) y.add_(bias->to(y.scalar_type()));
     return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
   }
   at::Tensor y = at::empty({B, O}, x.options());
-  const OutputWriter ow(y, bias);
-  sparse_matmul_tiled(x, mask, values, roff, in, isa, ow);
+  OutputWriter ow(y, bias);
+  if (scales.defined()) ow.scale = scales.data_ptr<float>();
+  sparse_matmul_tiled<T>(x, mask, values, roff, in, isa, ow);
   return y;
+}
+
+// Dense int8 rows of prefill batches: the weight converted to the compute dtype in row chunks
+// (integers, exact in bf16) and multiplied by the BLAS, the columns then scaled in fp32.
+at::Tensor dense_q8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int isa) {
+  const int64_t B = x.size(0), O = weight.size(0), in = weight.size(1);
+  const auto cdt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
+  const at::Tensor xc = x.to(cdt).contiguous();
+  at::Tensor y = at::empty({B, O}, x.options().dtype(at::kFloat));
+  const int64_t chunk = std::max<int64_t>(16, CHUNK_BYTES / (in * 4));
+  for (int64_t r0 = 0; r0 < O; r0 += chunk) {
+    const int64_t n = std::min(chunk, O - r0);
+    at::Tensor cols = y.narrow(1, r0, n);
+    cols.copy_(at::mm(xc, weight.narrow(0, r0, n).to(cdt).t()));
+  }
+  return y.mul_(scales);
+}
+
+}  // namespace
+
+at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                            int64_t mode) {
+  check_packed(mask, values, roff, in);
+  return packed_linear_2d<uint16_t>(x, mask, values, at::Tensor(), roff, in, bias, mode);
+}
+
+at::Tensor sparse_linear_q8_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                               const at::Tensor& scales, const at::Tensor& roff, int64_t in,
+                               const c10::optional<at::Tensor>& bias, int64_t mode) {
+  check_packed(mask, values, roff, in, /*q8=*/true);
+  return packed_linear_2d<int8_t>(x, mask, values, checked_scales(scales, mask.size(0)), roff, in, bias, mode);
 }
 
 at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
@@ -285,10 +346,22 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::
   return sparse_linear_2d(x.reshape({-1, in}), mask, values, roff, in, bias, mode).view(shape);
 }
 
-at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
-                  weight.is_cpu(),
-              "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& scales, const at::Tensor& roff, int64_t in,
+                            const c10::optional<at::Tensor>& bias, int64_t mode) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "subcoder_sparse: input must be (..., ", in, ")");
+  if (x.dim() == 2) return sparse_linear_q8_2d(x, mask, values, scales, roff, in, bias, mode);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = mask.size(0);
+  return sparse_linear_q8_2d(x.reshape({-1, in}), mask, values, scales, roff, in, bias, mode).view(shape);
+}
+
+namespace {
+
+// Dense W (out, in) of element type T (bf16 bits, or int8 with `scales`) with the row kernels.
+template <class T>
+at::Tensor dense_rows_2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                         const c10::optional<at::Tensor>& bias) {
   const int64_t O = weight.size(0), in = weight.size(1);
   TORCH_CHECK(x.dim() == 2 && x.size(1) == in, "subcoder_sparse: input must be (B, ", in, ")");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
@@ -297,22 +370,46 @@ at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const 
   const int64_t B = x.size(0);
   at::Tensor y = at::empty({B, O}, x.options());
   if (B == 0) return y;
-  const OutputWriter ow(y, bias);
+  OutputWriter ow(y, bias);
+  if (scales.defined()) ow.scale = scales.data_ptr<float>();
   const PaddedInput xp = padded_input(x, in, isa);
   const int64_t xs = xp.stride;
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+  const T* wp = static_cast<const T*>(weight.data_ptr());
   const int64_t nt = n_threads_for(O * in * B);
   dispatch_isa(isa, [&](auto tag) {
     using I = decltype(tag);
     const auto* xq = static_cast<const typename I::In*>(xp.data);
     parallel_rows(O, nullptr, 1, nt, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const uint16_t* w = wp + r * in;
-        run_tiles(B, r, ow, [&](int nb, int64_t b, float* o) { PackedRows<I>::dense(nb, w, in, xq + b * xs, xs, o); });
+        const T* w = wp + r * in;
+        run_tiles(B, r, ow, [&](int nb, int64_t b, float* o) { PackedRows<I, T>::dense(nb, w, in, xq + b * xs, xs, o); });
       }
     });
   });
   return y;
+}
+
+}  // namespace
+
+at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
+                  weight.is_cpu(),
+              "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+  return dense_rows_2d<uint16_t>(x, weight, at::Tensor(), bias);
+}
+
+at::Tensor dense_linear_q8_2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                              const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.is_cpu(),
+              "subcoder_sparse: dense int8 weight must be a contiguous CPU int8 (out, in) tensor");
+  const at::Tensor s = checked_scales(scales, weight.size(0));
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == weight.size(1), "subcoder_sparse: input must be (B, ", weight.size(1), ")");
+  if (x.size(0) >= g_gemm_min_batch.load()) {
+    at::Tensor y = dense_q8_gemm(x, weight, s, current_isa());
+    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+    return y.to(x.scalar_type());
+  }
+  return dense_rows_2d<int8_t>(x, weight, s, bias);
 }
 
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
@@ -324,16 +421,32 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10
   return dense_linear_2d(x.reshape({-1, x.size(-1)}), weight, bias).view(shape);
 }
 
+at::Tensor dense_linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                           const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1),
+              "subcoder_sparse: input must be (..., ", weight.size(1), ")");
+  if (x.dim() == 2) return dense_linear_q8_2d(x, weight, scales, bias);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight.size(0);
+  return dense_linear_q8_2d(x.reshape({-1, x.size(-1)}), weight, scales, bias).view(shape);
+}
+
 at::Tensor expand(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,
                   int64_t r0, int64_t r1, at::ScalarType dtype) {
-  check_packed(mask, values, roff, in);
+  const bool q8 = values.scalar_type() == at::kChar;
+  check_packed(mask, values, roff, in, q8);
   TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= mask.size(0), "subcoder_sparse: bad row range");
   const int isa = current_isa();
   const int64_t ld = mask.size(1) * 32;
   const bool native_bf16 = dtype == at::kBFloat16 && isa == ISA_AVX512;
   at::Tensor buf = at::empty({r1 - r0, ld}, mask.options().dtype(native_bf16 ? at::kBFloat16 : at::kFloat));
-  expand_rows(reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>()), mask.size(1),
-              reinterpret_cast<const uint16_t*>(values.data_ptr()), roff.data_ptr<int64_t>(), r0, r1, buf, isa);
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
+  if (q8)
+    expand_rows(mp, mask.size(1), static_cast<const int8_t*>(values.data_ptr()), roff.data_ptr<int64_t>(), r0, r1,
+                buf, isa);
+  else
+    expand_rows(mp, mask.size(1), static_cast<const uint16_t*>(values.data_ptr()), roff.data_ptr<int64_t>(), r0,
+                r1, buf, isa);
   at::Tensor out = buf.narrow(1, 0, in);
   return out.to(dtype).contiguous();
 }

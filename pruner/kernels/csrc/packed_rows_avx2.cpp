@@ -5,5 +5,6 @@
 SC_BEGIN_TARGET(SC_TARGET_AVX2)
 #include "packed_rows_impl.h"
 
-template struct subcoder::PackedRows<subcoder::Avx2>;
+template struct subcoder::PackedRows<subcoder::Avx2, uint16_t>;
+template struct subcoder::PackedRows<subcoder::Avx2, int8_t>;
 SC_END_TARGET

@@ -6,7 +6,8 @@
 SC_BEGIN_TARGET(SC_TARGET_AVX512)
 #include "packed_rows_impl.h"
 
-template struct subcoder::PackedRows<subcoder::Avx512>;
+template struct subcoder::PackedRows<subcoder::Avx512, uint16_t>;
+template struct subcoder::PackedRows<subcoder::Avx512, int8_t>;
 
 void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const uint16_t* values,
                                        const int64_t* roff, int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
@@ -16,6 +17,21 @@ void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, con
     uint16_t* d = dst + (r - r0) * ld;
     for (int64_t k = 0; k < nwords; ++k) {
       _mm512_storeu_si512(d + 32 * k, Avx512::expand(v, mw[k]));
+      v += Avx512::popcount(mw[k]);
+    }
+  }
+}
+
+void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const int8_t* values,
+                                       const int64_t* roff, int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* mw = mask + r * nwords;
+    const int8_t* v = values + roff[r];
+    uint16_t* d = dst + (r - r0) * ld;
+    for (int64_t k = 0; k < nwords; ++k) {
+      Avx512::W w;
+      Avx512::expand_word(v, mw[k], &w);
+      _mm512_storeu_si512(d + 32 * k, w);
       v += Avx512::popcount(mw[k]);
     }
   }

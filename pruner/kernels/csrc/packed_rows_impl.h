@@ -13,8 +13,8 @@
 namespace subcoder {
 namespace rows {
 
-template <class I, int NB>
-inline void sparse_row(const uint32_t* mw, int64_t nwords, const uint16_t* v, const typename I::In* x, int64_t xs,
+template <class I, class T, int NB>
+inline void sparse_row(const uint32_t* mw, int64_t nwords, const T* v, const typename I::In* x, int64_t xs,
                        float* out) {
   constexpr int NA = I::accumulators(NB);
   constexpr int G = I::kWordsPerStep, V = I::kWordVecs, C = I::kVecCols;
@@ -26,7 +26,7 @@ inline void sparse_row(const uint32_t* mw, int64_t nwords, const uint16_t* v, co
     uint32_t m[G];
     uint32_t any = 0;
     for (int u = 0; u < G; ++u) any |= m[u] = mw[k + u];
-    if ((k & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(v + PREFETCH_VALUES), _MM_HINT_T0);
+    if ((k & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(v) + PREFETCH_VALUES * 2, _MM_HINT_T0);
     if (I::kSkipEmptyWords && any == 0) continue;
     typename I::W w[G][V];
     for (int u = 0; u < G; ++u) {
@@ -56,8 +56,8 @@ inline void sparse_row(const uint32_t* mw, int64_t nwords, const uint16_t* v, co
   }
 }
 
-template <class I, int NB>
-inline void dense_row(const uint16_t* w, int64_t in, const typename I::In* x, int64_t xs, float* out) {
+template <class I, class T, int NB>
+inline void dense_row(const T* w, int64_t in, const typename I::In* x, int64_t xs, float* out) {
   constexpr int64_t C = I::kVecCols;
   typename I::Acc acc[NB][2];
   for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = I::zero();
@@ -79,12 +79,7 @@ inline void dense_row(const uint16_t* w, int64_t in, const typename I::In* x, in
   for (int b = 0; b < NB; ++b) {
     float s = I::hsum(I::add(acc[b][0], acc[b][1]));
     if constexpr (!I::kMaskedTail) {
-      for (int64_t t = c; t < in; ++t) {
-        const uint32_t bits = static_cast<uint32_t>(w[t]) << 16;
-        float wf;
-        __builtin_memcpy(&wf, &bits, 4);
-        s += wf * x[b * xs + t];
-      }
+      for (int64_t t = c; t < in; ++t) s += I::scalar(w[t]) * x[b * xs + t];
     }
     out[b] = s;
   }
@@ -92,33 +87,33 @@ inline void dense_row(const uint16_t* w, int64_t in, const typename I::In* x, in
 
 }  // namespace rows
 
-template <class I>
-void PackedRows<I>::sparse(int nb, const uint32_t* mw, int64_t nwords, const uint16_t* v, const In* x, int64_t xs,
+template <class I, class T>
+void PackedRows<I, T>::sparse(int nb, const uint32_t* mw, int64_t nwords, const T* v, const In* x, int64_t xs,
                            float* out) {
   switch (nb) {
-    case 1: return rows::sparse_row<I, 1>(mw, nwords, v, x, xs, out);
-    case 2: return rows::sparse_row<I, 2>(mw, nwords, v, x, xs, out);
-    case 3: return rows::sparse_row<I, 3>(mw, nwords, v, x, xs, out);
-    default: return rows::sparse_row<I, 4>(mw, nwords, v, x, xs, out);
+    case 1: return rows::sparse_row<I, T, 1>(mw, nwords, v, x, xs, out);
+    case 2: return rows::sparse_row<I, T, 2>(mw, nwords, v, x, xs, out);
+    case 3: return rows::sparse_row<I, T, 3>(mw, nwords, v, x, xs, out);
+    default: return rows::sparse_row<I, T, 4>(mw, nwords, v, x, xs, out);
   }
 }
 
-template <class I>
-void PackedRows<I>::dense(int nb, const uint16_t* w, int64_t in, const In* x, int64_t xs, float* out) {
+template <class I, class T>
+void PackedRows<I, T>::dense(int nb, const T* w, int64_t in, const In* x, int64_t xs, float* out) {
   switch (nb) {
-    case 1: return rows::dense_row<I, 1>(w, in, x, xs, out);
-    case 2: return rows::dense_row<I, 2>(w, in, x, xs, out);
-    case 3: return rows::dense_row<I, 3>(w, in, x, xs, out);
-    default: return rows::dense_row<I, 4>(w, in, x, xs, out);
+    case 1: return rows::dense_row<I, T, 1>(w, in, x, xs, out);
+    case 2: return rows::dense_row<I, T, 2>(w, in, x, xs, out);
+    case 3: return rows::dense_row<I, T, 3>(w, in, x, xs, out);
+    default: return rows::dense_row<I, T, 4>(w, in, x, xs, out);
   }
 }
 
-template <class I>
-void PackedRows<I>::expand_f32(const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
+template <class I, class T>
+void PackedRows<I, T>::expand_f32(const uint32_t* mask, int64_t nwords, const T* values, const int64_t* roff,
                                int64_t r0, int64_t r1, float* dst, int64_t ld) {
   for (int64_t r = r0; r < r1; ++r) {
     const uint32_t* mw = mask + r * nwords;
-    const uint16_t* v = values + roff[r];
+    const T* v = values + roff[r];
     float* d = dst + (r - r0) * ld;
     for (int64_t k = 0; k < nwords; ++k) {
       I::store_word_f32(v, mw[k], d + 32 * k);

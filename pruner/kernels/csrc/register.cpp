@@ -25,7 +25,11 @@ TORCH_LIBRARY(subcoder_sparse, m) {
   m.def("sparse_linear(Tensor x, Tensor mask, Tensor values, Tensor row_offsets, int in_features, "
         "Tensor? bias, int mode) -> Tensor",
         &sparse_linear);
+  m.def("sparse_linear_q8(Tensor x, Tensor mask, Tensor values, Tensor scales, Tensor row_offsets, "
+        "int in_features, Tensor? bias, int mode) -> Tensor",
+        &sparse_linear_q8);
   m.def("dense_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", &dense_linear);
+  m.def("dense_linear_q8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor", &dense_linear_q8);
   m.def("expand(Tensor mask, Tensor values, Tensor row_offsets, int in_features, int r0, int r1, "
         "ScalarType dtype) -> Tensor",
         &expand);

@@ -175,15 +175,20 @@ def _kernel_qwen(seed: int, dtype, sparse_layers: bool, heads=(4, 2)):
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias.normal_(0, 0.5)
-    if sparse_layers:
+    if sparse_layers == "dense-int8":  # the dense int8 baseline (DenseInt8Linear)
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is torch.nn.Linear and name != "lm_head":
+                    setattr(module, name, sparse.DenseInt8Linear.from_linear(child))
+    elif sparse_layers:  # True: bf16 values; "int8": int8 values
         g = torch.Generator().manual_seed(seed + 1)
         masks = {n: torch.rand(m.weight.shape, generator=g) < 0.5
                  for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
-        sparse.sparsify(model, masks)
+        sparse.sparsify(model, masks, values="int8" if sparse_layers == "int8" else "bf16")
     return model
 
 
-@pytest.mark.parametrize("sparse_layers", [True, False])
+@pytest.mark.parametrize("sparse_layers", [True, False, "int8", "dense-int8"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("heads", [(4, 2), (2, 1)])
 def test_fused_step_is_bit_identical_to_the_operator_loop(sparse_layers, dtype, heads):
@@ -212,7 +217,7 @@ def test_fused_step_is_bit_identical_to_the_operator_loop(sparse_layers, dtype, 
 
 
 @pytest.mark.parametrize("heads", [(4, 2), (2, 1)])  # head_dim 16 and 32: both paths of the kernel's attention
-@pytest.mark.parametrize("sparse_layers", [True, False])
+@pytest.mark.parametrize("sparse_layers", [True, False, "int8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_verify_matches_one_step_per_token(sparse_layers, dtype, heads):
     """`verify` (T tokens in one pass, causal among themselves) gives exactly the logits and the cache
