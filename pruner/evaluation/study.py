@@ -44,9 +44,10 @@ BASELINES = (MIXED, PROSE)
 # corpora/SOURCES.md), not the Python documentation the corpus language "prose" holds.
 BASELINE_SOURCES = {MIXED: "mixed-code", PROSE: "literature"}
 SHAPES = ("u50", "2:4", "u30")
-# Dense next-line exact match below this: the language's task cells say nothing about calibrations (every
-# pruned model scores ~0 too), so they are left out of the counts instead of being called ties.
-FLOOR = 0.05
+# Dense next-line exact match below this: the language's task cells say nothing about calibrations (50%
+# sub-models of smollm2-135m score 0/100 where dense scores 5/100), so they are left out of the counts
+# instead of being called ties, and not run.
+FLOOR = 0.10
 PATTERNS = ("unstructured", "2:4")  # what `--patterns` accepted before shapes; kept for old scripts
 
 
