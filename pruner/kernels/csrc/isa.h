@@ -238,23 +238,25 @@ struct Avx512 {
 
   // int8 values: 32 int8 become 32 bf16 (integers up to 127 are exact in bf16: 8 significant bits)
   // through fp32, then take the same vdpbf16ps as bf16 values; the caller applies the row's scale.
-  // Measured against fp32 FMAs on an fp32 input: see docs/PERFORMANCE.md ("int8 kept values").
+  // docs/PERFORMANCE.md ("int8 kept values") has what was measured and tried.
   SC_INLINE(SC_TARGET_AVX512) static W q8_to_bf16(__m256i q) {
     const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
     const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
   }
-  // The next 32 int8 values as bf16, then vpexpandw (register form) under the mask: converting
-  // before expanding lets the word expansion do the work, as the bf16 path's does. vpexpandb (load
-  // or register form) measured 4x slower on Zen 4. The plain 32-byte load stays within the int8
-  // padding (2 * PAD_VALUES bytes).
+  // The next 32 int8 values as bf16 (vpmovsxbd straight from memory: no lane extract), then
+  // vpexpandw (register form) under the mask: converting before expanding lets the word expansion do
+  // the work, as in the bf16 path; vpexpandb (load or register form) measured 4x slower on Zen 4.
+  // The plain 32-byte load stays within the int8 padding (2 * PAD_VALUES bytes).
+  SC_INLINE(SC_TARGET_AVX512) static W load_q8_bf16(const int8_t* v) {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 16))));
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  }
   SC_INLINE(SC_TARGET_AVX512) static void expand_word(const int8_t* v, uint32_t m, W* w) {
-    const W packed = q8_to_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)));
-    w[0] = _mm512_maskz_expand_epi16(static_cast<__mmask32>(m), packed);
+    w[0] = _mm512_maskz_expand_epi16(static_cast<__mmask32>(m), load_q8_bf16(v));
   }
-  SC_INLINE(SC_TARGET_AVX512) static W load_dense(const int8_t* w) {
-    return q8_to_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-  }
+  SC_INLINE(SC_TARGET_AVX512) static W load_dense(const int8_t* w) { return load_q8_bf16(w); }
   SC_INLINE(SC_TARGET_AVX512) static W load_dense_tail(const int8_t* w, int64_t n) {
     const __mmask64 mk = n >= 32 ? 0xffffffffull : ((1ull << n) - 1ull);
     return q8_to_bf16(_mm512_castsi512_si256(_mm512_maskz_loadu_epi8(mk, w)));
