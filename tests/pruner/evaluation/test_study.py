@@ -139,7 +139,10 @@ def test_no_effect_is_not_called_a_win(tmp_path):
 
 
 @pytest.mark.slow
-def test_study_end_to_end_on_a_tiny_model(tmp_path):
+def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    from subcoder.pruner.evaluation import study as study_module
+
+    monkeypatch.setattr(study_module, "FLOOR", 0.0)  # the tiny model scores 0: judge its tasks all the same
     model = str(save_tiny_model_dir(tmp_path / "tiny-llama"))
     plan = Plan(models=(model,), languages=("python", "java"), baselines=("prose",), shapes=("u50", "u30"), seeds=2,
                 task_shapes=("u50",), tasks=3, windows=3, seq_len=32, context_tokens=64, max_new_tokens=8,
@@ -151,6 +154,8 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path):
     assert len(entry["cells"]["python-u50-s0"]["java"]["ppl"]["windows"]) == 3
     assert "nextline" in entry["cells"]["prose-u50-s0"]["python"] and "nextline" not in entry["cells"]["prose-u50-s1"]["python"]
     assert entry["jaccard"]["u50"] and entry["jaccard"]["u30"]
+    monkeypatch.setattr(study_module, "FLOOR", 0.1)
+    assert study_module.dense_at_floor(model, plan, "python", work)  # a real run would not have run those cells
     report.write_results(study, docs)
     text = (docs / "RESULTS.md").read_text()
     assert "## Answers" in text and "Held-out perplexity" in text
