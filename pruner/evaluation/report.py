@@ -461,7 +461,8 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                       + ".", "",
                       "| calibration ↓ / evaluated on → | seeds | calibration files | " + " | ".join(langs) + " |",
                       "|---" * (len(langs) + 3) + "|"]
-                for calib, row in table.items():
+                order = ["dense", "magnitude", *plan["languages"], *plan["baselines"]]
+                for calib, row in sorted(table.items(), key=lambda kv: order.index(kv[0])):
                     any_cell = next(iter(row.values()))
                     L.append(f"| {_label(calib)} | {any_cell['seeds'] if calib not in ('dense', 'magnitude') else '–'} "
                              f"| {any_cell['calibration_files'] or '–'} | "
@@ -469,11 +470,13 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                 L.append("")
             own = s["ppl"]["own"]
             if own:
+                rivals = list(dict.fromkeys(r for o in own.values() for r in o["rivals"]))
                 L += ["Own-language calibration against each rival: perplexity ratio own / rival (below 1: own better).", "",
-                      "| evaluated on | " + " | ".join(_label(r) for r in next(iter(own.values()))["rivals"]) + " | verdict |",
-                      "|---" * (len(next(iter(own.values()))["rivals"]) + 2) + "|"]
+                      "| evaluated on | " + " | ".join(_label(r) for r in rivals) + " | verdict |",
+                      "|---" * (len(rivals) + 2) + "|"]
                 for lang, o in own.items():
-                    L.append(f"| {lang} | " + " | ".join(_ratio(r) for r in o["rivals"].values()) + f" | {o['verdict']} |")
+                    L.append(f"| {lang} | " + " | ".join(_ratio(o["rivals"][r]) if r in o["rivals"] else "–" for r in rivals)
+                             + f" | {o['verdict']} |")
                 L.append("")
             for b, per in s["ppl"]["baselines"].items():
                 L += [f"{_label(b)} against own-language calibration: ratio {b} / own (above 1: own better).", "",
@@ -483,9 +486,16 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
             if s["ppl"]["spread"] is not None:
                 L += [f"Calibration noise measured at {shape}: median standard deviation of log-perplexity across seeds "
                       f"{s['ppl']['spread']:.4f} ({100 * (math.exp(s['ppl']['spread']) - 1):.1f}% in perplexity).", ""]
+            floor = {lang: t for lang, t in s["tasks"].items() if "excluded" in t}
+            if floor:
+                L += ["**Next-line exact match** left out where dense is at the floor: "
+                      + "; ".join(f"{lang} ({t['layout']} layout, {t['n']} tasks from {t['files']} files): dense "
+                                  f"{_pct(t['rows']['dense'])}" for lang, t in floor.items()) + ".", ""]
             for lang, t in s["tasks"].items():
+                if lang in floor:
+                    continue
                 L += [f"**Next-line exact match, {lang}** ({t['layout']} layout, {t['n']} tasks from {t['files']} files, "
-                      "seed-0 sub-models)" + (f": left out, {t['excluded']}." if "excluded" in t else ""), ""]
+                      "seed-0 sub-models)", ""]
                 L += ["| row | exact match | own − row | own only / row only, McNemar p |", "|---|---|---|---|"]
                 for calib, iv in t["rows"].items():
                     r = (t.get("rivals") or {}).get(calib)
