@@ -394,6 +394,18 @@ def _claims(model: str, shape: str, s: dict) -> list[str]:
     return L
 
 
+def _costs(entry: dict) -> str:
+    """Mean seconds per sub-model build, perplexity cell and next-line task, from what the cells recorded."""
+    builds = [v["extract_s"] for v in entry["variants"].values() if v.get("extract_s")]
+    ppl = [m["ppl"]["seconds"] for c in entry["cells"].values() for m in c.values() if m.get("ppl", {}).get("seconds")]
+    tasks = [r["seconds"] for c in entry["cells"].values() for m in c.values()
+             for r in m.get("nextline", {}).get("results", []) if r.get("seconds") is not None]
+    parts = [f"{statistics.fmean(builds):.0f} s per sub-model build ({len(builds)} builds)" if builds else None,
+             f"{statistics.fmean(ppl):.0f} s per perplexity cell ({len(ppl)} cells)" if ppl else None,
+             f"{statistics.fmean(tasks):.2f} s per next-line task ({len(tasks)} tasks)" if tasks else None]
+    return ", ".join(p for p in parts if p) or "nothing recorded"
+
+
 def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> Path:
     """RESULTS.md and the figures in `docs_dir`, from the finished cells in `study` (study.load_study)."""
     docs_dir = Path(docs_dir)
@@ -512,6 +524,9 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                       f"Jaccard distance of kept-weight masks (random 50% masks: ≈ 0.667): {j['verdict']}; "
                       f"{len(j['distinct_layers'])} of {len(j['layers'])} layers have every between-language pair "
                       "further apart than every within-language pair.", ""]
+    for model, entry in study["models"].items():
+        if entry["cells"]:
+            L += [f"Cost on this machine, {model}: {_costs(entry)}.", ""]
     L += ["## Limitations", "",
           "- Small models (135 M, 494 M parameters) lose much more to pruning than the paper's 7B models.",
           "- Perplexities compare within one base model only (different tokenizers).",
