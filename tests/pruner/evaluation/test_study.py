@@ -172,3 +172,8 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     partial = load_study(plan, work_dir=work, command="more seeds", masks=False)
     assert "python-u50-s2" not in partial["models"][model]["cells"] and "python-u50-s1" in partial["models"][model]["cells"]
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
+
+
+def test_one_seed_is_not_judged_however_narrow_its_interval():
+    s = report.summarize(synthetic_study(seeds=1))["m"]["u50"]
+    assert {o["verdict"] for o in s["ppl"]["own"].values()} == {report.ONE_SEED}
