@@ -97,6 +97,14 @@ def _atomic_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def finish_cell(out: Path, data: dict, started: float) -> dict:
+    """A resumable cell is done: its own time recorded, `complete` set, written atomically."""
+    data["seconds"] = round(time.perf_counter() - started, 1)
+    data["complete"] = True
+    _atomic_json(out, data)
+    return data
+
+
 class Bar:
     """A tqdm bar when tqdm is usable, a no-op otherwise; callable with a step count."""
 

@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .runner import LANGUAGES, Bar, _atomic_json, environment, pick_dtype
+from .runner import LANGUAGES, Bar, _atomic_json, environment, finish_cell, pick_dtype
 
 STUDY_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
 MIXED, PROSE = "mixed-code", "prose"
@@ -312,9 +312,7 @@ def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *
                                                 mode="single-line").text,
                 items, layout=layout, done=(stored or {}).get("results"), save=save, bar=bar)
             bar.close()
-        data["seconds"] = round(time.perf_counter() - started, 1)
-        data["complete"] = True
-        _atomic_json(out, data)
+        finish_cell(out, data, started)
         _say(f"{v.key} {lang} {metric}: {cell_summary(data)} ({data['seconds']:.0f} s)")
 
 
