@@ -44,6 +44,7 @@ class Configuration:
     pattern: str = "unstructured"
     foreign: bool = False  # the base is not the plan's: the frontier's question is a bigger model pruned
     calibration: str = ""  # "" = the default calibration; else CALIBRATION_HELP's words joined by "-"
+    values: str = "bf16"  # "int8": kept values (or a dense model's weights) as int8 with per-row scales
 
     @property
     def dense(self) -> bool:
@@ -51,9 +52,10 @@ class Configuration:
 
     @property
     def spec(self) -> str:
+        values = "" if self.values == "bf16" else f"+{self.values}"
         if self.dense:
-            return "dense"
-        spec = self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}"
+            return f"dense{values}"
+        spec = (self.pattern if self.pattern != "unstructured" else f"u{round(self.sparsity * 100)}") + values
         return f"{spec}/{self.calibration}" if self.calibration else spec
 
     def calibration_spec(self):
@@ -69,8 +71,9 @@ class Configuration:
 
     @classmethod
     def parse(cls, base: str, text: str) -> Configuration:
-        """`dense`, a sparsity (`0.5`, `50%`), or an N:M pattern (`2:4`, 50%); `@PRESET` after any of them
-        names another base model (`0.5@qwen2.5-coder-1.5b`: the bigger model's 50% sub-model)."""
+        """`dense`, a sparsity (`0.5`, `50%`), or an N:M pattern (`2:4`, 50%); then optionally `+int8` (the
+        values' format), `/CALIBRATION` (a sub-model's calibration, see `calibration_fields`) and `@PRESET`
+        (another base model: `0.5+int8@qwen2.5-coder-1.5b` is the bigger model's 50% sub-model, int8 values)."""
         text = text.strip()
         if "@" in text:
             text, other = (x.strip() for x in text.rsplit("@", 1))
@@ -84,6 +87,13 @@ class Configuration:
                 raise ValueError("a dense model has no calibration: drop the '/...'")
             calibration_fields(calibration)  # fail early on a word it does not know
             return dataclasses.replace(cls.parse(base, text), calibration=calibration)
+        if "+" in text:
+            text, values = (x.strip() for x in text.split("+", 1))
+            from subcoder.pruner.config import VALUE_FORMATS
+
+            if values not in VALUE_FORMATS:
+                raise ValueError(f"values must be one of {', '.join(VALUE_FORMATS)}, not {values!r}")
+            return dataclasses.replace(cls.parse(base, text), values=values)
         if text == "dense":
             return cls(base)
         if ":" in text:
@@ -157,7 +167,8 @@ def submodel_path(cfg: Configuration, language: str) -> str:
     from subcoder.pruner.config import PruneConfig
     from subcoder.pruner.extract import extract
 
-    res = extract(cfg.base, language, PruneConfig(sparsity=cfg.sparsity, pattern=cfg.pattern, method="wanda"),
+    res = extract(cfg.base, language, PruneConfig(sparsity=cfg.sparsity, pattern=cfg.pattern, method="wanda",
+                                                  values=cfg.values),
                   cfg.calibration_spec(), dtype=pick_dtype("auto"))
     return str(res.path)
 
@@ -165,15 +176,18 @@ def submodel_path(cfg: Configuration, language: str) -> str:
 def dense_kernel_linears(model) -> int:
     """How many linears run on the kernel's dense bf16 layer: the loader puts a dense model's there
     (EngineOptions.dense_kernel), so dense and pruned decode through the same fused step."""
-    from subcoder.pruner.kernels.linear import DenseBF16Linear
+    from subcoder.pruner.kernels.linear import DenseBF16Linear, DenseInt8Linear
 
-    return sum(1 for m in model.modules() if isinstance(m, DenseBF16Linear))
+    return sum(1 for m in model.modules() if isinstance(m, (DenseBF16Linear, DenseInt8Linear)))
 
 
-def load_for_engine(path: str):
+def load_for_engine(path: str, values: str = "bf16"):
+    """A model on the engine the server runs; `values` int8 puts a dense model's linears on the kernel's
+    int8 layer (a sub-model's format is in its manifest)."""
+    from subcoder.pruner.engine.options import EngineOptions
     from subcoder.pruner.loader import load_model
 
-    loaded = load_model(path, dtype=pick_dtype("auto"))
+    loaded = load_model(path, dtype=pick_dtype("auto"), options=EngineOptions.from_env(dense_values=values))
     return loaded, dense_kernel_linears(loaded.model)
 
 
@@ -234,7 +248,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
     for cfg in configs:
         path = submodel_path(cfg, language)
         t0 = time.perf_counter()
-        loaded, wrapped = load_for_engine(path)
+        loaded, wrapped = load_for_engine(path, cfg.values)
         c = Completer(loaded, context_tokens=plan.context_tokens, fim_order=LAYOUTS[0])
         c.warm_up()
         engines[cfg.name] = c
@@ -308,7 +322,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
             continue
         path = submodel_path(cfg, language)
         t0 = time.perf_counter()
-        loaded, wrapped = load_for_engine(path)
+        loaded, wrapped = load_for_engine(path, cfg.values)
         load_s = time.perf_counter() - t0
         _say(f"{cfg.name} {language}: loaded {path} in {load_s:.0f} s"
              + f" ({wrapped} linears on the dense bf16 kernel)")

@@ -74,9 +74,12 @@ def test_configurations_name_another_base_and_a_calibration(tmp_path):
     assert Configuration.parse("m", "0.5").calibration_spec() == type(spec)(), "no suffix: the default calibration"
     # Distinct configurations keep distinct cell files.
     paths = {_cell_file(tmp_path, Configuration.parse("m", t), "python", "nextline:psm")
-             for t in ("0.5", "0.5/files", "0.5@big", "dense", "dense@big", "2:4")}
-    assert len(paths) == 6
-    for bad in ("0.5/fim", "dense/files", "0.5@", "0.5/files-wat"):
+             for t in ("0.5", "0.5/files", "0.5@big", "dense", "dense@big", "2:4", "0.5+int8", "dense+int8")}
+    assert len(paths) == 8
+    small = Configuration.parse("m", "0.5+int8/files@big")
+    assert (small.values, small.calibration, small.base, small.name) == ("int8", "files", "big", "u50+int8/files@big")
+    assert Configuration.parse("m", "dense+int8").name == "dense+int8"
+    for bad in ("0.5/fim", "dense/files", "0.5@", "0.5/files-wat", "0.5+int4"):
         with pytest.raises(ValueError):
             Configuration.parse("m", bad)
 
