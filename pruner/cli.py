@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
                    help="wanda scores |W|·||X|| from calibration; magnitude scores |W| alone, the baseline (default: wanda)")
     p.add_argument("--values", default="bf16",
-                   help="how kept weights are stored: bf16 (exact), or int8 with one scale per row (about half the "
-                        "bytes again, 0.31x of dense bf16 at 50%%; decoded by the kernel; costs some quality) (default: bf16)")
+                   help="how kept weights are stored: bf16 (exact), or int8 with one scale per row (0.31x of dense "
+                        "bf16's bytes at 50%% instead of 0.56x; the kernel decodes them; rounds every weight to "
+                        "1/254 of its row's range) (default: bf16)")
     p.add_argument("--calibration", default="corpus", choices=list(sources),
                    help="shipped corpus, your workspace's files, or a mix (default: corpus)")
     p.add_argument("--workspace", help="folder whose files calibrate (with --calibration workspace/mix)")
