@@ -57,7 +57,7 @@ def load_model(
     )
     loaded = LoadedModel(model, tokenizer, info)
     if options.dense_kernel and kernel_decision(sparse, options.sparse_kernel) is not False:
-        _dense_on_kernel(loaded, device=device)
+        _dense_on_kernel(loaded, device=device, values=options.dense_values)
     return loaded
 
 
@@ -88,13 +88,15 @@ def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool)
     loaded.info.sparse_kernel = True
 
 
-def _dense_on_kernel(loaded: LoadedModel, *, device) -> None:
+def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> None:
     """Put a dense model's bf16 linears (decoder layers and lm_head) on the kernel's dense matvec:
     the fused decode step then runs them as it runs a sub-model's (kind "dense bf16"), and the greedy
     head screens lm_head as it does there, so a dense model gets the same engine. The wrappers share
     the Parameters (no copy; a tied lm_head stays tied); prefills of 8+ tokens still multiply with
     torch. Left as they are where the kernel cannot run, or the weights are not bf16 (fp32 on CPUs
-    without native bf16, where torch's fp32 BLAS is the fast path)."""
+    without native bf16, where torch's fp32 BLAS is the fast path). `values` int8 quantises the decoder
+    linears per row (the int8 dense baseline); lm_head stays bf16, tied to the embeddings, and the greedy
+    head screens it as always."""
     import torch
     from torch import nn
 
@@ -111,9 +113,12 @@ def _dense_on_kernel(loaded: LoadedModel, *, device) -> None:
     if not ok:
         log.info("dense kernel off: %s; the model's linears stay torch's", reason)
         return
+    head = loaded.model.get_output_embeddings()
     for module, child_name, child in targets:
-        setattr(module, child_name, kernels.DenseBF16Linear.from_linear(child))
-    log.info("dense kernel: %d linears of %s on the bf16 matvec", len(targets), loaded.info.name)
+        setattr(module, child_name, kernels.DenseBF16Linear.from_linear(child) if child is head
+                else kernels.dense_kernel_layer(child, values))
+    log.info("dense kernel: %d linears of %s on the %s matvec%s", len(targets), loaded.info.name, values,
+             " (lm_head bf16)" if values != "bf16" else "")
 
 
 def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):

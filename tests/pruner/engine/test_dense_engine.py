@@ -45,6 +45,20 @@ def test_a_dense_model_runs_on_the_dense_kernel(model_dir, kernel):
     assert kernels.model_bytes(loaded.model) == kernels.model_bytes(plain.model)
 
 
+def test_the_int8_dense_baseline_quantises_the_decoder_and_keeps_the_head(model_dir, kernel):
+    """dense_values int8: the decoder linears on the kernel's int8 layer, lm_head (tied) still bf16 and
+    screened by the greedy head; the model still completes through the fused step."""
+    loaded = load_model(str(model_dir), dtype="bfloat16", options=EngineOptions(dense_values="int8"))
+    kinds = {n: type(m) for n, m in loaded.model.named_modules()
+             if isinstance(m, (nn.Linear, kernels.DenseBF16Linear, kernels.DenseInt8Linear))}
+    head = [n for n in kinds if n.endswith("lm_head")]
+    assert head and all(kinds[n] is kernels.DenseBF16Linear for n in head)
+    assert {kinds[n] for n in kinds if n not in head} == {kernels.DenseInt8Linear}
+    completer = Completer(loaded)
+    assert completer.decoder is not None and completer.decoder.fused
+    assert isinstance(completer.complete("def f(x):\n    return ", "", max_new_tokens=4).text, str)
+
+
 @pytest.mark.parametrize("how", [{"sparse": False}, {"options": EngineOptions(dense_kernel=False)},
                                  {"options": EngineOptions(sparse_kernel=False)}, {"dtype": "float32"}])
 def test_the_model_keeps_torchs_linears_when_asked_or_not_bf16(model_dir, how):
