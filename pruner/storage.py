@@ -344,9 +344,16 @@ def load_submodel(directory: Path, *, dtype="auto", device="cpu", name=None) -> 
         architecture=(config.architectures or [type(model).__name__])[0],
         fim=detect_fim(tokenizer),
         manifest=manifest,
-        weights_dtype=checkpoint_dtype(directory),
+        weights_dtype=_stored_dtype(state, packed) if manifest.get("values") == "int8" else checkpoint_dtype(directory),
     )
     return LoadedModel(model, tokenizer, info), packed
+
+
+def _stored_dtype(state: dict[str, torch.Tensor], packed: dict) -> str | None:
+    """The float dtype of the weights stored densely: an int8 sub-model's first float tensor in the
+    file may be a pruned weight's fp32 scales, which checkpoint_dtype would report."""
+    return next((str(t.dtype).removeprefix("torch.") for name, t in state.items()
+                 if name not in packed and t.is_floating_point()), None)
 
 
 def is_submodel_weights(directory: Path) -> bool:

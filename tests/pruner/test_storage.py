@@ -309,6 +309,7 @@ def test_int8_values_roundtrip(llama_dir, workspace, tmp_path):
     ok, reason = kernel_available()
     if not ok:
         pytest.skip(reason)
+    assert dense.info.weights_dtype == "bfloat16"  # not the scales' float32
     fast = load_model(str(result.path), sparse=True)
     layers = {n: m for n, m in fast.model.named_modules() if isinstance(m, SparseLinear)}
     assert len(layers) == len(masks) and all(m.value_format == "int8" for m in layers.values())
