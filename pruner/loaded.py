@@ -99,6 +99,6 @@ def checkpoint_dtype(directory: Path) -> str | None:
         except (OSError, ValueError):
             return None
         for key, entry in header.items():
-            if key != "__metadata__" and entry.get("dtype") in names and not key.endswith(".mask"):
+            if key != "__metadata__" and entry.get("dtype") in names and not key.endswith((".mask", ".scales")):
                 return names[entry["dtype"]]
     return None

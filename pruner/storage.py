@@ -31,6 +31,11 @@ from .loaded import LoadedModel, MANIFEST, ModelInfo, WEIGHTS, checkpoint_dtype,
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# int8 entries carry `.scales` tensors a reader of version 1 would not know: they say 2, so an older
+# subcoder refuses them with its "this subcoder reads 1" line instead of misreading them. bf16 entries
+# (and every cache key, which ends in -v{FORMAT_VERSION}) stay at 1.
+INT8_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, INT8_FORMAT_VERSION)
 MASK_SUFFIX = ".mask"
 VALUES_SUFFIX = ".values"
 SCALES_SUFFIX = ".scales"  # int8 values only: fp32 (out,), one scale per row
@@ -141,7 +146,7 @@ def save_submodel(loaded: LoadedModel, masks: dict[str, torch.Tensor], manifest:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         tokenizer.save_pretrained(str(tmp))
         full = {
-            "format_version": FORMAT_VERSION,
+            "format_version": INT8_FORMAT_VERSION if value_format == "int8" else FORMAT_VERSION,
             "subcoder_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **manifest,
@@ -203,8 +208,9 @@ def read_manifest(directory: Path) -> dict:
         raise CorruptError(f"{directory} is not a sub-model (no {MANIFEST})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorruptError(f"{path} is not valid JSON: the sub-model is corrupt") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptError(f"{directory}: sub-model format {manifest.get('format_version')!r}, this subcoder reads {FORMAT_VERSION}")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise CorruptError(f"{directory}: sub-model format {manifest.get('format_version')!r}, this subcoder reads "
+                           f"{' or '.join(map(str, READABLE_VERSIONS))}")
     if manifest.get("values", "bf16") not in int8.FORMATS:
         raise CorruptError(f"{directory}: kept values {manifest.get('values')!r}, this subcoder reads "
                            f"{' or '.join(int8.FORMATS)}")

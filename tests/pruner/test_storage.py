@@ -298,6 +298,7 @@ def test_int8_values_roundtrip(llama_dir, workspace, tmp_path):
     pruned = {k: v.to(torch.bfloat16) for k, v in base.model.state_dict().items()}  # as the checkpoint stores them
     assert result.manifest["values"] == "int8" and read_manifest(result.path)["values"] == "int8"
     assert "-int8-" in result.manifest["cache_key"]
+    assert result.manifest["format_version"] == 2, "an older subcoder (reads 1) must refuse, not misread, int8"
     assert result.sizes["pruned_ratio"] < 0.36  # 0.3125 at 50%, plus one fp32 scale per (short) row
     dense = load_model(str(result.path), sparse=False)
     masks = load_masks(result.path)
