@@ -489,7 +489,7 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                 L.append("")
             own = s["ppl"]["own"]
             if own:
-                rivals = list(dict.fromkeys(r for o in own.values() for r in o["rivals"]))
+                rivals = [c for c in (*plan["languages"], *plan["baselines"]) if any(c in o["rivals"] for o in own.values())]
                 L += ["Own-language calibration against each rival: perplexity ratio own / rival (below 1: own better).", "",
                       "| evaluated on | " + " | ".join(_label(r) for r in rivals) + " | verdict |",
                       "|---" * (len(rivals) + 2) + "|"]
