@@ -87,6 +87,66 @@ SC_AVX512_FN inline __m512 softmax_numerators(const float* sh, int64_t j, int64_
   return _mm512_maskz_mov_ps(live_keys(j, n), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sh + j), mv)));
 }
 
+// The weighted sum of the values and its division by the softmax denominators, for g heads of
+// DV 16-lane fp32 output chunks each (out: g rows, stride os), HB heads per pass over the values.
+// L says what one of the `steps` steps over the values is: L::value(i, c) its value chunk c,
+// L::weight(h, i) head h's softmax weight(s) for it, L::madd(acc, value, weight) the update.
+template <int DV, class L, typename T>
+SC_INLINE(SC_TARGET_AVX512) void weighted_sum(const L& l, int64_t g, int64_t steps, const float* denom, T* out,
+                                              int64_t os) {
+  constexpr int64_t HB = DV >= 16 ? 1 : 16 / DV;  // HB * DV accumulators
+  for (int64_t h0 = 0; h0 < g; h0 += HB) {
+    const int64_t hb = std::min<int64_t>(HB, g - h0);
+    __m512 acc[HB][DV];
+    for (int64_t h = 0; h < HB; ++h)
+      for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < steps; ++i) {
+      typename L::V vals[DV];
+      for (int c = 0; c < DV; ++c) vals[c] = l.value(i, c);
+      for (int64_t h = 0; h < HB; ++h) {
+        if (h >= hb) break;
+        const typename L::V p = l.weight(h0 + h, i);
+        for (int c = 0; c < DV; ++c) acc[h][c] = L::madd(acc[h][c], vals[c], p);
+      }
+    }
+    for (int64_t h = 0; h < hb; ++h) {
+      const __m512 inv = _mm512_set1_ps(1.0f / denom[h0 + h]);
+      float tmp[16];
+      for (int c = 0; c < DV; ++c) {
+        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[h][c], inv));
+        for (int i = 0; i < 16; ++i) from_f32(tmp[i], out + (h0 + h) * os + 16 * c + i);
+      }
+    }
+  }
+}
+
+// Steps of one key: the values in fp32 (rows of d), one fp32 weight per key (score rows of n16).
+struct Fp32Values {
+  using V = __m512;
+  const float* vf;
+  const float* s;
+  int64_t d, n16;
+  SC_INLINE(SC_TARGET_AVX512) V value(int64_t j, int c) const { return _mm512_loadu_ps(vf + j * d + 16 * c); }
+  SC_INLINE(SC_TARGET_AVX512) V weight(int64_t h, int64_t j) const { return _mm512_set1_ps(s[h * n16 + j]); }
+  SC_INLINE(SC_TARGET_AVX512) static __m512 madd(__m512 acc, V v, V p) { return _mm512_fmadd_ps(p, v, acc); }
+};
+
+// Steps of two keys: value rows interleaved by pairs (2 * d bf16 per pair), the pair's two bf16
+// weights in one 32-bit word (score rows of n16 floats, holding n16 / 2 such words).
+struct Bf16Pairs {
+  using V = __m512i;
+  const uint16_t* vi;
+  const float* s;
+  int64_t d, n16;
+  SC_INLINE(SC_TARGET_AVX512) V value(int64_t i, int c) const { return _mm512_loadu_si512(vi + i * 2 * d + 32 * c); }
+  SC_INLINE(SC_TARGET_AVX512) V weight(int64_t h, int64_t i) const {
+    return _mm512_set1_epi32(reinterpret_cast<const int32_t*>(s + h * n16)[i]);
+  }
+  SC_INLINE(SC_TARGET_AVX512) static __m512 madd(__m512 acc, V v, V p) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)v, (__m512bh)p);
+  }
+};
+
 // One kv head's `g` query heads (q: g rows of d = 16 * DV, stride qs) against n cached positions
 // (k, v: rows of d, stride ks); out: g rows, stride os.
 template <typename T, int DV>
@@ -94,7 +154,6 @@ SC_AVX512_FN void attend_group(const T* q, int64_t qs, int64_t g, const T* k, co
                                                      int64_t ks, int64_t n, float scale, T* out, int64_t os,
                                                      std::vector<float>& scratch) {
   constexpr int64_t d = 16 * DV;
-  constexpr int64_t HB = DV >= 16 ? 1 : 16 / DV;  // heads per pass over the values: HB * DV accumulators
   const int64_t n16 = (n + 15) / 16 * 16;
   scratch.resize(static_cast<size_t>(g * n16 + g * d + n16 * d));
   float* s = scratch.data();  // g rows of n16 scores
@@ -136,29 +195,7 @@ SC_AVX512_FN void attend_group(const T* q, int64_t qs, int64_t g, const T* k, co
   // Weighted sum of the values: converted to fp32 once, then HB heads per pass over them.
   for (int64_t j = 0; j < n; ++j)
     for (int c = 0; c < DV; ++c) _mm512_storeu_ps(vf + j * d + 16 * c, load16_f32<T>(v + j * ks + 16 * c));
-  for (int64_t h0 = 0; h0 < g; h0 += HB) {
-    const int64_t hb = std::min<int64_t>(HB, g - h0);
-    __m512 acc[HB][DV];
-    for (int64_t h = 0; h < HB; ++h)
-      for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) {
-      __m512 vj[DV];
-      for (int c = 0; c < DV; ++c) vj[c] = _mm512_loadu_ps(vf + j * d + 16 * c);
-      for (int64_t h = 0; h < HB; ++h) {
-        if (h >= hb) break;
-        const __m512 p = _mm512_set1_ps(s[(h0 + h) * n16 + j]);
-        for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_fmadd_ps(p, vj[c], acc[h][c]);
-      }
-    }
-    for (int64_t h = 0; h < hb; ++h) {
-      const __m512 inv = _mm512_set1_ps(1.0f / qf[h0 + h]);
-      float tmp[16];
-      for (int c = 0; c < DV; ++c) {
-        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[h][c], inv));
-        for (int i = 0; i < 16; ++i) from_f32(tmp[i], out + (h0 + h) * os + 16 * c + i);
-      }
-    }
-  }
+  weighted_sum<DV>(Fp32Values{vf, s, d, n16}, g, n, qf, out, os);
 }
 
 // The bf16 version (d = 32 * W): bf16 x bf16 products are exact in fp32, so the scores come from
@@ -172,8 +209,7 @@ SC_AVX512_FN void attend_group_bf16(const uint16_t* q, int64_t qs, int64_t g,
                                                           int64_t n, float scale, uint16_t* out, int64_t os,
                                                           std::vector<float>& scratch) {
   constexpr int64_t d = 32 * W;
-  constexpr int DV = 2 * W;                       // 16-lane fp32 output chunks per head
-  constexpr int64_t HB = DV >= 16 ? 1 : 16 / DV;  // heads per pass over the values
+  constexpr int DV = 2 * W;  // 16-lane fp32 output chunks per head
   const int64_t n16 = (n + 15) / 16 * 16, pairs = n16 / 2;
   scratch.resize(static_cast<size_t>(g * n16 + g + pairs * d));
   float* s = scratch.data();                                      // g rows of n16 scores
@@ -226,29 +262,7 @@ SC_AVX512_FN void attend_group_bf16(const uint16_t* q, int64_t qs, int64_t g,
       _mm512_storeu_si512(vi + i * 2 * d + 64 * c + 32, _mm512_permutex2var_epi16(a, hi_idx, b));
     }
   }
-  for (int64_t h0 = 0; h0 < g; h0 += HB) {
-    const int64_t hb = std::min<int64_t>(HB, g - h0);
-    __m512 acc[HB][DV];
-    for (int64_t h = 0; h < HB; ++h)
-      for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < pairs; ++i) {
-      __m512i vj[DV];
-      for (int c = 0; c < DV; ++c) vj[c] = _mm512_loadu_si512(vi + i * 2 * d + 32 * c);
-      for (int64_t h = 0; h < HB; ++h) {
-        if (h >= hb) break;
-        const __m512i p = _mm512_set1_epi32(reinterpret_cast<const int32_t*>(s + (h0 + h) * n16)[i]);
-        for (int c = 0; c < DV; ++c) acc[h][c] = _mm512_dpbf16_ps(acc[h][c], (__m512bh)vj[c], (__m512bh)p);
-      }
-    }
-    for (int64_t h = 0; h < hb; ++h) {
-      const __m512 inv = _mm512_set1_ps(1.0f / denom[h0 + h]);
-      float tmp[16];
-      for (int c = 0; c < DV; ++c) {
-        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[h][c], inv));
-        for (int i = 0; i < 16; ++i) from_f32(tmp[i], out + (h0 + h) * os + 16 * c + i);
-      }
-    }
-  }
+  weighted_sum<DV>(Bf16Pairs{vi, s, d, n16}, g, pairs, denom, out, os);
 }
 
 // Whether decode_attention may use its own loop (set_decode_attention: benchmarks and tests compare

@@ -9,7 +9,6 @@
 
 #include "common.h"
 #include "ops.h"
-#include "packed_linear.h"
 
 namespace subcoder {
 
@@ -122,10 +121,10 @@ at::Tensor step_linear(const at::Tensor& x, at::TensorList p, int64_t kind) {
   const at::Tensor& scales = p[3];
   const at::Tensor& bias = p[4];
   const c10::optional<at::Tensor> ob = bias.numel() ? c10::optional<at::Tensor>(bias) : c10::nullopt;
-  if (kind == 0) return sparse_linear_2d(x, a, b, roff, x.size(1), ob, 0);
-  if (kind == 1) return dense_linear_2d(x, a, ob).to(x.scalar_type());
-  if (kind == 3) return sparse_linear_q8_2d(x, a, b, scales, roff, x.size(1), ob, 0);
-  if (kind == 4) return dense_linear_q8_2d(x, a, scales, ob);
+  if (kind == 0) return sparse_linear(x, a, b, roff, x.size(1), ob, 0);
+  if (kind == 1) return dense_linear(x, a, ob).to(x.scalar_type());
+  if (kind == 3) return sparse_linear_q8(x, a, b, scales, roff, x.size(1), ob, 0);
+  if (kind == 4) return dense_linear_q8(x, a, scales, ob);
   return at::linear(x, a, ob);
 }
 

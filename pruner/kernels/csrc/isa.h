@@ -54,51 +54,35 @@ int active_isa();
 int set_active_isa(int64_t isa);
 int current_isa();  // active_isa(), refusing ISA_NONE with a one-line error
 
-// vpshufb controls for the AVX2 expansion, one 32-byte row per mask byte: fp32 lane j (bytes
-// 4j..4j+3, lane-local: j%4 in half j/4) takes the next kept bf16 into its high half, zero elsewhere.
+// vpshufb controls for the AVX2 expansion, one Row-byte row per mask byte: when column j (0..7) is
+// kept, the next kept value (Elem bytes) goes into the high Elem bytes of column j's Slot-byte slot;
+// every other byte is zeroed (0x80). A row never straddles a cache line.
+template <int Row>
 struct ShuffleTable {
-  alignas(64) uint8_t ctl[256][32];
+  alignas(64) uint8_t ctl[256][Row];
 };
 
-constexpr ShuffleTable make_shuffle_table() {
-  ShuffleTable t{};
+template <int Row, int Slot, int Elem>
+constexpr ShuffleTable<Row> make_shuffle_table() {
+  static_assert(8 * Slot <= Row && Elem <= Slot);
+  ShuffleTable<Row> t{};
   for (int m = 0; m < 256; ++m) {
+    for (int b = 0; b < Row; ++b) t.ctl[m][b] = 0x80;
     int p = 0;
     for (int j = 0; j < 8; ++j) {
-      uint8_t* lane = &t.ctl[m][4 * j];
-      lane[0] = lane[1] = 0x80;  // low mantissa bits of the fp32: zero
-      if (m & (1 << j)) {
-        lane[2] = static_cast<uint8_t>(2 * p);
-        lane[3] = static_cast<uint8_t>(2 * p + 1);
-        ++p;
-      } else {
-        lane[2] = lane[3] = 0x80;
-      }
+      if (!(m & (1 << j))) continue;
+      for (int e = 0; e < Elem; ++e) t.ctl[m][Slot * j + Slot - Elem + e] = static_cast<uint8_t>(Elem * p + e);
+      ++p;
     }
   }
   return t;
 }
 
-inline constexpr ShuffleTable kShuffle = make_shuffle_table();
-
-// The same for int8 kept values (storage's `values: int8`): one 16-byte vpshufb row per mask byte
-// moves the next kept int8 into byte j when column j is kept (zero elsewhere); bytes 8..15 are zero.
-struct ShuffleTable8 {
-  alignas(16) uint8_t ctl[256][16];
-};
-
-constexpr ShuffleTable8 make_shuffle_table8() {
-  ShuffleTable8 t{};
-  for (int m = 0; m < 256; ++m) {
-    int p = 0;
-    for (int j = 0; j < 16; ++j) t.ctl[m][j] = 0x80;
-    for (int j = 0; j < 8; ++j)
-      if (m & (1 << j)) t.ctl[m][j] = static_cast<uint8_t>(p++);
-  }
-  return t;
-}
-
-inline constexpr ShuffleTable8 kShuffle8 = make_shuffle_table8();
+// bf16 values: fp32 lane j (bytes 4j..4j+3, lane-local: j%4 in half j/4) takes the next kept bf16
+// into its high half -- exactly bf16 -> fp32 -- and its low mantissa bits are zero.
+inline constexpr ShuffleTable<32> kShuffle = make_shuffle_table<32, 4, 2>();
+// int8 values (storage's `values: int8`): byte j takes the next kept int8; bytes 8..15 are zero.
+inline constexpr ShuffleTable<16> kShuffle8 = make_shuffle_table<16, 1, 1>();
 
 // AVX2 + FMA: fp32 arithmetic on 8 lanes against an fp32 copy of the input. One mask byte
 // re-expands 8 values: the 16 bytes at the value pointer are broadcast to both 128-bit lanes and
@@ -131,8 +115,9 @@ struct Avx2 {
     const __m256i ctl = _mm256_load_si256(reinterpret_cast<const __m256i*>(kShuffle.ctl[byte]));
     return _mm256_castsi256_ps(_mm256_shuffle_epi8(raw, ctl));
   }
-  // The kept values of mask word m (starting at v) as 4 vectors of 8 columns.
-  SC_INLINE(SC_TARGET_AVX2) static void expand_word(const uint16_t* v, uint32_t m, W* w) {
+  // The kept values of mask word m (starting at v) as 4 vectors of 8 columns (T: either value type).
+  template <class T>
+  SC_INLINE(SC_TARGET_AVX2) static void expand_word(const T* v, uint32_t m, W* w) {
     const uint32_t c0 = _mm_popcnt_u32(m & 0xffu);
     const uint32_t c1 = _mm_popcnt_u32(m & 0xffffu);
     const uint32_t c2 = _mm_popcnt_u32(m & 0xffffffu);
@@ -151,7 +136,8 @@ struct Avx2 {
         _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))), 16));
   }
   // Mask word m's 32 columns, dense fp32, at d.
-  SC_INLINE(SC_TARGET_AVX2) static void store_word_f32(const uint16_t* v, uint32_t m, float* d) {
+  template <class T>
+  SC_INLINE(SC_TARGET_AVX2) static void store_word_f32(const T* v, uint32_t m, float* d) {
     for (int b = 0; b < 4; ++b) {
       const uint32_t byte = (m >> (8 * b)) & 0xffu;
       _mm256_storeu_ps(d + 8 * b, expand8(v, byte));
@@ -159,32 +145,17 @@ struct Avx2 {
     }
   }
 
-  // int8 values (per-row scales are applied to the row's sum by the caller): the same shapes as the
-  // bf16 helpers above, overloaded on the value pointer. 8 bytes are loaded whatever the mask keeps
-  // (within PAD_VALUES); the kept ones are moved into place, sign-extended and converted (exact).
+  // int8 values (per-row scales are applied to the row's sum by the caller): expand8 and load_dense
+  // overloaded on the value pointer; expand_word and store_word_f32 above take either type. 8 bytes
+  // are loaded whatever the mask keeps (within PAD_VALUES); the kept ones are moved into place,
+  // sign-extended and converted (exact).
   SC_INLINE(SC_TARGET_AVX2) static W expand8(const int8_t* p, uint32_t byte) {
     const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     const __m128i ctl = _mm_load_si128(reinterpret_cast<const __m128i*>(kShuffle8.ctl[byte]));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi8(raw, ctl)));
   }
-  SC_INLINE(SC_TARGET_AVX2) static void expand_word(const int8_t* v, uint32_t m, W* w) {
-    const uint32_t c0 = _mm_popcnt_u32(m & 0xffu);
-    const uint32_t c1 = _mm_popcnt_u32(m & 0xffffu);
-    const uint32_t c2 = _mm_popcnt_u32(m & 0xffffffu);
-    w[0] = expand8(v, m & 0xffu);
-    w[1] = expand8(v + c0, (m >> 8) & 0xffu);
-    w[2] = expand8(v + c1, (m >> 16) & 0xffu);
-    w[3] = expand8(v + c2, m >> 24);
-  }
   SC_INLINE(SC_TARGET_AVX2) static W load_dense(const int8_t* w) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))));
-  }
-  SC_INLINE(SC_TARGET_AVX2) static void store_word_f32(const int8_t* v, uint32_t m, float* d) {
-    for (int b = 0; b < 4; ++b) {
-      const uint32_t byte = (m >> (8 * b)) & 0xffu;
-      _mm256_storeu_ps(d + 8 * b, expand8(v, byte));
-      v += _mm_popcnt_u32(byte);
-    }
   }
   // One weight as fp32, for the scalar tail of dense rows.
   SC_INLINE(SC_TARGET_AVX2) static float scalar(uint16_t w) {

@@ -8,14 +8,21 @@
 
 namespace subcoder {
 
-// packed_linear.cpp
+// packed_linear.cpp. x (..., in) bf16 or fp32, the result (..., out) in x's dtype; the other
+// operator files call these directly (no dispatcher hop).
 at::Tensor row_offsets(const at::Tensor& mask);
+// y = x @ W^T + bias for a packed W. mode: 0 = choose by batch size, 1 = tiled sparse kernel,
+// 2 = expand + matmul.
 at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                          const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias, int64_t mode);
+// The same with int8 values and fp32 per-row scales: y[..., r] = scales[r] * (x @ q[r]) + bias[r].
 at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                             const at::Tensor& scales, const at::Tensor& roff, int64_t in,
                             const c10::optional<at::Tensor>& bias, int64_t mode);
+// Dense bf16 W (out, in) with the row kernels.
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+// Dense int8 W (out, in) with fp32 per-row scales; batches from the GEMM threshold on go through
+// the BLAS (the weight converted in row chunks).
 at::Tensor dense_linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
                            const c10::optional<at::Tensor>& bias);
 at::Tensor expand(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,

@@ -320,8 +320,6 @@ at::Tensor dense_q8_gemm(const at::Tensor& x, const at::Tensor& weight, const at
   return y.mul_(scales);
 }
 
-}  // namespace
-
 at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                             const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
                             int64_t mode) {
@@ -335,28 +333,6 @@ at::Tensor sparse_linear_q8_2d(const at::Tensor& x, const at::Tensor& mask, cons
   check_packed(mask, values, roff, in, /*q8=*/true);
   return packed_linear_2d<int8_t>(x, mask, values, checked_scales(scales, mask.size(0)), roff, in, bias, mode);
 }
-
-at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
-                         const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
-                         int64_t mode) {
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "subcoder_sparse: input must be (..., ", in, ")");
-  if (x.dim() == 2) return sparse_linear_2d(x, mask, values, roff, in, bias, mode);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = mask.size(0);
-  return sparse_linear_2d(x.reshape({-1, in}), mask, values, roff, in, bias, mode).view(shape);
-}
-
-at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
-                            const at::Tensor& scales, const at::Tensor& roff, int64_t in,
-                            const c10::optional<at::Tensor>& bias, int64_t mode) {
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "subcoder_sparse: input must be (..., ", in, ")");
-  if (x.dim() == 2) return sparse_linear_q8_2d(x, mask, values, scales, roff, in, bias, mode);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = mask.size(0);
-  return sparse_linear_q8_2d(x.reshape({-1, in}), mask, values, scales, roff, in, bias, mode).view(shape);
-}
-
-namespace {
 
 // Dense W (out, in) of element type T (bf16 bits, or int8 with `scales`) with the row kernels.
 template <class T>
@@ -389,8 +365,6 @@ at::Tensor dense_rows_2d(const at::Tensor& x, const at::Tensor& weight, const at
   return y;
 }
 
-}  // namespace
-
 at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
                   weight.is_cpu(),
@@ -412,23 +386,43 @@ at::Tensor dense_linear_q8_2d(const at::Tensor& x, const at::Tensor& weight, con
   return dense_rows_2d<int8_t>(x, weight, s, bias);
 }
 
-at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1),
-              "subcoder_sparse: input must be (..., ", weight.size(1), ")");
-  if (x.dim() == 2) return dense_linear_2d(x, weight, bias);
+// A linear op on x (..., in) through its 2-D form f on x as (B, in), the result viewed as (..., out).
+template <class F>
+at::Tensor over_rows(const at::Tensor& x, int64_t in, const F& f) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "subcoder_sparse: input must be (..., ", in, ")");
+  if (x.dim() == 2) return f(x);
+  const at::Tensor y = f(x.reshape({-1, in}));
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = weight.size(0);
-  return dense_linear_2d(x.reshape({-1, x.size(-1)}), weight, bias).view(shape);
+  shape.back() = y.size(1);
+  return y.view(shape);
+}
+
+}  // namespace
+
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                         const at::Tensor& roff, int64_t in, const c10::optional<at::Tensor>& bias,
+                         int64_t mode) {
+  return over_rows(x, in,
+                   [&](const at::Tensor& x2) { return sparse_linear_2d(x2, mask, values, roff, in, bias, mode); });
+}
+
+at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                            const at::Tensor& scales, const at::Tensor& roff, int64_t in,
+                            const c10::optional<at::Tensor>& bias, int64_t mode) {
+  return over_rows(x, in, [&](const at::Tensor& x2) {
+    return sparse_linear_q8_2d(x2, mask, values, scales, roff, in, bias, mode);
+  });
+}
+
+// The 2-D forms check the weight (size(-1) exists for a weight of any dimension but 0).
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return over_rows(x, weight.size(-1), [&](const at::Tensor& x2) { return dense_linear_2d(x2, weight, bias); });
 }
 
 at::Tensor dense_linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
                            const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1),
-              "subcoder_sparse: input must be (..., ", weight.size(1), ")");
-  if (x.dim() == 2) return dense_linear_q8_2d(x, weight, scales, bias);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = weight.size(0);
-  return dense_linear_q8_2d(x.reshape({-1, x.size(-1)}), weight, scales, bias).view(shape);
+  return over_rows(x, weight.size(-1),
+                   [&](const at::Tensor& x2) { return dense_linear_q8_2d(x2, weight, scales, bias); });
 }
 
 at::Tensor expand(const at::Tensor& mask, const at::Tensor& values, const at::Tensor& roff, int64_t in,

@@ -35,10 +35,9 @@ struct PackedRows {
 };
 
 // The same as dense bf16 (AVX-512 only: the vpexpandw result is stored as it is; int8 values as
-// their exact integers, unscaled).
-void expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const uint16_t* values, const int64_t* roff,
-                             int64_t r0, int64_t r1, uint16_t* dst, int64_t ld);
-void expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const int8_t* values, const int64_t* roff,
+// their exact integers, unscaled). T: uint16_t or int8_t, instantiated in packed_rows_avx512.cpp.
+template <class T>
+void expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const T* values, const int64_t* roff,
                              int64_t r0, int64_t r1, uint16_t* dst, int64_t ld);
 
 }  // namespace subcoder

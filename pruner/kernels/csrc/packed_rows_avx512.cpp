@@ -9,24 +9,13 @@ SC_BEGIN_TARGET(SC_TARGET_AVX512)
 template struct subcoder::PackedRows<subcoder::Avx512, uint16_t>;
 template struct subcoder::PackedRows<subcoder::Avx512, int8_t>;
 
-void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const uint16_t* values,
-                                       const int64_t* roff, int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
+// Avx512::expand_word leaves a word's 32 values as bf16 whatever their storage type.
+template <class T>
+void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const T* values, const int64_t* roff,
+                                       int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
   for (int64_t r = r0; r < r1; ++r) {
     const uint32_t* mw = mask + r * nwords;
-    const uint16_t* v = values + roff[r];
-    uint16_t* d = dst + (r - r0) * ld;
-    for (int64_t k = 0; k < nwords; ++k) {
-      _mm512_storeu_si512(d + 32 * k, Avx512::expand(v, mw[k]));
-      v += Avx512::popcount(mw[k]);
-    }
-  }
-}
-
-void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const int8_t* values,
-                                       const int64_t* roff, int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint32_t* mw = mask + r * nwords;
-    const int8_t* v = values + roff[r];
+    const T* v = values + roff[r];
     uint16_t* d = dst + (r - r0) * ld;
     for (int64_t k = 0; k < nwords; ++k) {
       Avx512::W w;
@@ -36,4 +25,9 @@ void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, con
     }
   }
 }
+
+template void subcoder::expand_rows_bf16_avx512(const uint32_t*, int64_t, const uint16_t*, const int64_t*, int64_t,
+                                                int64_t, uint16_t*, int64_t);
+template void subcoder::expand_rows_bf16_avx512(const uint32_t*, int64_t, const int8_t*, const int64_t*, int64_t,
+                                                int64_t, uint16_t*, int64_t);
 SC_END_TARGET

@@ -19,35 +19,32 @@ int64_t pad_values() { return PAD_VALUES; }
 }  // namespace
 }  // namespace subcoder
 
+// One op: the C++ function subcoder::NAME under the same name, with the rest of its schema (the
+// name is written once, so the op and the function it calls cannot drift apart).
+#define SC_OP(NAME, SCHEMA) m.def(#NAME SCHEMA, &subcoder::NAME)
+
 TORCH_LIBRARY(subcoder_sparse, m) {
-  using namespace subcoder;
-  m.def("row_offsets(Tensor mask) -> Tensor", &row_offsets);
-  m.def("sparse_linear(Tensor x, Tensor mask, Tensor values, Tensor row_offsets, int in_features, "
-        "Tensor? bias, int mode) -> Tensor",
-        &sparse_linear);
-  m.def("sparse_linear_q8(Tensor x, Tensor mask, Tensor values, Tensor scales, Tensor row_offsets, "
-        "int in_features, Tensor? bias, int mode) -> Tensor",
-        &sparse_linear_q8);
-  m.def("dense_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", &dense_linear);
-  m.def("dense_linear_q8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor", &dense_linear_q8);
-  m.def("expand(Tensor mask, Tensor values, Tensor row_offsets, int in_features, int r0, int r1, "
-        "ScalarType dtype) -> Tensor",
-        &expand);
-  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm);
-  m.def("rope(Tensor t, Tensor cos, Tensor sin) -> Tensor", &rope);
-  m.def("decode_attention(Tensor q, Tensor keys, Tensor values, int first_len, float scaling) -> Tensor",
-        &decode_attention);
-  m.def("set_decode_attention(int own) -> int", &set_decode_attention);
-  m.def("decode_layers(Tensor x, Tensor[] params, int[] kinds, Tensor[] k_cache, Tensor[] v_cache, int pos, "
-        "Tensor cos, Tensor sin, int heads, int kv_heads, float[] eps, float scaling) -> Tensor",
-        &decode_layers);
-  m.def("greedy_head(Tensor x, Tensor weight, Tensor? bias, Tensor q, Tensor scale, Tensor qsum, Tensor qabs) "
-        "-> Tensor",
-        &greedy_head);
-  m.def("head_screen_available() -> int", &head_screen_available);
-  m.def("best_isa() -> int", &best_isa);
-  m.def("get_isa() -> int", &get_isa);
-  m.def("set_isa(int isa) -> int", &set_isa);
-  m.def("set_gemm_min_batch(int batch) -> int", &set_gemm_min_batch);
-  m.def("pad_values() -> int", &pad_values);
+  SC_OP(row_offsets, "(Tensor mask) -> Tensor");
+  SC_OP(sparse_linear, "(Tensor x, Tensor mask, Tensor values, Tensor row_offsets, int in_features, Tensor? bias, "
+                       "int mode) -> Tensor");
+  SC_OP(sparse_linear_q8, "(Tensor x, Tensor mask, Tensor values, Tensor scales, Tensor row_offsets, "
+                          "int in_features, Tensor? bias, int mode) -> Tensor");
+  SC_OP(dense_linear, "(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  SC_OP(dense_linear_q8, "(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+  SC_OP(expand, "(Tensor mask, Tensor values, Tensor row_offsets, int in_features, int r0, int r1, "
+                "ScalarType dtype) -> Tensor");
+  SC_OP(rms_norm, "(Tensor x, Tensor weight, float eps) -> Tensor");
+  SC_OP(rope, "(Tensor t, Tensor cos, Tensor sin) -> Tensor");
+  SC_OP(decode_attention, "(Tensor q, Tensor keys, Tensor values, int first_len, float scaling) -> Tensor");
+  SC_OP(set_decode_attention, "(int own) -> int");
+  SC_OP(decode_layers, "(Tensor x, Tensor[] params, int[] kinds, Tensor[] k_cache, Tensor[] v_cache, int pos, "
+                       "Tensor cos, Tensor sin, int heads, int kv_heads, float[] eps, float scaling) -> Tensor");
+  SC_OP(greedy_head, "(Tensor x, Tensor weight, Tensor? bias, Tensor q, Tensor scale, Tensor qsum, Tensor qabs) "
+                     "-> Tensor");
+  SC_OP(head_screen_available, "() -> int");
+  SC_OP(best_isa, "() -> int");
+  SC_OP(get_isa, "() -> int");
+  SC_OP(set_isa, "(int isa) -> int");
+  SC_OP(set_gemm_min_batch, "(int batch) -> int");
+  SC_OP(pad_values, "() -> int");
 }

@@ -12,8 +12,6 @@ BLAS) rounds its product to bf16 on AVX-512 first: 2^-8 relative more.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -23,28 +21,6 @@ from subcoder.pruner.kernels import debug, int8, native, packing
 from subcoder.pruner.kernels.linear import DenseInt8Linear, SparseLinear
 
 pytestmark = pytest.mark.kernel
-
-_CACHE_AT_IMPORT = os.environ.get("SUBCODER_CACHE_DIR")
-
-
-@pytest.fixture(scope="module")
-def ops():
-    """The loaded kernel ops (built in the real cache, not the per-test one), or skip."""
-    saved = os.environ.get("SUBCODER_CACHE_DIR")
-    if _CACHE_AT_IMPORT is None:
-        os.environ.pop("SUBCODER_CACHE_DIR", None)
-    else:
-        os.environ["SUBCODER_CACHE_DIR"] = _CACHE_AT_IMPORT
-    try:
-        ok, reason = sparse.kernel_available()
-    finally:
-        if saved is None:
-            os.environ.pop("SUBCODER_CACHE_DIR", None)
-        else:
-            os.environ["SUBCODER_CACHE_DIR"] = saved
-    if not ok:
-        pytest.skip(reason)
-    return native.get_ops()
 
 
 def _isas(ops) -> list[int]:

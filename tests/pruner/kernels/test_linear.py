@@ -7,7 +7,6 @@ the per-test cache isolation of conftest.py does not apply to it.
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import torch
@@ -19,31 +18,6 @@ from subcoder.pruner.kernels import debug, native as _build, packing
 from subcoder.pruner.kernels.linear import SparseLinear
 
 pytestmark = pytest.mark.kernel  # these tests use the C++ kernel (compiled on first use)
-
-_CACHE_AT_IMPORT = os.environ.get("SUBCODER_CACHE_DIR")
-
-
-@pytest.fixture(scope="session")
-def ops():
-    """The loaded kernel ops (built in the real cache, not the per-test one), or skip."""
-    saved = os.environ.get("SUBCODER_CACHE_DIR")
-    if _CACHE_AT_IMPORT is None:
-        os.environ.pop("SUBCODER_CACHE_DIR", None)
-    else:
-        os.environ["SUBCODER_CACHE_DIR"] = _CACHE_AT_IMPORT
-    try:
-        ok, reason = sparse.kernel_available()
-    finally:
-        if saved is None:
-            os.environ.pop("SUBCODER_CACHE_DIR", None)
-        else:
-            os.environ["SUBCODER_CACHE_DIR"] = saved
-    if not ok:
-        missing_tool = reason.startswith(("no C++ compiler", "ninja is not installed"))
-        if _build._why_not_here() is None and not missing_tool:
-            pytest.fail(f"the kernel should build on this machine: {reason}")
-        pytest.skip(reason)
-    return _build.get_ops()
 
 
 @pytest.fixture
