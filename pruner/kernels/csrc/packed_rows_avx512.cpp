@@ -13,17 +13,11 @@ template struct subcoder::PackedRows<subcoder::Avx512, int8_t>;
 template <class T>
 void subcoder::expand_rows_bf16_avx512(const uint32_t* mask, int64_t nwords, const T* values, const int64_t* roff,
                                        int64_t r0, int64_t r1, uint16_t* dst, int64_t ld) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint32_t* mw = mask + r * nwords;
-    const T* v = values + roff[r];
-    uint16_t* d = dst + (r - r0) * ld;
-    for (int64_t k = 0; k < nwords; ++k) {
-      Avx512::W w;
-      Avx512::expand_word(v, mw[k], &w);
-      _mm512_storeu_si512(d + 32 * k, w);
-      v += Avx512::popcount(mw[k]);
-    }
-  }
+  rows::each_word<Avx512>(mask, nwords, values, roff, r0, r1, dst, ld, [](const T* v, uint32_t m, uint16_t* d) {
+    Avx512::W w;
+    Avx512::expand_word(v, m, &w);
+    _mm512_storeu_si512(d, w);
+  });
 }
 
 template void subcoder::expand_rows_bf16_avx512(const uint32_t*, int64_t, const uint16_t*, const int64_t*, int64_t,

@@ -85,6 +85,22 @@ inline void dense_row(const T* w, int64_t in, const typename I::In* x, int64_t x
   }
 }
 
+// Rows [r0, r1) of a packed weight, word by word: put(v, m, d) for mask word m, v its first kept
+// value, d its 32 columns in dst (row r at dst + (r - r0) * ld).
+template <class I, class T, class D, class Put>
+inline void each_word(const uint32_t* mask, int64_t nwords, const T* values, const int64_t* roff, int64_t r0,
+                      int64_t r1, D* dst, int64_t ld, const Put& put) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* mw = mask + r * nwords;
+    const T* v = values + roff[r];
+    D* d = dst + (r - r0) * ld;
+    for (int64_t k = 0; k < nwords; ++k) {
+      put(v, mw[k], d + 32 * k);
+      v += I::popcount(mw[k]);
+    }
+  }
+}
+
 }  // namespace rows
 
 template <class I, class T>
@@ -111,15 +127,8 @@ void PackedRows<I, T>::dense(int nb, const T* w, int64_t in, const In* x, int64_
 template <class I, class T>
 void PackedRows<I, T>::expand_f32(const uint32_t* mask, int64_t nwords, const T* values, const int64_t* roff,
                                int64_t r0, int64_t r1, float* dst, int64_t ld) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint32_t* mw = mask + r * nwords;
-    const T* v = values + roff[r];
-    float* d = dst + (r - r0) * ld;
-    for (int64_t k = 0; k < nwords; ++k) {
-      I::store_word_f32(v, mw[k], d + 32 * k);
-      v += I::popcount(mw[k]);
-    }
-  }
+  rows::each_word<I>(mask, nwords, values, roff, r0, r1, dst, ld,
+                     [](const T* v, uint32_t m, float* d) { I::store_word_f32(v, m, d); });
 }
 
 }  // namespace subcoder
