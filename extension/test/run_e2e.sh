@@ -71,6 +71,8 @@ out, python, model, cache, calibration = sys.argv[1:]
 samples, seq_len = (int(n) for n in calibration.split("x"))
 settings = {"subcoder.python": python, "subcoder.model": model, "subcoder.cacheDir": cache,
             "subcoder.logLevel": "debug", "subcoder.calibrationSamples": samples,
+            # the journey builds a sub-model (progress, rebuild): the default, 0, serves the dense model
+            "subcoder.sparsity": 0.5,
             "subcoder.calibrationSeqLen": seq_len,
             # The journey is not about the first-download question: a preset missing from the scratch cache
             # is fetched without asking (the consent flow has its own tests in tests/server/test_first_run.py).

@@ -111,6 +111,7 @@ def test_first_run_from_an_empty_profile(scratch: Path) -> None:
     (workspace / ".vscode" / "settings.json").write_text(json.dumps({
         "subcoder.model": str(model), "subcoder.cacheDir": str(tmp_path / "cache"), "subcoder.logLevel": "debug",
         "subcoder.calibrationSamples": 4, "subcoder.calibrationSeqLen": 64,
+        "subcoder.sparsity": 0.5,  # the first hour includes a sub-model's build (the default, 0, builds none)
     }, indent=2))
 
     # An empty editor profile: settings only, no extension but the one installed from the .vsix.

@@ -45,6 +45,7 @@ def py_workspace(tmp_path) -> Path:
 
 
 def fast_settings(model: Path, **extra) -> dict:
-    """Settings that make a tiny model's build take a second: workspace calibration, few short windows."""
-    return {"model": str(model), "calibration": "workspace", "calibrationSamples": 4, "calibrationSeqLen": 64,
+    """Settings that make a tiny model's build take a second: workspace calibration, few short windows.
+    Sparsity 0.5 named: the server's default (0) builds nothing, and these tests are about the builds."""
+    return {"model": str(model), "sparsity": 0.5, "calibration": "workspace", "calibrationSamples": 4, "calibrationSeqLen": 64,
             "dtype": "float32", "maxNewTokens": 8, "sparseKernel": False, **extra}

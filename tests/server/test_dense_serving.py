@@ -17,7 +17,8 @@ def test_sparsity_zero_is_a_setting_that_prunes_nothing():
     parsed = parse_settings({"sparsity": 0, "pattern": "2:4"})
     assert parsed.problems == []  # nothing is pruned, so no pattern contradicts it
     assert parsed.settings.sparsity == 0 and not parsed.settings.prunes
-    assert Settings().prunes and parse_settings({"sparsity": 0.3}).settings.prunes
+    assert not Settings().prunes, "the default since the frontier: the dense model on the same engine"
+    assert parse_settings({"sparsity": 0.3}).settings.prunes
     assert parse_settings({"sparsity": -0.1}).problems  # below 0 still falls back, with a message
 
 

@@ -185,7 +185,7 @@ async def test_real_preset_python_submodel(tmp_path, py_workspace):
     for shared in ("models", "kernels"):  # reuse converted weights and the compiled kernel
         if (paths.cache_dir() / shared).is_dir():
             (cache / shared).symlink_to(paths.cache_dir() / shared)
-    settings = {"model": "smollm2-135m", "calibration": "corpus", "calibrationSamples": 8, "calibrationSeqLen": 256,
+    settings = {"model": "smollm2-135m", "sparsity": 0.5, "calibration": "corpus", "calibrationSamples": 8, "calibrationSeqLen": 256,
                 "maxNewTokens": 24}
     async with serve(py_workspace, cache, settings) as s:
         ready = await s.wait_state("ready", timeout=900)

@@ -137,7 +137,7 @@ class Rig:
         self.fetch_error: Exception | None = None
         self.session = ServingSession(
             load=self.load, builds=FakeBuilds, notifier=self.notifier, detect=detect, key_of=self.key_of,
-            open_cache=lambda s: self.cache, settings=Settings(model="tiny", **settings),
+            open_cache=lambda s: self.cache, settings=Settings(model="tiny", **{"sparsity": 0.5, **settings}),
             pending=lambda s: self.download, fetch=self.fetch)
         self.session.root = str(self.workspace)
 

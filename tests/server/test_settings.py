@@ -16,7 +16,7 @@ def test_defaults_and_camel_case():
 
 def test_bad_values_fall_back_with_a_message():
     parsed = parse_settings({"sparsity": "lots", "dtype": "int4", "languages": ["python", "cobol"], "device": "cpu"})
-    assert parsed.settings.sparsity == 0.5 and parsed.settings.dtype == "auto"
+    assert parsed.settings.sparsity == Settings().sparsity and parsed.settings.dtype == "auto"
     assert parsed.settings.languages == Settings().languages
     assert len(parsed.problems) == 3 and all("ignored" in p for p in parsed.problems)
     assert parse_settings(["not", "an", "object"]).problems
@@ -24,7 +24,9 @@ def test_bad_values_fall_back_with_a_message():
 
 def test_inconsistent_pattern_and_sparsity():
     parsed = parse_settings({"pattern": "2:4", "sparsity": 0.7})
-    assert parsed.problems and parsed.settings.prune_config().sparsity == 0.5
+    assert parsed.problems and (parsed.settings.sparsity, parsed.settings.pattern) == (Settings().sparsity, "unstructured")
+    parsed = parse_settings({"pattern": "2:4", "sparsity": 0.7}, Settings(sparsity=0.5))
+    assert parsed.problems and parsed.settings.prune_config().sparsity == 0.5, "back to the previous, valid pair"
 
 
 def test_update_keeps_unmentioned_values():
@@ -70,5 +72,5 @@ def test_non_finite_and_odd_numbers_fall_back_and_the_rest_applies():
         assert len(parsed.problems) == 2 and all(p.startswith("setting subcoder.") for p in parsed.problems), bad
     raw = json.loads('{"subcoder": {"sparsity": NaN, "mixRatio": Infinity, "maxNewTokens": 1e400, "dtype": "float32"}}')
     parsed = parse_settings(raw)
-    assert (parsed.settings.sparsity, parsed.settings.mix_ratio, parsed.settings.dtype) == (0.5, 0.5, "float32")
+    assert (parsed.settings.sparsity, parsed.settings.mix_ratio, parsed.settings.dtype) == (Settings().sparsity, 0.5, "float32")
     assert len(parsed.problems) == 3

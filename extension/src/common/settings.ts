@@ -37,7 +37,7 @@ export interface ServerSettings {
 
 export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     model: '', // the server's default preset
-    sparsity: 0.5,
+    sparsity: 0,
     pattern: 'unstructured',
     method: 'wanda',
     calibration: 'corpus',
