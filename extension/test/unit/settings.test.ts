@@ -19,7 +19,7 @@ const contributed: Record<string, { default: unknown; enum?: unknown[] }> = pack
 
 test('defaults follow the LSP contract', () => {
     assert.deepEqual({ ...SERVER_DEFAULTS }, {
-        model: '', sparsity: 0.5, pattern: 'unstructured', method: 'wanda',
+        model: '', sparsity: 0, pattern: 'unstructured', method: 'wanda',
         calibration: 'corpus', mixRatio: 0.5,
         languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
         device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'spm', cacheDir: '',
@@ -70,7 +70,7 @@ test('wrong types fall back to the default and are reported', () => {
     const user: Record<string, unknown> = { sparsity: 'high', languages: [1, 2], maxNewTokens: Number.NaN };
     const problems: string[] = [];
     const s = serverSettings((k) => user[k], ctx, problems);
-    assert.equal(s.sparsity, 0.5);
+    assert.equal(s.sparsity, SERVER_DEFAULTS.sparsity);
     assert.deepEqual(s.languages, SERVER_DEFAULTS.languages);
     assert.equal(s.maxNewTokens, 48);
     assert.equal(problems.length, 3);
