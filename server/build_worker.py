@@ -94,7 +94,7 @@ def _build(request: dict, cancelled: threading.Event, log) -> int:
                                mix_ratio=calib.get("mix_ratio", 0.5), n_samples=calib["n_samples"],
                                seq_len=calib["seq_len"])
         config = PruneConfig(sparsity=request["sparsity"], pattern=Pattern.parse(request["pattern"]),
-                             method=request["method"])
+                             method=request["method"], values=request.get("values", "bf16"))
         started = time.perf_counter()
 
         def progress(p):

@@ -52,6 +52,7 @@ class BuildRequest:
     device: str = "cpu"
     models_cache_dir: str = ""
     force: bool = False  # rebuild even when the cache has the entry
+    values: str = "bf16"  # the kept values' format (PruneConfig.values)
 
 
 @dataclass

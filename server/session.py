@@ -393,7 +393,7 @@ class ServingSession:
             sparsity=settings.sparsity, pattern=settings.pattern, method=settings.method,
             calibration=calibration_dict(settings, self.root), dtype=settings.dtype,
             device="cpu" if settings.device == "auto" else settings.device, force=force,
-            models_cache_dir=settings.cache_dir,
+            models_cache_dir=settings.cache_dir, values=settings.values,
         ))
 
     async def _load_submodel(self, language: str, key: str, path: str, generation: int) -> None:

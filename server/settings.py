@@ -40,6 +40,10 @@ class Settings:
     # worse than the dense model on the same engine, beyond the intervals, for a 1.2-1.35x speed-up.
     sparsity: float = 0.0
     pattern: str = "unstructured"  # unstructured | 2:4 | 4:8
+    # How weights sit in memory: "bf16", or "int8" with per-row scales (a sub-model's kept values, or a
+    # dense model's decoder linears): about half the bytes a token reads. Off by default: it changes the
+    # answers (within the frontier's intervals for the presets measured; docs/FRONTIER.md).
+    values: str = "bf16"
     method: str = "wanda"  # wanda | magnitude
     calibration: str = "corpus"  # corpus | workspace | mix
     mix_ratio: float = 0.5
@@ -69,20 +73,22 @@ class Settings:
         return self.sparsity > 0
 
     def prune_config(self) -> PruneConfig:
-        return PruneConfig(sparsity=self.sparsity, pattern=Pattern.parse(self.pattern), method=self.method)
+        return PruneConfig(sparsity=self.sparsity, pattern=Pattern.parse(self.pattern), method=self.method,
+                           values=self.values)
 
     def build_fields(self) -> tuple:
         """The settings that change which sub-model is built: a change means a new build."""
-        return (self.model, self.sparsity, self.pattern, self.method, self.calibration, self.mix_ratio,
+        return (self.model, self.sparsity, self.pattern, self.method, self.values, self.calibration, self.mix_ratio,
                 self.dtype, self.cache_dir, self.calibration_samples, self.calibration_seq_len)
 
     def engine_options(self, environ=None) -> EngineOptions:
-        """The engine's switches: the environment's, with this `sparse_kernel` in place of its variable."""
-        return EngineOptions.from_env(environ, sparse_kernel=self.sparse_kernel)
+        """The engine's switches: the environment's, with this `sparse_kernel` in place of its variable, and
+        `values` for a dense model's linears (a sub-model's format is in its manifest)."""
+        return EngineOptions.from_env(environ, sparse_kernel=self.sparse_kernel, dense_values=self.values)
 
     def model_fields(self) -> tuple:
         """The settings that change how the models are loaded."""
-        return (self.model, self.device, self.dtype, self.sparse_kernel, self.cache_dir, self.fim_order,
+        return (self.model, self.device, self.dtype, self.sparse_kernel, self.values, self.cache_dir, self.fim_order,
                 self.backend, self.backend_timeout)
 
 
@@ -160,6 +166,7 @@ _CHECKS = {
     "model": lambda v: _string(v) or DEFAULT_PRESET,
     "sparsity": _number(float, 0.0, 0.99),
     "pattern": _pattern,
+    "values": _choice(("bf16", "int8")),
     "method": _choice(("wanda", "magnitude")),
     "calibration": _choice(("corpus", "workspace", "mix")),
     "mix_ratio": _number(float, 0.0, 1.0),

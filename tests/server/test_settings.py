@@ -74,3 +74,16 @@ def test_non_finite_and_odd_numbers_fall_back_and_the_rest_applies():
     parsed = parse_settings(raw)
     assert (parsed.settings.sparsity, parsed.settings.mix_ratio, parsed.settings.dtype) == (Settings().sparsity, 0.5, "float32")
     assert len(parsed.problems) == 3
+
+
+def test_values_reach_the_build_and_the_engine():
+    """`values: int8` quantises a sub-model's kept values (its build key changes) and a dense model's layers."""
+    parsed = parse_settings({"values": "int8", "sparsity": 0.5})
+    assert parsed.problems == []
+    s = parsed.settings
+    assert s.prune_config().values == "int8" and s.prune_config().slug().endswith("-int8")
+    assert s.engine_options({}).dense_values == "int8"
+    assert s.build_fields() != Settings(sparsity=0.5).build_fields(), "a new format is a new build"
+    assert s.model_fields() != Settings().model_fields(), "a dense model is loaded again"
+    bad = parse_settings({"values": "int4"})
+    assert bad.settings.values == "bf16" and bad.problems

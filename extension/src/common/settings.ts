@@ -12,6 +12,7 @@ export interface ServerSettings {
     model: string;
     sparsity: number;
     pattern: string;
+    values: string;
     method: string;
     calibration: string;
     mixRatio: number;
@@ -39,6 +40,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     model: '', // the server's default preset
     sparsity: 0,
     pattern: 'unstructured',
+    values: 'bf16',
     method: 'wanda',
     calibration: 'corpus',
     mixRatio: 0.5,

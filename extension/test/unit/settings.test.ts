@@ -19,7 +19,7 @@ const contributed: Record<string, { default: unknown; enum?: unknown[] }> = pack
 
 test('defaults follow the LSP contract', () => {
     assert.deepEqual({ ...SERVER_DEFAULTS }, {
-        model: '', sparsity: 0, pattern: 'unstructured', method: 'wanda',
+        model: '', sparsity: 0, pattern: 'unstructured', values: 'bf16', method: 'wanda',
         calibration: 'corpus', mixRatio: 0.5,
         languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
         device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'spm', cacheDir: '',
