@@ -132,10 +132,4 @@ def heatmap(pairs: list[PairDistance], path: Path, title: str = "Jaccard distanc
     fig.colorbar(im2, ax=axes[1], fraction=0.046)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with paths.atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=130, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return paths.save_figure(fig, Path(path), dpi=130)

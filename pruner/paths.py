@@ -183,6 +183,18 @@ def atomic_file(path: Path):
         raise
 
 
+def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG through `atomic_file`, and close it (figures hold memory until closed)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file through a temporary name and rename, so it is never seen half-written."""
     with atomic_file(path) as tmp:

@@ -29,7 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import stats
+from subcoder.pruner import paths
+
+from . import stats, text
 from .runner import Bar, _atomic_json, environment, pick_dtype
 
 log = logging.getLogger(__name__)
@@ -497,22 +499,6 @@ def pareto(points: list[tuple[str, float, float]]) -> list[str]:
 # --------------------------------------------------------------------------- the report
 
 
-def _pct(iv: dict) -> str:
-    return f"{100 * iv['estimate']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
-
-
-def _sim(iv: dict) -> str:
-    return f"{iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
-
-
-def _signed(iv: dict) -> str:
-    return f"{100 * iv['estimate']:+.1f} pt [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
-
-
-def _signed_sim(iv: dict) -> str:
-    return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
-
-
 def _mib(n) -> str:
     return f"{n / 2**20:.0f}" if n else "–"
 
@@ -567,10 +553,7 @@ def plot(summary: dict, path: Path, *, title: str) -> bool:
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    paths.save_figure(fig, path)
     return True
 
 
@@ -619,7 +602,7 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                      f"{row['ppl']['estimate']:.3f} [{row['ppl']['low']:.3f}, {row['ppl']['high']:.3f}]"
                      if "ppl" in row else "–"]
             for c in layouts:
-                cells += ([f"{_pct(row[c]['exact'])}, n={row[c]['n']}", _sim(row[c]["similarity"])] if c in row
+                cells += ([f"{text.percent(row[c]['exact'])}, n={row[c]['n']}", text.plain(row[c]["similarity"])] if c in row
                           else ["–", "–"])
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Weights: bytes the loaded model holds (packed values and masks for pruned layers). RSS: the "
@@ -638,9 +621,9 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                 pr = row.get("ppl_vs_ref")
                 lines.append(
                     f"| {name} | {c.split(':')[1].upper()} | {vs.get('n', '–')} "
-                    f"| {_signed(vs['exact_diff'])} ({verdict(vs['exact_diff'])}) "
+                    f"| {text.points(vs['exact_diff'])} ({verdict(vs['exact_diff'])}) "
                     f"| {vs['only_this']} / {vs['only_ref']}, p = {vs['mcnemar_p']:.2g} "
-                    f"| {_signed_sim(vs['similarity_diff'])} ({verdict(vs['similarity_diff'])}) "
+                    f"| {text.plain(vs['similarity_diff'], signed=True)} ({verdict(vs['similarity_diff'])}) "
                     f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
                     f"| {_ratio(pr)} |")
         lines.append("")
@@ -664,9 +647,6 @@ def write_report(plan: FrontierPlan, work: Path, report: Path, *, command: str =
     summary = summarize(load_cells(plan, work), seed=plan.seed)
     png = report.with_name(f"frontier-{model_slug(plan.base)}.png")
     drawn = plot(summary, png, title=f"{plan.base}: next-line quality against decode cost")
-    text = render(plan, summary, command=command, png=png.name if drawn else None)
     report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, report)
+    paths.atomic_write_bytes(report, render(plan, summary, command=command, png=png.name if drawn else None).encode())
     return summary

@@ -17,7 +17,7 @@ import numpy as np
 
 from subcoder.pruner import paths
 
-from . import stats
+from . import stats, text
 from .runner import METRICS, summary
 from .study import FLOOR, MIXED, PROSE, model_slug, shape_config
 
@@ -248,17 +248,6 @@ def summarize(study: dict, *, seed: int = 0) -> dict:
 # --------------------------------------------------------------------------- the study: figures
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        with paths.atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return path
-
-
 def jaccard_plot(bands: dict, path: Path, *, title: str) -> Path:
     """Per-layer Jaccard distance: the between-language band (and mean) over the within-language band."""
     import matplotlib
@@ -280,7 +269,7 @@ def jaccard_plot(bands: dict, path: Path, *, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return paths.save_figure(fig, path)
 
 
 def sweep_plot(model_summary: dict, plan: dict, path: Path, *, title: str) -> Path | None:
@@ -315,7 +304,7 @@ def sweep_plot(model_summary: dict, plan: dict, path: Path, *, title: str) -> Pa
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return paths.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- the study: RESULTS.md
@@ -327,14 +316,6 @@ def _ppl(c: dict | None) -> str:
 
 def _ratio(r: dict) -> str:
     return f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
-
-
-def _pt(iv: dict) -> str:
-    return f"{100 * iv['estimate']:+.1f} pt [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
-
-
-def _pct(iv: dict) -> str:
-    return f"{100 * iv['estimate']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
 
 
 def _label(calib: str, lang: str | None = None) -> str:
@@ -509,7 +490,7 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
             if floor:
                 L += ["**Next-line exact match** left out where dense is at the floor: "
                       + "; ".join(f"{lang} ({t['layout']} layout, {t['n']} tasks from {t['files']} files): dense "
-                                  f"{_pct(t['rows']['dense'])}" for lang, t in floor.items()) + ".", ""]
+                                  f"{text.percent(t['rows']['dense'])}" for lang, t in floor.items()) + ".", ""]
             for lang, t in s["tasks"].items():
                 if lang in floor:
                     continue
@@ -519,7 +500,7 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                 for calib, iv in t["rows"].items():
                     r = (t.get("rivals") or {}).get(calib)
                     paired = f"{r['only_own']} / {r['only_rival']}, p = {r['p']:.2g}" if r else "–"
-                    L.append(f"| {_label(calib, lang)} | {_pct(iv)} | {_pt(r['diff']) if r else '–'} | {paired} |")
+                    L.append(f"| {_label(calib, lang)} | {text.percent(iv)} | {text.points(r['diff']) if r else '–'} | {paired} |")
                 if "verdict" in t:
                     L.append(f"\nVerdict (own best against every rival): {t['verdict']}.")
                 L.append("")

@@ -101,8 +101,11 @@ def test_summarize_pairs_on_common_tasks():
     cells = {"python": {"dense": {"nextline:psm": dense, "ppl": {"windows": windows}},
                         "u50": {"nextline:psm": sub, "ppl": {"windows": [{**w, "nll": w["nll"] + 2} for w in windows]}}}}
     out = frontier.summarize(cells)["python"]
-    assert out["dense"]["nextline:psm"]["n"] == out["u50"]["nextline:psm"]["n"] == 6
+    # each configuration's interval uses all its tasks; the comparison, the 6 both finished
+    assert (out["dense"]["nextline:psm"]["n"], out["u50"]["nextline:psm"]["n"]) == (8, 6)
+    assert out["dense"]["nextline:psm"]["exact"]["estimate"] == pytest.approx(6 / 8)
     vs = out["u50"]["nextline:psm"]["vs_ref"]
+    assert vs["n"] == 6
     assert (vs["only_this"], vs["only_ref"]) == (0, 5) and vs["mcnemar_p"] == pytest.approx(0.0625)
     assert vs["exact_diff"]["estimate"] == pytest.approx(-5 / 6)
     # every window's loss is 1 nat/token higher: the ratio is e, exactly, in every resample
@@ -126,7 +129,7 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     row = summary["python"]["dense"]
     assert row["cost"]["ms_per_token"] > 0 and row["ppl"]["windows"] == 2
     text = report.read_text()
-    assert "| dense |" in text and "PSM n=3" in text
+    assert "| dense |" in text and "PSM up to n=3" in text
     assert (report.parent / f"frontier-{model_slug(model)}.png").is_file()
     # a second run finds every cell done and loads nothing
     frontier.run_configuration(plan, Configuration(model), work, progress=False)
