@@ -215,6 +215,15 @@ function serverView(model: StatusModel): StatusView {
             };
         }
         case 'base':
+            if (s.sparsity === 0) {
+                // sparsity 0 (the default): the dense model is the steady state, not a stand-in
+                return {
+                    text: '$(check) Subcoder: dense model',
+                    tooltip: `Serving ${s.model ?? 'the model'}, dense, on subcoder's engine (sparsity 0: no sub-model is built; set subcoder.sparsity to build one). Click for status.`,
+                    severity: 'normal',
+                    command: 'subcoder.showStatus',
+                };
+            }
             return {
                 text: '$(circle-outline) Subcoder: base model',
                 tooltip: `Serving the base model ${s.model ?? ''}${s.message ? `: ${s.message}` : ''}. Click for status.`.replace(/ {2,}/g, ' '),

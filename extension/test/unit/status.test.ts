@@ -60,6 +60,13 @@ test('percentages are clamped', () => {
     assert.equal(statusView(withServer({ state: 'building' })).text, '$(loading~spin) Subcoder: building');
 });
 
+test('the dense model at sparsity 0 is the steady state, not a stand-in', () => {
+    const v = statusView(withServer({ state: 'base', sparsity: 0, model: 'qwen2.5-coder-0.5b' }));
+    assert.equal(v.text, '$(check) Subcoder: dense model');
+    assert.match(v.tooltip, /no sub-model is built/);
+    assert.equal(statusView(withServer({ state: 'base', sparsity: 0.5 })).text, '$(circle-outline) Subcoder: base model');
+});
+
 test('ready shows language and sparsity', () => {
     const v = statusView(withServer({ state: 'ready', language: 'python', sparsity: 0.5, pattern: 'unstructured', model: 'smollm2-135m', sizeBytes: 100 * 1024 * 1024 }));
     assert.equal(v.text, '$(check) Subcoder: python · 50% sparse');
