@@ -112,10 +112,10 @@ def check_args(args) -> None:
             raise SubcoderError(f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)} or {GENERAL}")
     values = getattr(args, "values", None)
     if values is not None:
-        from .kernels.int8 import FORMATS
+        from .config import VALUE_FORMATS  # not kernels.int8: checking arguments imports no torch
 
-        if values not in FORMATS:
-            raise SubcoderError(f"--values must be {' or '.join(FORMATS)}, not {values!r}")
+        if values not in VALUE_FORMATS:
+            raise SubcoderError(f"--values must be {' or '.join(VALUE_FORMATS)}, not {values!r}")
     mix = getattr(args, "mix_ratio", None)
     if mix is not None and not 0.0 <= mix <= 1.0:
         raise SubcoderError(f"--mix-ratio must be between 0 and 1, not {mix}")

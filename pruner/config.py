@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 METHODS = ("wanda", "magnitude")
-VALUE_FORMATS = ("bf16", "int8")  # how kept values are stored (storage; subcoder.pruner.kernels.int8)
+# How weights are stored: kept values of a sub-model (storage's manifest, `subcoder prune --values`) or a
+# dense model's layers on the kernel (EngineOptions.dense_values); subcoder.pruner.kernels.int8 says how.
+VALUE_FORMATS = ("bf16", "int8")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..config import VALUE_FORMATS
+
 # field -> the environment variable that sets its default ("0" turns the switch off)
 ENV_NAMES = {
     "sparse_kernel": "SUBCODER_SPARSE",
@@ -72,5 +74,5 @@ class EngineOptions:
         return cls(**values)
 
     def __post_init__(self):
-        if self.dense_values not in ("bf16", "int8"):
-            raise ValueError(f"dense_values must be bf16 or int8, not {self.dense_values!r}")
+        if self.dense_values not in VALUE_FORMATS:
+            raise ValueError(f"dense_values must be {' or '.join(VALUE_FORMATS)}, not {self.dense_values!r}")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from ..config import VALUE_FORMATS as FORMATS  # one list of formats, kept where torch is not needed
+
 QMAX = 127
-FORMATS = ("bf16", "int8")  # a sub-model's `values` (storage manifest, `subcoder prune --values`)
 
 
 def check_format(values: str) -> str:
