@@ -328,7 +328,10 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         load_s = time.perf_counter() - t0
         _say(f"{cfg.name} {language}: loaded {path} in {load_s:.0f} s"
              + f" ({wrapped} linears on the dense bf16 kernel)")
-        completers = {lay: Completer(loaded, context_tokens=plan.context_tokens, fim_order=lay) for lay in LAYOUTS}
+        # one engine per layout a wanted cell uses (each builds its own decoder and greedy-head screen)
+        layouts = {name.split(":", 1)[1] if name.startswith("nextline:") else LAYOUTS[0] for name, _ in wanted
+                   if name != "ppl"}
+        completers = {lay: Completer(loaded, context_tokens=plan.context_tokens, fim_order=lay) for lay in layouts}
         for name, stored in wanted:
             out = _cell_file(work, cfg, language, name)
             data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": name,
