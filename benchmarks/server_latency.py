@@ -240,9 +240,10 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tokens: int, log_dir: Path,
-               after_cold=None, sparsity: float | None = None) -> dict:
+               after_cold=None, sparsity: float | None = None, extra_settings: dict | None = None) -> dict:
     """The replay through a real server process; `after_cold(request)` runs after each cold answer.
-    `sparsity`: the server's setting (None: its default; 0: the dense model, nothing built)."""
+    `sparsity`: the server's setting (None: its default; 0: the dense model, nothing built);
+    `extra_settings`: more server settings by their client names (e.g. `values`, `fimOrder`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-c", "import sys; from subcoder.server.main import run; sys.exit(run(sys.argv[1:]))",
            "--log-file", str(log_dir / "server.log")]
@@ -250,6 +251,8 @@ def run_server(segments: list[Segment], model: str, workspace: Path, max_new_tok
     settings = {"model": model, "maxNewTokens": max_new_tokens, "cacheSizeLimitMB": 1 << 22}
     if sparsity is not None:
         settings["sparsity"] = sparsity
+    settings.update(extra_settings or {})
+    sparsity = settings.get("sparsity")
     # at sparsity 0 the server rests in "base": the dense model serves, nothing is built
     wanted = ("ready", "error") if sparsity != 0 else ("base", "error")
     for stale in ("server.log", "server.stderr"):
@@ -505,6 +508,20 @@ def _passes(served: list[dict]) -> str:
     return f" ({new} tokens in {passes} decode passes over these requests: {new / max(passes, 1):.2f} per pass)"
 
 
+def parse_server_config(spec: str) -> dict:
+    """'sparsity=0,values=int8,fimOrder=psm' -> {"sparsity": 0.0, "values": "int8", "fimOrder": "psm"}."""
+    chosen: dict = {}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise SystemExit(f"--server-config: {part!r} is not KEY=VALUE")
+        try:
+            chosen[key] = json.loads(value)  # numbers and booleans as such
+        except json.JSONDecodeError:
+            chosen[key] = value
+    return chosen
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -587,6 +604,10 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=4, help="characters typed between requests")
     p.add_argument("--max-new-tokens", type=int, default=48, help="as the server's default setting")
     p.add_argument("--engines", default="server,generate,llama")
+    p.add_argument("--server-config", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="one more server replay with these settings (client names), e.g. "
+                        "'sparsity=0,values=int8,fimOrder=psm,model=qwen2.5-coder-1.5b'; repeat for several. "
+                        "Runs after the --engines, one server at a time")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llama-fim-order", choices=("psm", "spm"), default="psm",
                    help="FIM layout for llama.cpp's prompts (default psm: what its infill endpoint builds)")
@@ -635,6 +656,7 @@ def main(argv=None) -> int:
                 "server_rss_mb": extra.get("server", {}).get("rss_mb"), "pass_ms": passes,
                 "same_engine": extra.get("same_engine"),
                 "server_dense_served": extra.get("server_dense", {}).get("served"),
+                "configs": extra.get("configs"),
             }, indent=1))
     with tempfile.TemporaryDirectory(prefix="subcoder-latency-") as tmp:
         tmp = Path(tmp)
@@ -662,6 +684,17 @@ def main(argv=None) -> int:
             name = "subcoder server, dense model (sparsity 0)"
             results[name] = [t for _, t, _ in got["times"]]
             extra["server_dense"] = got
+            loads[name] = load_avg()
+            passes[name] = probe.ms()
+            checkpoint()
+        for spec in args.server_config:
+            chosen = parse_server_config(spec)
+            name = "subcoder server, " + ", ".join(f"{k} {v}" for k, v in chosen.items())
+            print(f"server replay, {spec} ...", file=sys.stderr)
+            got = run_server(segments, chosen.get("model", args.model), workspace, args.max_new_tokens, tmp,
+                             extra_settings=chosen)
+            results[name] = [t for _, t, _ in got["times"]]
+            extra.setdefault("configs", {})[name] = {k: got[k] for k in ("served", "rss_mb", "peak_rss_mb")}
             loads[name] = load_avg()
             passes[name] = probe.ms()
             checkpoint()
@@ -752,6 +785,12 @@ def main(argv=None) -> int:
                      f"{tokens(pair['sub_log'])}, dense {tokens(pair['dense_log'])}; identical suggestions "
                      f"{sum(a['text'] == b['text'] for a, b in zip(pair['sub_log'], pair['dense_log']))} of "
                      f"{len(pair['sub'])}.")
+        lines.append("")
+    for name, got in (extra.get("configs") or {}).items():
+        ext = [s for s, k in zip(got["served"], kinds) if k == "extend" and s["reason"] != "typed-ahead"]
+        reuse = (f"extending requests that decoded reused a median {statistics.median([s['reused'] for s in ext]):.0f} "
+                 f"of {statistics.median([s['prompt'] for s in ext]):.0f} prompt tokens; " if ext else "")
+        lines.append(f"{name}: {reuse}RSS after the replay {got['rss_mb']:.0f} MiB (peak {got['peak_rss_mb']:.0f} MiB).")
         lines.append("")
     if "server_dense" in extra:
         lines.append(f"Server at sparsity 0 (dense model) memory after the replay: RSS "

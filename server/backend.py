@@ -40,6 +40,7 @@ from types import SimpleNamespace
 from typing import Callable, Iterator
 
 from subcoder.pruner.engine.completion import Completion, CompletionSource
+from subcoder.pruner.engine.prompt import DEFAULT_FIM_ORDER
 from subcoder.pruner.engine.prompt import Prompt, PromptBuilder, context_budget
 from subcoder.pruner.engine.stops import StopRule, postprocess, stop_ids
 from subcoder.pruner.errors import Cancelled, ModelError, SubcoderError
@@ -358,7 +359,7 @@ class RemoteEngine(CompletionSource):
 
     max_sessions = 4  # how many documents `EditorCompleter` keeps a last suggestion for
 
-    def __init__(self, side: PromptSide, url: str, *, context_tokens: int = 1024, fim_order: str = "spm",
+    def __init__(self, side: PromptSide, url: str, *, context_tokens: int = 1024, fim_order: str = DEFAULT_FIM_ORDER,
                  timeout: float = 10.0, on_health: Callable[[bool, str], None] = lambda up, reason: None,
                  alive: Callable[[], bool] = lambda: True, retry: tuple[float, float] = (_FIRST_RETRY_S, _MAX_RETRY_S)):
         self.endpoint = parse_endpoint(url)

@@ -18,6 +18,7 @@ from subcoder.pruner.progress import ProgressFn
 from subcoder.pruner.units import human_bytes
 
 from subcoder.pruner.engine.options import EngineOptions
+from subcoder.pruner.engine.prompt import DEFAULT_FIM_ORDER
 
 from .editor import EditorCompleter
 
@@ -112,7 +113,7 @@ class ModelSet:
 
 
 def load_completer(name: str, *, dtype: str, device: str, sparse: bool | None, context_tokens: int, cache_dir=None,
-                   fim_order: str = "spm", options: EngineOptions | None = None) -> EditorCompleter:
+                   fim_order: str = DEFAULT_FIM_ORDER, options: EngineOptions | None = None) -> EditorCompleter:
     """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError.
 
     `sparse` means what it means to `load_model` (None: on the kernel where this machine can run it; False:

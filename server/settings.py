@@ -20,6 +20,7 @@ from typing import Any
 from subcoder.pruner.languages import LANGUAGES
 from subcoder.pruner.config import VALUE_FORMATS, Pattern, PruneConfig
 from subcoder.pruner.engine.options import ENV_NAMES, EngineOptions
+from subcoder.pruner.engine.prompt import DEFAULT_FIM_ORDER, FIM_ORDERS
 from subcoder.pruner.errors import ConfigError
 from subcoder.pruner.presets import DEFAULT_PRESET
 
@@ -53,7 +54,7 @@ class Settings:
     dtype: str = "auto"  # auto | bfloat16 | float32 (auto: bf16 only where the CPU has it natively)
     max_new_tokens: int = 48
     completion_mode: str = "auto"  # auto | single-line | multi-line
-    fim_order: str = "spm"  # spm | psm: fill-in-the-middle prompt layout (subcoder.pruner.engine.completer.FIM_ORDERS)
+    fim_order: str = DEFAULT_FIM_ORDER  # psm | spm: fill-in-the-middle prompt layout (subcoder.pruner.engine.prompt)
     cache_dir: str = ""  # "" = the platform's user cache
     cache_size_limit_mb: int = 4096
     log_level: str = "info"
@@ -176,7 +177,7 @@ _CHECKS = {
     "dtype": _choice(("auto", "bfloat16", "float32")),
     "max_new_tokens": _number(int, 1, 1024),
     "completion_mode": _choice(("auto", "single-line", "multi-line")),
-    "fim_order": _choice(("spm", "psm")),
+    "fim_order": _choice(FIM_ORDERS),
     "cache_dir": _string,
     "cache_size_limit_mb": _number(int, 16, 1 << 22),
     "log_level": _choice(LOG_LEVELS),

@@ -31,7 +31,7 @@ import torch
 from ..errors import Cancelled
 from .completion import Completion, CompletionSource
 from .options import EngineOptions
-from .prompt import Prompt, PromptBuilder, context_budget
+from .prompt import DEFAULT_FIM_ORDER, Prompt, PromptBuilder, context_budget
 from .speculate import Decoding, PromptLookup
 from .stops import StopRule, postprocess, stop_ids
 
@@ -78,7 +78,7 @@ class Completer(CompletionSource):
     text for its prompt, whatever was asked before.
     """
 
-    def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, fim_order: str = "spm",
+    def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, fim_order: str = DEFAULT_FIM_ORDER,
                  options: EngineOptions | None = None, speculate: bool | None = None):
         options = EngineOptions.from_env() if options is None else options
         self.model = loaded.model

@@ -139,6 +139,8 @@ def study_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-seq-len", type=_positive, help=f"tokens per calibration window (default {d.calib_seq_len})")
     p.add_argument("--eval-seed", type=int, help="which windows and tasks (default 0)")
     p.add_argument("--no-kernel", action="store_true", help="keep pruned layers dense (slower; same numbers)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where calibration, pruning and evaluation run (default cpu; cuda: pruned layers stay dense)")
     p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
     p.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where RESULTS.md and the PNGs go")
     p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/study"), help="per-cell results")
@@ -160,6 +162,7 @@ def study_plan(args: argparse.Namespace) -> Plan:
         raise argparse.ArgumentTypeError("--task-seeds must be 0 or more")
     plan.task_shapes = tuple(s for s in plan.task_shapes if s in plan.shapes)
     plan.kernel = not args.no_kernel
+    plan.device = args.device
     return plan
 
 

@@ -94,6 +94,9 @@ class Plan:
     calib_seq_len: int = 512
     eval_seed: int = 0  # which windows and tasks; the same for every sub-model
     kernel: bool = True  # sub-models on the sparse kernel where the machine runs it (speed only)
+    # Where calibration, pruning and evaluation run. Not part of a cell's settings: a GPU gives the same
+    # masks and losses up to bf16 rounding, and each cell records the device it ran on.
+    device: str = "cpu"
     quick: bool = False
 
     @classmethod
@@ -145,7 +148,10 @@ def variants(plan: Plan) -> list[Variant]:
 
 
 def metrics_of(plan: Plan, v: Variant) -> tuple[str, ...]:
-    tasks = v.method is None or (v.shape in plan.task_shapes and v.seed < plan.task_seeds)
+    # dense next-line cells are the reference of the sub-models' ones: with no sub-model task cells
+    # wanted (--task-seeds 0), none run (a perplexity-only pass, e.g. on a GPU)
+    wanted = plan.task_seeds > 0 and bool(plan.task_shapes)
+    tasks = wanted and (v.method is None or (v.shape in plan.task_shapes and v.seed < plan.task_seeds))
     return ("ppl", "nextline") if tasks else ("ppl",)
 
 
@@ -207,7 +213,7 @@ def submodel(model: str, plan: Plan, v: Variant, work: Path, sampling: str) -> d
     language, spec = (PROSE, CalibrationSpec()) if v.method == "magnitude" else calibration_for(plan, v, sampling)
     _say(f"{model}: sub-model {v.key}")
     t0 = time.perf_counter()
-    res = extract(model, language, cfg, spec, dtype=pick_dtype("auto"))
+    res = extract(model, language, cfg, spec, dtype=pick_dtype("auto", plan.device), device=plan.device)
     timings = res.manifest.get("timings") or {}
     meta = {"path": str(res.path), "settings": settings, "cached": res.cached,
             "described": (res.manifest.get("calibration") or {}).get("description") if v.method == "wanda" else None,
@@ -278,14 +284,20 @@ def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *
     from .nextline import score
     from .perplexity import window_losses
 
-    loaded = load_model(meta["path"], dtype=pick_dtype("auto"), sparse=None if plan.kernel else False)
+    # the sparse kernel is a CPU kernel: on a GPU the pruned layers stay dense (masked weights, same numbers)
+    kernel = plan.kernel and plan.device == "cpu"
+    loaded = load_model(meta["path"], dtype=pick_dtype("auto", plan.device), device=plan.device,
+                        sparse=None if kernel else False)
     tok = loaded.tokenizer
     layout = "psm" if loaded.info.fim is not None else "prefix"
-    completer = Completer(loaded, context_tokens=plan.context_tokens, fim_order="psm")
+    completer = None
+    if any(metric == "nextline" for _, metric, _ in todo):  # the engine is built only where tasks need it
+        completer = Completer(loaded, context_tokens=plan.context_tokens, fim_order="psm")
     for lang, metric, stored in todo:
         out = cell_file(work, model, v, lang, metric)
         data = {"variant": v.key, "model": model, "language": lang, "metric": metric, "settings": settings[metric],
-                "submodel": meta["path"], "described": meta.get("described"), "environment": environment(),
+                "submodel": meta["path"], "described": meta.get("described"),
+                "environment": {**environment(), "device": plan.device, **_gpu_name(plan.device)},
                 "complete": False}
         started = time.perf_counter()
         if metric == "ppl":
@@ -314,6 +326,14 @@ def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *
             bar.close()
         finish_cell(out, data, started)
         _say(f"{v.key} {lang} {metric}: {cell_summary(data)} ({data['seconds']:.0f} s)")
+
+
+def _gpu_name(device: str) -> dict:
+    if device == "cpu":
+        return {}
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name()}
 
 
 def _windows(tok, plan: Plan, lang: str) -> list[dict]:

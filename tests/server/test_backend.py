@@ -198,8 +198,8 @@ def test_a_completion_is_the_fim_prompt_streamed_and_cut_by_the_stop_rule(side, 
     got = eng.complete("def main():\n    ", "\nprint(1)\n", max_new_tokens=16, mode="single-line", key="file:///a.py")
     assert got.text == "x = 1" and got.stop_reason == "line" and got.new_tokens == 2
     body = api.requests[-1]
-    # SPM: suffix first, then the prefix; the FIM markers as text, the server tokenizes them
-    assert body["prompt"] == "<|fim_suffix|>\nprint(1)\n<|fim_prefix|>def main():\n    <|fim_middle|>"
+    # PSM (the default): prefix, then suffix; the FIM markers as text, the server tokenizes them
+    assert body["prompt"] == "<|fim_prefix|>def main():\n    <|fim_suffix|>\nprint(1)\n<|fim_middle|>"
     assert body["model"] == MODEL_ID and body["stream"] is True and body["temperature"] == 0.0
     assert body["max_tokens"] == 16 and body["stop"] == []
     assert set(side.stop_ids) <= set(body["stop_token_ids"]) and side.stop_ids

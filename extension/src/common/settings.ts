@@ -50,7 +50,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     dtype: 'auto',
     maxNewTokens: 48,
     completionMode: 'auto',
-    fimOrder: 'spm',
+    fimOrder: 'psm',
     cacheDir: '',
     cacheSizeLimitMB: 4096,
     logLevel: 'info',

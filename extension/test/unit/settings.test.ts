@@ -22,7 +22,7 @@ test('defaults follow the LSP contract', () => {
         model: '', sparsity: 0, pattern: 'unstructured', values: 'bf16', method: 'wanda',
         calibration: 'corpus', mixRatio: 0.5,
         languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
-        device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'spm', cacheDir: '',
+        device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'psm', cacheDir: '',
         cacheSizeLimitMB: 4096, logLevel: 'info', sparseKernel: true, serveBaseModelWhileBuilding: true,
         contextTokens: 1024, calibrationSamples: 32, calibrationSeqLen: 512,
         allowDownload: 'ask', backend: '', backendTimeout: 10,

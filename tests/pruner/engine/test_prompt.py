@@ -62,13 +62,14 @@ def test_prompt_fim_layout_and_budget(tokenizer):
     vocab = tokenizer.get_vocab()
     prompt = builder.build(CODE, "print(1)\n" * 100)
     assert prompt.fim and len(prompt.ids) <= 128
-    # SPM (the default): the suffix first, then the prefix, so typing only appends to the prompt
-    assert prompt.ids[0] == vocab["<|fim_suffix|>"] and prompt.ids[-1] == vocab["<|fim_middle|>"]
-    assert prompt.ids[1 + prompt.suffix_tokens] == vocab["<|fim_prefix|>"]
+    # PSM (the default): prefix, suffix, then the middle the model writes
+    assert prompt.ids[0] == vocab["<|fim_prefix|>"] and prompt.ids[-1] == vocab["<|fim_middle|>"]
+    assert prompt.ids[1 + prompt.prefix_tokens] == vocab["<|fim_suffix|>"]
     assert 0 < prompt.suffix_tokens <= 128 // 8
-    psm = PromptBuilder(tokenizer, FIM, context_tokens=128, order="psm").build(CODE, "print(1)\n" * 100)
-    assert psm.ids[0] == vocab["<|fim_prefix|>"] and psm.ids[1 + psm.prefix_tokens] == vocab["<|fim_suffix|>"]
-    assert sorted(psm.ids) == sorted(prompt.ids)
+    # SPM: the suffix first, then the prefix, so typing only appends to the prompt
+    spm = PromptBuilder(tokenizer, FIM, context_tokens=128, order="spm").build(CODE, "print(1)\n" * 100)
+    assert spm.ids[0] == vocab["<|fim_suffix|>"] and spm.ids[1 + spm.suffix_tokens] == vocab["<|fim_prefix|>"]
+    assert sorted(spm.ids) == sorted(prompt.ids)
     assert CODE[prompt.cut - 1] == "\n", "the prefix is cut at a line start"
     plain = PromptBuilder(tokenizer, None, context_tokens=128).build("def f(", "x)")
     assert not plain.fim and tokenizer.decode(list(plain.ids)) == "def f("
@@ -86,7 +87,7 @@ def test_prompt_cut_is_stable_while_typing(tokenizer):
 def test_spm_prompt_grows_only_at_its_end_while_typing(tokenizer):
     """What makes typing cheap: the previous prompt (less its last token or two, where the newly typed
     characters merge) is a prefix of the next one, suffix included."""
-    builder = PromptBuilder(tokenizer, FIM, context_tokens=256)
+    builder = PromptBuilder(tokenizer, FIM, context_tokens=256, order="spm")
     suffix = "\n    return total\n\n\nprint(f(3))\n"
     first = builder.build(CODE + "    total = ", suffix)
     anchor = (first.cut, (CODE + "    total = ")[: first.cut])
