@@ -391,6 +391,9 @@ def _claims(model: str, shape: str, s: dict) -> list[str]:
         L.append(f"- **Distinct regions (Jaccard)**: {j['verdict']}; whole model, between languages "
                  f"{b['min']:.4f}–{b['max']:.4f}" + (f" against within one language {w['min']:.4f}–{w['max']:.4f}" if w else "")
                  + f"; {len(j['distinct_layers'])} of {len(j['layers'])} layers distinct.")
+    else:
+        L.append("- **Distinct regions (Jaccard)**: not measured (no mask pairs: the sub-models were built on "
+                 "another machine and their masks are not here).")
     return L
 
 
@@ -435,10 +438,12 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
           f"- perplexity: up to {plan['windows']} windows of {plan['seq_len']} tokens per language cut file by file from "
           "the held-out split (packages disjoint from calibration), pooled per token; the files behind each cell are "
           "in its table",
-          f"- next-line: up to {plan['tasks']} single-line tasks per language spread over the held-out files, greedy, "
-          f"{plan['context_tokens']}-token prompt budget, exact match on stripped text; at "
-          + ", ".join(plan["task_shapes"]) + f" for seed 0; PSM layout (prefix, suffix, then the line) for a model with "
-          "FIM tokens, the prefix alone otherwise (the layout is named per table)",
+          (f"- next-line: up to {plan['tasks']} single-line tasks per language spread over the held-out files, greedy, "
+           f"{plan['context_tokens']}-token prompt budget, exact match on stripped text; at "
+           + ", ".join(plan["task_shapes"]) + f" for seed 0; PSM layout (prefix, suffix, then the line) for a model with "
+           "FIM tokens, the prefix alone otherwise (the layout is named per table)"
+           if plan.get("task_seeds", 1) > 0 and plan["task_shapes"] else
+           "- next-line: not in this pass (`--task-seeds 0`: perplexity cells only)"),
           "- intervals: 95%, percentile bootstrap resampling evaluation files and calibration seeds together "
           f"({RESAMPLES} resamples); comparisons paired on the same files or tasks; exact McNemar for exact match; "
           f"languages where dense scores under {100 * FLOOR:.0f}% exact are left out of the task counts (not ties)",

@@ -364,7 +364,8 @@ def cell_summary(data: dict) -> str:
 
 def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[str, dict]) -> list[dict]:
     """Per-layer Jaccard distances between every pair of one shape's language sub-models (all seeds),
-    each pair computed once and kept in the work directory."""
+    each pair computed once and kept in the work directory. A pair whose sub-models are neither stored
+    in the work directory's Jaccard file nor on this machine is left out."""
     from subcoder.pruner.overlap import compare
     from subcoder.pruner.storage import load_masks
 
@@ -377,6 +378,8 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
         for b in keys[i + 1:]:
             p = known.get((a, b))
             if p is None or p.get("paths") != [metas[a]["path"], metas[b]["path"]]:
+                if not all(Path(metas[k]["path"]).is_dir() for k in (a, b)):
+                    continue  # built on another machine (a lent GPU) and not stored here: the pair is not measured
                 for k in (a, b):
                     if k not in masks:
                         masks[k] = load_masks(Path(metas[k]["path"]))
