@@ -508,6 +508,26 @@ def _passes(served: list[dict]) -> str:
     return f" ({new} tokens in {passes} decode passes over these requests: {new / max(passes, 1):.2f} per pass)"
 
 
+def configs_table(configs: dict, results: dict, kinds: list[str]) -> list[str]:
+    """What each --server-config replay did with the same typing: how often the user typed through the
+    previous suggestion (answered without decoding: the suggestion was right), how often it answered
+    nothing, and the latency of the requests that had to decode."""
+    out = ["| server settings | p50 | typed through the suggestion | empty answers | decoding requests p50 / p95 "
+           "| reused / prompt tokens | cold p50 | RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    for name, got in configs.items():
+        times, served = results[name], got["served"]
+        decoding = [(t, s) for t, s, k in zip(times, served, kinds) if k == "extend" and s["reason"] != "typed-ahead"]
+        cold = [t for t, k in zip(times, kinds) if k == "cold"]
+        through = sum(s["reason"] == "typed-ahead" for s in served)
+        empty = sum(s["reason"] == "empty" for s in served)
+        out.append(f"| {name.removeprefix('subcoder server, ')} | {ms(pct(times, .5))} | {through} of {len(served)} | "
+                   f"{empty} | {ms(pct([t for t, _ in decoding], .5))} / {ms(pct([t for t, _ in decoding], .95))} | "
+                   f"{statistics.median([s['reused'] for _, s in decoding] or [0]):.0f} / "
+                   f"{statistics.median([s['prompt'] for _, s in decoding] or [0]):.0f} | {ms(pct(cold, .5))} | "
+                   f"{got['rss_mb']:.0f} |")
+    return out + [""]
+
+
 def parse_server_config(spec: str) -> dict:
     """'sparsity=0,values=int8,fimOrder=psm' -> {"sparsity": 0.0, "values": "int8", "fimOrder": "psm"}."""
     chosen: dict = {}
@@ -786,12 +806,8 @@ def main(argv=None) -> int:
                      f"{sum(a['text'] == b['text'] for a, b in zip(pair['sub_log'], pair['dense_log']))} of "
                      f"{len(pair['sub'])}.")
         lines.append("")
-    for name, got in (extra.get("configs") or {}).items():
-        ext = [s for s, k in zip(got["served"], kinds) if k == "extend" and s["reason"] != "typed-ahead"]
-        reuse = (f"extending requests that decoded reused a median {statistics.median([s['reused'] for s in ext]):.0f} "
-                 f"of {statistics.median([s['prompt'] for s in ext]):.0f} prompt tokens; " if ext else "")
-        lines.append(f"{name}: {reuse}RSS after the replay {got['rss_mb']:.0f} MiB (peak {got['peak_rss_mb']:.0f} MiB).")
-        lines.append("")
+    if extra.get("configs"):
+        lines += configs_table(extra["configs"], results, kinds)
     if "server_dense" in extra:
         lines.append(f"Server at sparsity 0 (dense model) memory after the replay: RSS "
                      f"{extra['server_dense']['rss_mb']:.0f} MiB (peak {extra['server_dense']['peak_rss_mb']:.0f} MiB).")
