@@ -32,6 +32,19 @@ def test_study_options_shape_the_plan():
     assert plan.seeds == 3 and plan.tasks == 40
     assert plan.task_shapes == ("u50",)  # a task shape outside the study's shapes is dropped
     assert study_plan(study_parser().parse_args(["--no-kernel"])).kernel is False
+    assert study_plan(study_parser().parse_args([])).device == "cpu"
+    assert study_plan(study_parser().parse_args(["--device", "cuda"])).device == "cuda"
+
+
+def test_no_task_seeds_means_no_task_cells_at_all():
+    """--task-seeds 0 is a perplexity-only pass (e.g. on a GPU): not even the dense reference's tasks run."""
+    from subcoder.pruner.evaluation.study import metrics_of
+
+    plan = Plan(shapes=("u50",), task_shapes=("u50",), task_seeds=0)
+    assert metrics_of(plan, Variant("dense")) == ("ppl",) and metrics_of(plan, Variant("python", "u50")) == ("ppl",)
+    plan.task_seeds = 1
+    assert metrics_of(plan, Variant("dense")) == ("ppl", "nextline")
+    assert metrics_of(plan, Variant("python", "u50", 0)) == ("ppl", "nextline")
 
 
 @pytest.mark.parametrize("argv, words", [(["--shapes", "1.5"], "sparsity must be in (0, 1)"),
@@ -172,8 +185,34 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     partial = load_study(plan, work_dir=work, command="more seeds", masks=False)
     assert "python-u50-s2" not in partial["models"][model]["cells"] and "python-u50-s1" in partial["models"][model]["cells"]
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
+    # sub-models built elsewhere (a lent GPU) and not here: their unmeasured mask pairs are left out
+    import shutil
+
+    plan.seeds, plan.shapes = 2, ("u50", "u30")
+    shutil.rmtree(entry["variants"]["java-u30-s1"]["path"])
+    (work / "tiny-llama" / "jaccard-u30.json").unlink()
+    later = load_study(plan, work_dir=work, command="elsewhere")["models"][model]["jaccard"]["u30"]
+    assert later and all("java-u30-s1" not in (p["a"], p["b"]) for p in later)
 
 
 def test_one_seed_is_not_judged_however_narrow_its_interval():
     s = report.summarize(synthetic_study(seeds=1))["m"]["u50"]
     assert {o["verdict"] for o in s["ppl"]["own"].values()} == {report.ONE_SEED}
+
+
+def test_results_name_every_machine_and_say_when_masks_are_missing(tmp_path):
+    """Perplexity cells from a lent GPU and next-line cells from the CPU: RESULTS.md names both; a shape
+    whose mask pairs could not be measured says so rather than leaving the claim out."""
+    study = synthetic_study()
+    gpu = {"device": "cuda", "gpu": "NVIDIA H200", "processor": "Xeon", "torch": "2.11", "transformers": "5.17",
+           "subcoder": "0.1.0"}
+    cpu = {"processor": "AMD EPYC", "cpus": 2, "threads": 2, "torch": "2.13", "transformers": "5.24", "subcoder": "0.1.0"}
+    for cells in study["models"]["m"]["cells"].values():
+        for metrics in cells.values():
+            metrics["ppl"]["environment"] = gpu
+            if "nextline" in metrics:
+                metrics["nextline"]["environment"] = cpu
+    study["models"]["m"]["jaccard"] = {}
+    text = report.write_results(study, tmp_path).read_text()
+    assert "perplexity cells on NVIDIA H200 (CUDA" in text and "next-line cells on AMD EPYC, 2 CPUs" in text
+    assert "Distinct regions (Jaccard)**: not measured" in text
