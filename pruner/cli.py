@@ -140,7 +140,7 @@ def cmd_prune(args) -> int:
                          pattern=args.pattern, method=args.method, values=args.values)
     spec = CalibrationSpec(source=args.calibration, workspace=Path(args.workspace) if args.workspace else None,
                            mix_ratio=args.mix_ratio, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed,
-                           half=args.half)
+                           half=args.half, sampling=args.sampling, fim=args.fim)
     bars = Bars(not args.quiet)
     try:
         result = extract(args.model, args.language, config, spec, Path(args.out) if args.out else None,
@@ -352,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=32, help="calibration windows (default: 32)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
     p.add_argument("--seed", type=int, default=0, help="which calibration windows are drawn (default: 0)")
+    p.add_argument("--sampling", choices=("stream", "files"), default="stream",
+                   help="stream: windows cut from shuffled files joined end to end (a few files fill 32 x 512); "
+                        "files: one window per file, round-robin over packages, data tables left out. Same "
+                        "held-out perplexity on the default preset (benchmarks/calibration.py) (default: stream)")
+    p.add_argument("--fim", type=float, default=0.0, metavar="SHARE",
+                   help="share of the windows laid out as fill-in-the-middle prompts, PSM and SPM in turn, as the "
+                        "server sends them (needs --sampling files and a model with FIM tokens) (default: 0)")
     p.add_argument("--half", type=int, choices=[0, 1], help="calibrate on one of two disjoint halves of the corpus's packages")
     p.add_argument("--offload", action="store_true", help="keep weights on the CPU, bring each layer to the accelerator in turn")
     p.add_argument("-o", "--out", help="output directory (default: the cache, named by its key)")

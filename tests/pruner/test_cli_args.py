@@ -20,6 +20,8 @@ from subcoder.pruner.cli import main
     (["prune", "-l", "klingon"], "unknown language 'klingon'"),
     (["prune", "--mix-ratio", "1.5"], "--mix-ratio must be between 0 and 1"),
     (["prune", "--calibration", "workspace", "--workspace", "/definitely/missing"], "not a folder"),
+    (["prune", "--fim", "0.25"], "use sampling 'files'"),
+    (["prune", "--sampling", "files", "--fim", "2"], "must be in [0, 1]"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, words, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SUBCODER_CACHE_DIR", str(tmp_path / "cache"))
