@@ -327,7 +327,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         loaded, wrapped = load_for_engine(path, cfg.values)
         load_s = time.perf_counter() - t0
         _say(f"{cfg.name} {language}: loaded {path} in {load_s:.0f} s"
-             + f" ({wrapped} linears on the dense bf16 kernel)")
+             + f" ({wrapped} linears on the kernel's dense {cfg.values} layer)")
         # one engine per layout a wanted cell uses (each builds its own decoder and greedy-head screen)
         layouts = {name.split(":", 1)[1] if name.startswith("nextline:") else LAYOUTS[0] for name, _ in wanted
                    if name != "ppl"}
