@@ -93,7 +93,7 @@ def configurations(args) -> list[dict]:
             if not (f and s != "files")]  # FIM windows exist only in the files sampler
 
 
-def run(args, done: dict | None = None, save=None) -> dict:
+def run(args, done: dict | None = None, save=lambda result: None) -> dict:
     """`done`: an earlier run's result for the same model, language, source and sparsity, whose rows
     are kept (a long grid resumes); `save(result)` is called after every row."""
     torch.set_num_threads(args.threads)
@@ -111,13 +111,12 @@ def run(args, done: dict | None = None, save=None) -> dict:
     rows.extend(kept.values())  # rows of other grids on the same windows stay too
     if json.dumps("dense") not in kept:
         rows.insert(0, {"config": "dense", **heldout_score(loaded.model, windows, pad, args.batch_size)})
+        save(result)
     for row in rows:
         _say(args, row)
     for cfg in configurations(args):
         if json.dumps(cfg, sort_keys=True) in kept:
             continue
-        if save:
-            save(result)
         t0 = time.perf_counter()
         calib = build_calibration(tok, args.language, CalibrationSpec(source=args.source, **cfg))
         t1 = time.perf_counter()
@@ -130,9 +129,8 @@ def run(args, done: dict | None = None, save=None) -> dict:
                "prune_s": round(t2 - t1, 2), **heldout_score(model, windows, pad, args.batch_size)}
         del model
         rows.append(row)
-        _say(args, row)
-    if save:
         save(result)
+        _say(args, row)
     return result
 
 

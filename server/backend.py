@@ -40,8 +40,7 @@ from types import SimpleNamespace
 from typing import Callable, Iterator
 
 from subcoder.pruner.engine.completion import Completion, CompletionSource
-from subcoder.pruner.engine.prompt import DEFAULT_FIM_ORDER
-from subcoder.pruner.engine.prompt import Prompt, PromptBuilder, context_budget
+from subcoder.pruner.engine.prompt import DEFAULT_FIM_ORDER, Prompt, PromptBuilder, context_budget
 from subcoder.pruner.engine.stops import StopRule, postprocess, stop_ids
 from subcoder.pruner.errors import Cancelled, ModelError, SubcoderError
 
