@@ -114,6 +114,16 @@ def _shapes(text: str) -> tuple[str, ...]:
     return shapes
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shard is I/N, e.g. 0/4, not {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text}: I must be 0 to N-1")
+    return i, n
+
+
 def study_parser() -> argparse.ArgumentParser:
     d = Plan()
     p = argparse.ArgumentParser(
@@ -142,6 +152,12 @@ def study_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where calibration, pruning and evaluation run (default cpu; cuda: pruned layers stay dense)")
     p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="run only shard I of N (0-based) and write no report: N processes sharing one machine or "
+                        "GPU split the variants between them; --report-only afterwards reads all their cells")
+    p.add_argument("--rebuild-masks", action="store_true",
+                   help="build again the language sub-models whose cells were measured on another machine, so "
+                        "their Jaccard pairs are measured here")
     p.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where RESULTS.md and the PNGs go")
     p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/study"), help="per-cell results")
     p.add_argument("--report-only", action="store_true", help="write RESULTS.md from the finished cells, run nothing")
@@ -184,7 +200,12 @@ def study_main(argv: list[str]) -> int:
             study = load_study(plan, work_dir=args.work_dir, command=command)
         else:
             set_threads(args.threads)
-            study = run_study(plan, work_dir=args.work_dir, command=command)
+            study = run_study(plan, work_dir=args.work_dir, command=command, shard=args.shard,
+                              rebuild_masks=args.rebuild_masks)
+            if study is None:
+                print(f"shard {args.shard[0]}/{args.shard[1]} done in {(time.perf_counter() - started) / 60:.1f} min; "
+                      f"write the report with --report-only once every shard has finished")
+                return 0
         path = write_results(study, args.docs_dir, later=args.later)
     except SubcoderError as exc:
         print(f"subcoder eval study: {exc}", file=sys.stderr)

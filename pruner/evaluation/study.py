@@ -396,16 +396,35 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
 # --------------------------------------------------------------------------- the run
 
 
-def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None = None) -> dict:
-    """Every missing cell of every model; then the study as `load_study` reads it."""
+def shard_of(plan: Plan, vs: list[Variant], shard: tuple[int, int]) -> list[Variant]:
+    """Shard i of n: the variants with task cells dealt round-robin first (they take minutes, the others
+    seconds), then the rest, so n processes sharing one GPU finish at about the same time."""
+    i, n = shard
+    heavy = [v for v in vs if "nextline" in metrics_of(plan, v)]
+    ordered = heavy + [v for v in vs if v not in heavy]
+    return [v for k, v in enumerate(ordered) if k % n == i]
+
+
+def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None = None,
+              shard: tuple[int, int] | None = None, rebuild_masks: bool = False) -> dict | None:
+    """Every missing cell of every model; then the study as `load_study` reads it. With `shard` (i, n), only
+    that shard's variants run and nothing is read back (the shards' cells meet in the work directory, and
+    `--report-only` writes the report once all have finished). With `rebuild_masks`, a language sub-model
+    whose cells were measured elsewhere (its directory is not on this machine) is built again here, so its
+    Jaccard pairs are measured: same calibration seed, same mask up to bf16 rounding."""
     progress = sys.stderr.isatty() if progress is None else progress
     sampling = sampling_available()
+    work = Path(work_dir)
     for model in plan.models:
         inputs: dict = {}
-        for v in variants(plan):
-            if v.calibration in plan.baselines and not baseline_available(v.calibration):
-                continue
-            run_variant(model, plan, v, Path(work_dir), sampling, inputs=inputs, progress=progress)
+        todo = [v for v in variants(plan)
+                if not (v.calibration in plan.baselines and not baseline_available(v.calibration))]
+        for v in shard_of(plan, todo, shard) if shard else todo:
+            run_variant(model, plan, v, work, sampling, inputs=inputs, progress=progress)
+            if rebuild_masks and v.calibration in plan.languages:
+                submodel(model, plan, v, work, sampling)
+    if shard:
+        return None
     return load_study(plan, work_dir=work_dir, command=command, masks=True)
 
 

@@ -193,6 +193,30 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     (work / "tiny-llama" / "jaccard-u30.json").unlink()
     later = load_study(plan, work_dir=work, command="elsewhere")["models"][model]["jaccard"]["u30"]
     assert later and all("java-u30-s1" not in (p["a"], p["b"]) for p in later)
+    # --rebuild-masks builds it again here, so its pairs are measured; the cells stay as they were
+    assert run_study(plan, work_dir=work, command="rebuild", progress=False, shard=(0, 1), rebuild_masks=True) is None
+    rebuilt = load_study(plan, work_dir=work, command="rebuilt")["models"][model]["jaccard"]["u30"]
+    assert any("java-u30-s1" in (p["a"], p["b"]) for p in rebuilt)
+    assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
+
+
+def test_shards_split_the_variants_and_deal_the_slow_ones_first():
+    from subcoder.pruner.evaluation.study import metrics_of, shard_of
+
+    plan = Plan(shapes=("u50", "2:4", "u30"), task_shapes=("u50", "u30"), seeds=5)
+    vs = variants(plan)
+    shards = [shard_of(plan, vs, (i, 7)) for i in range(7)]
+    assert sorted((v.key for s in shards for v in s)) == sorted(v.key for v in vs)  # each once
+    slow = [sum("nextline" in metrics_of(plan, v) for v in s) for s in shards]
+    assert max(slow) - min(slow) <= 1 and sum(slow) == 15  # dense, then magnitude and 6 rows at two shapes
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2"])
+def test_a_bad_shard_is_one_line(capsys, tmp_path, text):
+    with pytest.raises(SystemExit) as exc:
+        study_main(["--shard", text, "--work-dir", str(tmp_path / "w"), "--docs-dir", str(tmp_path / "d")])
+    assert exc.value.code == 2 and "shard" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_one_seed_is_not_judged_however_narrow_its_interval():
