@@ -109,8 +109,9 @@ class Configuration:
         return cls(base, value)
 
 
-CALIBRATION_HELP = ("files (one window per file), stream (cut from concatenated files), fimNN (NN%% of the "
-                    "windows as FIM prompts), nNN (windows), lenNN (tokens per window)")
+CALIBRATION_HELP = ("files (one window per file), stream (cut from concatenated files), mixed (the four "
+                    "languages' code in equal shares instead of the configuration's own language), fimNN (NN%% of "
+                    "the windows as FIM prompts), nNN (windows), lenNN (tokens per window)")
 
 
 def calibration_fields(text: str) -> dict:
@@ -119,6 +120,8 @@ def calibration_fields(text: str) -> dict:
     for word in filter(None, text.split("-")):
         if word in ("files", "stream"):
             fields["sampling"] = word
+        elif word == "mixed":
+            fields["source"] = "mixed-code"
         elif word.startswith("fim") and word[3:].isdigit():
             fields["fim"] = int(word[3:]) / 100
         elif word.startswith("len") and word[3:].isdigit():

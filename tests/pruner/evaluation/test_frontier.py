@@ -72,6 +72,8 @@ def test_configurations_name_another_base_and_a_calibration(tmp_path):
     spec = tuned.calibration_spec()
     assert (spec.sampling, spec.fim, spec.n_samples, spec.seq_len) == ("files", 0.25, 128, 1024)
     assert Configuration.parse("m", "0.5").calibration_spec() == type(spec)(), "no suffix: the default calibration"
+    mixed = Configuration.parse("m", "0.3/mixed").calibration_spec()
+    assert (mixed.source, mixed.sampling) == ("mixed-code", type(spec)().sampling), "mixed code in the default sampler"
     # Distinct configurations keep distinct cell files.
     paths = {_cell_file(tmp_path, Configuration.parse("m", t), "python", "nextline:psm")
              for t in ("0.5", "0.5/files", "0.5@big", "dense", "dense@big", "2:4", "0.5+int8", "dense+int8")}
