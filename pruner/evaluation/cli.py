@@ -155,6 +155,9 @@ def study_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, metavar="I/N",
                    help="run only shard I of N (0-based) and write no report: N processes sharing one machine or "
                         "GPU split the variants between them; --report-only afterwards reads all their cells")
+    p.add_argument("--evaluate", type=_csv(LANGUAGES), metavar="LANGUAGES",
+                   help="measure only these languages' cells this run (every language stays a calibration row); "
+                        "the rest are left for a later run")
     p.add_argument("--rebuild-masks", action="store_true",
                    help="build again the language sub-models whose cells were measured on another machine, so "
                         "their Jaccard pairs are measured here")
@@ -201,7 +204,7 @@ def study_main(argv: list[str]) -> int:
         else:
             set_threads(args.threads)
             study = run_study(plan, work_dir=args.work_dir, command=command, shard=args.shard,
-                              rebuild_masks=args.rebuild_masks)
+                              rebuild_masks=args.rebuild_masks, evaluate=args.evaluate)
             if study is None:
                 print(f"shard {args.shard[0]}/{args.shard[1]} done in {(time.perf_counter() - started) / 60:.1f} min; "
                       f"write the report with --report-only once every shard has finished")

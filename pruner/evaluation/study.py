@@ -264,11 +264,11 @@ def _done(data: dict | None, plan: Plan, metric: str) -> bool:
 
 
 def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *, inputs: dict,
-                progress: bool = False) -> None:
-    """Every missing cell of one variant, in every language; loads the model once."""
+                progress: bool = False, languages: tuple[str, ...] | None = None) -> None:
+    """Every missing cell of one variant, in every language (or those named); loads the model once."""
     settings = {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
     todo = []
-    for lang in plan.languages:
+    for lang in languages or plan.languages:
         for metric in metrics_of(plan, v):
             if metric == "nextline" and v.method is not None and dense_at_floor(model, plan, lang, work):
                 continue
@@ -396,22 +396,26 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
 # --------------------------------------------------------------------------- the run
 
 
-def shard_of(plan: Plan, vs: list[Variant], shard: tuple[int, int]) -> list[Variant]:
-    """Shard i of n: the variants with task cells dealt round-robin first (they take minutes, the others
-    seconds), then the rest, so n processes sharing one GPU finish at about the same time."""
+def shard_of(plan: Plan, vs: list[Variant], shard: tuple[int, int]) -> list[tuple[Variant, tuple[str, ...]]]:
+    """Shard i of n, as (variant, evaluated languages) units. A variant with task cells (minutes per
+    language) is split into one unit per language and these are dealt round-robin first; the others
+    (seconds) follow whole, so n processes sharing one GPU finish at about the same time. Units of one
+    variant in different shards build its sub-model once if an earlier pass has built it (`submodel`)."""
     i, n = shard
-    heavy = [v for v in vs if "nextline" in metrics_of(plan, v)]
-    ordered = heavy + [v for v in vs if v not in heavy]
-    return [v for k, v in enumerate(ordered) if k % n == i]
+    heavy = [(v, (lang,)) for v in vs if "nextline" in metrics_of(plan, v) for lang in plan.languages]
+    light = [(v, plan.languages) for v in vs if "nextline" not in metrics_of(plan, v)]
+    return [u for k, u in enumerate(heavy + light) if k % n == i]
 
 
 def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None = None,
-              shard: tuple[int, int] | None = None, rebuild_masks: bool = False) -> dict | None:
+              shard: tuple[int, int] | None = None, rebuild_masks: bool = False,
+              evaluate: tuple[str, ...] | None = None) -> dict | None:
     """Every missing cell of every model; then the study as `load_study` reads it. With `shard` (i, n), only
     that shard's variants run and nothing is read back (the shards' cells meet in the work directory, and
     `--report-only` writes the report once all have finished). With `rebuild_masks`, a language sub-model
     whose cells were measured elsewhere (its directory is not on this machine) is built again here, so its
-    Jaccard pairs are measured: same calibration seed, same mask up to bf16 rounding."""
+    Jaccard pairs are measured: same calibration seed, same mask up to bf16 rounding. With `evaluate`, only
+    those languages' cells are measured (every language is still a calibration row)."""
     progress = sys.stderr.isatty() if progress is None else progress
     sampling = sampling_available()
     work = Path(work_dir)
@@ -419,8 +423,10 @@ def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None
         inputs: dict = {}
         todo = [v for v in variants(plan)
                 if not (v.calibration in plan.baselines and not baseline_available(v.calibration))]
-        for v in shard_of(plan, todo, shard) if shard else todo:
-            run_variant(model, plan, v, work, sampling, inputs=inputs, progress=progress)
+        for v, languages in shard_of(plan, todo, shard) if shard else [(v, plan.languages) for v in todo]:
+            languages = tuple(lang for lang in languages if lang in (evaluate or languages))
+            if languages:
+                run_variant(model, plan, v, work, sampling, inputs=inputs, progress=progress, languages=languages)
             if rebuild_masks and v.calibration in plan.languages:
                 submodel(model, plan, v, work, sampling)
     if shard:
@@ -444,7 +450,9 @@ def load_study(plan: Plan, *, work_dir: Path, command: str, masks: bool = True) 
                 for metric in metrics_of(plan, v):
                     data = _stored(cell_file(work, model, v, lang, metric),
                                    plan.settings(metric, sampling if v.method == "wanda" else None))
-                    if _done(data, plan, metric):
+                    # a finished task cell is read with the tasks it has (the report prints n): one plan reads
+                    # both models, whose task runs may have asked for different numbers of tasks
+                    if _done(data, plan, metric) or (metric == "nextline" and data and data.get("complete")):
                         key = "windows" if metric == "ppl" else "results"
                         cells.setdefault(lang, {})[metric] = {**data, key: data[key][:_wanted(plan, metric)]}
             if cells and meta:

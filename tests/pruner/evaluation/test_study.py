@@ -180,6 +180,10 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
     again = load_study(plan, work_dir=work, command="again")
     assert again["models"][model]["cells"].keys() == entry["cells"].keys()
+    plan.tasks = 10  # a plan asking for more tasks still reads the finished 3-task cells (the report prints n)
+    more = load_study(plan, work_dir=work, command="more tasks", masks=False)["models"][model]["cells"]
+    assert len(more["python-u50-s0"]["python"]["nextline"]["results"]) == 3 and "ppl" in more["python-u50-s0"]["python"]
+    plan.tasks = 3
     plan.seeds = 3
     plan.shapes = ("u50",)
     partial = load_study(plan, work_dir=work, command="more seeds", masks=False)
@@ -206,10 +210,11 @@ def test_shards_split_the_variants_and_deal_the_slow_ones_first():
     plan = Plan(shapes=("u50", "2:4", "u30"), task_shapes=("u50", "u30"), seeds=5)
     vs = variants(plan)
     shards = [shard_of(plan, vs, (i, 7)) for i in range(7)]
-    assert sorted((v.key for s in shards for v in s)) == sorted(v.key for v in vs)  # each once
-    slow = [sum("nextline" in metrics_of(plan, v) for v in s) for s in shards]
-    assert max(slow) - min(slow) <= 1 and sum(slow) == 15  # dense, then magnitude and 6 rows at two shapes
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    cells = sorted((v.key, lang) for s in shards for v, langs in s for lang in langs)
+    assert cells == sorted((v.key, lang) for v in vs for lang in plan.languages)  # each (variant, language) once
+    slow = [sum("nextline" in metrics_of(plan, v) for v, _ in s) for s in shards]
+    assert max(slow) - min(slow) <= 1 and sum(slow) == 15 * 4  # dense, then magnitude and 6 rows at two shapes
+    assert all(len(langs) == 1 for s in shards for v, langs in s if "nextline" in metrics_of(plan, v))
 
 
 @pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2"])
