@@ -189,7 +189,10 @@ def task_summary(entry: dict, plan: dict, shape: str, *, seed: int = 0) -> dict:
                 mc = stats.mcnemar_exact([bool(x) for x in exact[lang]], [bool(x) for x in exact[r]])
                 rivals[r] = {"diff": _iv(stats.paired_bootstrap(exact[lang], exact[r], files, resamples=RESAMPLES,
                                                                 seed=seed)),
-                             "only_own": mc.only_a, "only_rival": mc.only_b, "p": mc.p_value}
+                             "only_own": mc.only_a, "only_rival": mc.only_b, "p": mc.p_value,
+                             # the smallest difference these paired tasks could show (95%, 80% power)
+                             "mde": stats.minimum_detectable_effect(
+                                 n, stats.paired_binary_sd((mc.only_a + mc.only_b) / n))}
             if rivals:
                 best = min(rivals, key=lambda r: rivals[r]["diff"]["estimate"])
                 verdicts = [interval_verdict(x["diff"], better_below=False) for x in rivals.values()]
@@ -381,10 +384,16 @@ def _claims(model: str, shape: str, s: dict) -> list[str]:
     if tasks:
         judged = {lang: t for lang, t in tasks.items() if "verdict" in t}
         excluded = [lang for lang, t in tasks.items() if "excluded" in t]
-        L.append(f"- **Next-line exact match**: own language best holds in "
-                 f"{sum(t['verdict'] == 'holds' for t in judged.values())} of {len(judged)} judged languages, does not "
-                 f"hold in {sum(t['verdict'] == 'does not hold' for t in judged.values())}"
-                 + (f"; left out (dense at the floor): {', '.join(excluded)}" if excluded else "") + ".")
+        if judged:
+            L.append(f"- **Next-line exact match** (seed-0 sub-models, paired): own language best holds in "
+                     f"{sum(t['verdict'] == 'holds' for t in judged.values())} of {len(judged)} judged languages "
+                     f"({', '.join(judged)}), not shown in {sum(t['verdict'] == 'not shown' for t in judged.values())}, "
+                     f"does not hold in {sum(t['verdict'] == 'does not hold' for t in judged.values())}"
+                     + (f"; left out (dense at the floor): {', '.join(excluded)}" if excluded else "") + ".")
+        elif excluded:
+            L.append(f"- **Next-line exact match**: left out, dense at the floor in {', '.join(excluded)}.")
+        else:
+            L.append("- **Next-line exact match**: no sub-model task cells at this shape.")
     j = s["jaccard"]
     if j:
         w, b = j["whole"]["within"], j["whole"]["between"]
@@ -507,15 +516,20 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                       + "; ".join(f"{lang} ({t['layout']} layout, {t['n']} tasks from {t['files']} files): dense "
                                   f"{text.percent(t['rows']['dense'])}" for lang, t in floor.items()) + ".", ""]
             for lang, t in s["tasks"].items():
-                if lang in floor:
+                if lang in floor or len(t["rows"]) < 2:  # dense alone: no sub-model ran these tasks at this shape
                     continue
                 L += [f"**Next-line exact match, {lang}** ({t['layout']} layout, {t['n']} tasks from {t['files']} files, "
                       "seed-0 sub-models)", ""]
-                L += ["| row | exact match | own − row | own only / row only, McNemar p |", "|---|---|---|---|"]
+                L += ["| row | exact match | own − row | own only / row only, McNemar p | MDE |", "|---|---|---|---|---|"]
                 for calib, iv in t["rows"].items():
                     r = (t.get("rivals") or {}).get(calib)
                     paired = f"{r['only_own']} / {r['only_rival']}, p = {r['p']:.2g}" if r else "–"
-                    L.append(f"| {_label(calib, lang)} | {text.percent(iv)} | {text.points(r['diff']) if r else '–'} | {paired} |")
+                    mde = f"{100 * r['mde']:.1f} pt" if r and "mde" in r else "–"
+                    L.append(f"| {_label(calib, lang)} | {text.percent(iv)} | {text.points(r['diff']) if r else '–'} "
+                             f"| {paired} | {mde} |")
+                if t.get("rivals"):
+                    L.append("\nMDE: the smallest difference these paired tasks detect at 95% with 80% power, given "
+                             "the discordant share observed; a difference below it is \"not shown\", not \"equal\".")
                 if "verdict" in t:
                     L.append(f"\nVerdict (own best against every rival): {t['verdict']}.")
                 L.append("")
