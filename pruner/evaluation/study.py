@@ -362,6 +362,15 @@ def cell_summary(data: dict) -> str:
 # --------------------------------------------------------------------------- masks
 
 
+def _same_submodels(pair: dict, a: dict, b: dict) -> bool:
+    """Whether a stored pair measured these sub-models: the same directories, or (a sub-model built again
+    on another machine, whose cache key differs) the same calibration settings, which are what the mask
+    depends on besides bf16 rounding. Pairs stored before settings were recorded match by path only."""
+    if pair.get("paths") == [a["path"], b["path"]]:
+        return True
+    return pair.get("settings") is not None and pair["settings"] == [a.get("settings"), b.get("settings")]
+
+
 def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[str, dict]) -> list[dict]:
     """Per-layer Jaccard distances between every pair of one shape's language sub-models (all seeds),
     each pair computed once and kept in the work directory. A pair whose sub-models are neither stored
@@ -377,14 +386,17 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
             p = known.get((a, b))
-            if p is None or p.get("paths") != [metas[a]["path"], metas[b]["path"]]:
+            if p is not None and not _same_submodels(p, metas[a], metas[b]):
+                p = None
+            if p is None:
                 if not all(Path(metas[k]["path"]).is_dir() for k in (a, b)):
                     continue  # built on another machine (a lent GPU) and not stored here: the pair is not measured
                 for k in (a, b):
                     if k not in masks:
                         masks[k] = load_masks(Path(metas[k]["path"]))
                 d = compare(masks[a], masks[b], a, b)
-                p = {"a": a, "b": b, "paths": [metas[a]["path"], metas[b]["path"]], "model": d.model,
+                p = {"a": a, "b": b, "paths": [metas[a]["path"], metas[b]["path"]],
+                     "settings": [metas[a].get("settings"), metas[b].get("settings")], "model": d.model,
                      "per_layer": {str(k): v for k, v in d.per_layer.items()}}
                 known[(a, b)] = p
                 _atomic_json(store, {"pairs": list(known.values())})

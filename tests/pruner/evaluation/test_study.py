@@ -201,6 +201,14 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert run_study(plan, work_dir=work, command="rebuild", progress=False, shard=(0, 1), rebuild_masks=True) is None
     rebuilt = load_study(plan, work_dir=work, command="rebuilt")["models"][model]["jaccard"]["u30"]
     assert any("java-u30-s1" in (p["a"], p["b"]) for p in rebuilt)
+    # built again on another machine (another cache path, the same calibration settings): its pairs stand
+    import json
+
+    meta_file = work / "tiny-llama" / "python-u30-s0" / "submodel.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "path": str(tmp_path / "elsewhere")}))
+    moved = load_study(plan, work_dir=work, command="moved")["models"][model]["jaccard"]["u30"]
+    assert sum("python-u30-s0" in (p["a"], p["b"]) for p in moved) == 3  # paired with the other three
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*-ppl.json")}
 
 
