@@ -524,7 +524,7 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                 for calib, iv in t["rows"].items():
                     r = (t.get("rivals") or {}).get(calib)
                     paired = f"{r['only_own']} / {r['only_rival']}, p = {r['p']:.2g}" if r else "–"
-                    mde = f"{100 * r['mde']:.1f} pt" if r and "mde" in r else "–"
+                    mde = f"{100 * r['mde']:.1f} pt" if r else "–"
                     L.append(f"| {_label(calib, lang)} | {text.percent(iv)} | {text.points(r['diff']) if r else '–'} "
                              f"| {paired} | {mde} |")
                 if t.get("rivals"):

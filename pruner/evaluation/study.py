@@ -263,6 +263,13 @@ def _done(data: dict | None, plan: Plan, metric: str) -> bool:
     return len(items) >= _wanted(plan, metric) or data.get("exhausted", False)
 
 
+def _readable(data: dict | None, plan: Plan, metric: str) -> bool:
+    """What the report reads: a done cell, or a finished task cell with fewer tasks than the plan asks
+    (the report prints n): one plan reads both models, whose task runs may have asked for different
+    numbers. Runs still grow such a cell (`_done`)."""
+    return _done(data, plan, metric) or bool(metric == "nextline" and data and data.get("complete"))
+
+
 def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *, inputs: dict,
                 progress: bool = False, languages: tuple[str, ...] | None = None) -> None:
     """Every missing cell of one variant, in every language (or those named); loads the model once."""
@@ -412,7 +419,8 @@ def shard_of(plan: Plan, vs: list[Variant], shard: tuple[int, int]) -> list[tupl
     """Shard i of n, as (variant, evaluated languages) units. A variant with task cells (minutes per
     language) is split into one unit per language and these are dealt round-robin first; the others
     (seconds) follow whole, so n processes sharing one GPU finish at about the same time. Units of one
-    variant in different shards build its sub-model once if an earlier pass has built it (`submodel`)."""
+    variant land in different shards, and each builds the sub-model unless an earlier pass has: run the
+    perplexity-only pass (`task_seeds` 0) first."""
     i, n = shard
     heavy = [(v, (lang,)) for v in vs if "nextline" in metrics_of(plan, v) for lang in plan.languages]
     light = [(v, plan.languages) for v in vs if "nextline" not in metrics_of(plan, v)]
@@ -433,10 +441,10 @@ def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None
     work = Path(work_dir)
     for model in plan.models:
         inputs: dict = {}
-        todo = [v for v in variants(plan)
-                if not (v.calibration in plan.baselines and not baseline_available(v.calibration))]
+        todo = [v for v in variants(plan) if v.calibration not in plan.baselines or baseline_available(v.calibration)]
         for v, languages in shard_of(plan, todo, shard) if shard else [(v, plan.languages) for v in todo]:
-            languages = tuple(lang for lang in languages if lang in (evaluate or languages))
+            if evaluate:
+                languages = tuple(lang for lang in languages if lang in evaluate)
             if languages:
                 run_variant(model, plan, v, work, sampling, inputs=inputs, progress=progress, languages=languages)
             if rebuild_masks and v.calibration in plan.languages:
@@ -462,9 +470,7 @@ def load_study(plan: Plan, *, work_dir: Path, command: str, masks: bool = True) 
                 for metric in metrics_of(plan, v):
                     data = _stored(cell_file(work, model, v, lang, metric),
                                    plan.settings(metric, sampling if v.method == "wanda" else None))
-                    # a finished task cell is read with the tasks it has (the report prints n): one plan reads
-                    # both models, whose task runs may have asked for different numbers of tasks
-                    if _done(data, plan, metric) or (metric == "nextline" and data and data.get("complete")):
+                    if _readable(data, plan, metric):
                         key = "windows" if metric == "ppl" else "results"
                         cells.setdefault(lang, {})[metric] = {**data, key: data[key][:_wanted(plan, metric)]}
             if cells and meta:
