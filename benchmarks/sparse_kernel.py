@@ -74,10 +74,15 @@ def interleaved_ms(fns: dict, repeat: int, warmup: int = 5) -> dict:
     """Time the candidates in turn, call by call, so that load from other processes hits them alike."""
     for fn in fns.values():
         for _ in range(warmup):
+            if getattr(fn, "before", None):
+                fn.before()
             fn()
     times = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            before = getattr(fn, "before", None)
+            if before:  # untimed set-up of this candidate (e.g. the int8 route it runs on)
+                before()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -150,8 +155,21 @@ def stream_bandwidth(repeat: int = 5, nbytes: int = 1 << 30) -> float:
 def format_bytes(out: int, inp: int, nnz: int) -> dict[str, int]:
     """Weight bytes one call reads, per format (the input and output are negligible)."""
     mask = out * ((inp + 31) // 32) * 4
-    return {"dense bf16": out * inp * 2, "dense int8": out * inp + out * 4,
-            "packed bf16": mask + nnz * 2, "packed int8": mask + nnz + out * 4}
+    sizes = {"dense bf16": out * inp * 2, "dense int8": out * inp + out * 4,
+             "packed bf16": mask + nnz * 2, "packed int8": mask + nnz + out * 4}
+    return {**sizes, **{f"{k} {ROUTE_OTHER[k]}": sizes[k] for k in ROUTE_OTHER}}
+
+
+# Where the CPU has AVX-512 VNNI, dense int8 rows take the VNNI route (int16 input, vpdpwssd) and
+# packed ones the bf16 route, as measured (csrc/q8_vnni.h); each is also timed on the other route.
+ROUTE_OTHER = {"dense int8": "(bf16 route)", "packed int8": "(VNNI route)"}
+
+
+def format_names() -> tuple[str, ...]:
+    names = ("dense bf16", "dense int8", "packed bf16", "packed int8")
+    if debug.q8_vnni_here():
+        names += tuple(f"{k} {v}" for k, v in ROUTE_OTHER.items())
+    return names
 
 
 def bench_formats(out, inp, sparsity, repeat, gen, dense_layers=None):
@@ -177,19 +195,37 @@ def bench_formats(out, inp, sparsity, repeat, gen, dense_layers=None):
         "packed int8": [sparse.SparseLinear(words.clone(), q, (out, inp), scales=scales)
                         for _ in range(copies["packed int8"])],
     }
+    vnni = debug.q8_vnni_here()
+    if vnni:  # copies of their own, so that no candidate reads what another has just brought into cache
+        layers[f"dense int8 {ROUTE_OTHER['dense int8']}"] = [sparse.DenseInt8Linear(dq.clone(), dscales)
+                                                             for _ in range(copies["dense int8"])]
+        layers[f"packed int8 {ROUTE_OTHER['packed int8']}"] = [
+            sparse.SparseLinear(words.clone(), q.clone(), (out, inp), scales=scales) for _ in range(copies["packed int8"])]
     with torch.no_grad():
         ref = F.linear(x.float(), (w * m).float())
         for name in ("packed bf16", "packed int8"):  # a wrong kernel must not produce a fast figure
             err = (layers[name][0](x).float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-9)
             assert err < 3e-2, f"{name} result off by {err}"
         fns = {k: rotating([lambda s=s: s(x) for s in v]) for k, v in layers.items()}
-        return interleaved_ms(fns, repeat), sizes
+        default = debug.set_q8_vnni(debug.Q8_VNNI_DENSE) if vnni else 0
+        if vnni:  # each int8 candidate sets its route before its (untimed) call
+            route = {"dense int8": debug.Q8_VNNI_DENSE, "packed int8": 0,
+                     f"dense int8 {ROUTE_OTHER['dense int8']}": 0,
+                     f"packed int8 {ROUTE_OTHER['packed int8']}": debug.Q8_VNNI_PACKED}
+            for k, fn in fns.items():
+                if k in route:
+                    fn.before = lambda r=route[k]: debug.set_q8_vnni(r)
+        try:
+            return interleaved_ms(fns, repeat), sizes
+        finally:
+            if vnni:
+                debug.set_q8_vnni(default)
 
 
 def run_formats(args, gen) -> list[str]:
     bw = stream_bandwidth()
     load = os.getloadavg()
-    names = ("dense bf16", "dense int8", "packed bf16", "packed int8")
+    names = format_names()
     lines = [
         f"Machine: {machine_line()}; load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "",
@@ -202,7 +238,7 @@ def run_formats(args, gen) -> list[str]:
         "[the bandwidth-bound time for the bytes it reads]:",
         "",
         "| shape (out x in) | layer | sparsity | " + " | ".join(names) + " | MB read (bf16 / int8, dense -> packed) |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|" + "---:|" * len(names) + "---|",
     ]
     print("\n".join(lines), flush=True)
     for out, inp, label in FORMAT_SHAPES:

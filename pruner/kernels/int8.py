@@ -62,3 +62,27 @@ def quantise_dense(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantise_dense(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """fp32 (out, in) from an int8 weight and its per-row scales."""
     return q.float() * scales.float()[:, None]
+
+
+# The input side of the VNNI route (csrc/q8_vnni.h): at decode batches on AVX-512 VNNI, int8 layers
+# multiply int16 inputs, quantised per group of columns.
+INPUT_QMAX = 32767
+
+
+def quantise_input(x: torch.Tensor, group: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input rows (B, in) -> (int16 (B, in), fp32 scales (B, ceil(in / group))): group g of a row has
+    scale max|x_g| / 32767 and stores round(x / scale) (fp32 division, ties to even), 0 in a group of
+    zeros -- the kernel's arithmetic to the bit."""
+    xf = x.float()
+    rows, cols = xf.shape
+    groups = -(-cols // group)
+    padded = torch.nn.functional.pad(xf, (0, groups * group - cols)).view(rows, groups, group)
+    scales = padded.abs().amax(dim=2) / INPUT_QMAX
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    q = torch.round(padded / safe[:, :, None]).clamp_(-INPUT_QMAX, INPUT_QMAX).to(torch.int16)
+    return q.view(rows, groups * group)[:, :cols].contiguous(), scales.contiguous()
+
+
+def dequantise_input(q: torch.Tensor, scales: torch.Tensor, group: int = 256) -> torch.Tensor:
+    """fp32 (B, in): what the int16 input stands for."""
+    return q.float() * scales.repeat_interleave(group, dim=1)[:, : q.shape[1]]

@@ -7,6 +7,7 @@
 // row chunks to dense and call the BLAS matmul instead.
 
 #include <atomic>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "ops.h"
 #include "packed_linear.h"
 #include "packed_rows.h"
+#include "q8_vnni.h"
 
 namespace subcoder {
 namespace {
@@ -132,14 +134,59 @@ inline void run_tiles(int64_t B, int64_t r, const OutputWriter& w, const RowFn& 
   for (int64_t i = 0; i < rem; ++i) w.put(b0 + i, r, tmp[i]);
 }
 
+// The input of the VNNI route (q8_vnni.h): int16 rows padded to 32 * nwords columns and their group
+// scales, in per-thread storage reused across calls (as padded_input's).
+struct QuantisedInput {
+  const int16_t* data;
+  int64_t stride;  // int16 columns per row
+  const float* scales;
+  int64_t groups;  // scales per row
+};
+
+QuantisedInput quantised_input(const at::Tensor& x_in, int64_t in) {
+  thread_local std::vector<int16_t> q;
+  thread_local std::vector<float> s;
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), padded = divup(in, 32) * 32, groups = divup(padded, Q16_GROUP);
+  q.resize(static_cast<size_t>(B * padded) + 32);
+  s.resize(static_cast<size_t>(B * groups));
+  quantise_input_q16(x.data_ptr(), x.scalar_type() == at::kBFloat16, B, in, padded, q.data(), s.data());
+  return {q.data(), padded, s.data(), groups};
+}
+
+// Decode batches of int8 weights on the VNNI route: packed (mask, values) when `mask` is given, else
+// dense rows of `in` int8 values from `dense`.
+void q8_vnni_tiled(const at::Tensor& x, const uint32_t* mp, int64_t nwords, const int8_t* vp, const int64_t* rp,
+                   const int8_t* dense, int64_t O, int64_t in, const OutputWriter& ow) {
+  const int64_t B = x.size(0);
+  const QuantisedInput xq = quantised_input(x, in);
+  const int64_t nt = n_threads_for(O * divup(in, 32) * 32 * B);
+  const int64_t word_cost = 16;
+  parallel_rows(O, mp ? rp : nullptr, mp ? nwords * word_cost : 1, nt, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      run_tiles(B, r, ow, [&](int nb, int64_t b, float* o) {
+        const int16_t* xb = xq.data + b * xq.stride;
+        const float* sb = xq.scales + b * xq.groups;
+        if (mp)
+          q8_sparse_row_vnni(nb, mp + r * nwords, nwords, vp + rp[r], xb, xq.stride, sb, xq.groups, o);
+        else
+          q8_dense_row_vnni(nb, dense + r * in, in, xb, xq.stride, sb, xq.groups, o);
+      });
+    }
+  });
+}
+
 template <class T>
 void sparse_matmul_tiled(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
                          const at::Tensor& roff, int64_t in, int isa, const OutputWriter& ow) {
   const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
-  const PaddedInput xp = padded_input(x, in, isa);
   const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
   const T* vp = static_cast<const T*>(values.data_ptr());
   const int64_t* rp = roff.data_ptr<int64_t>();
+  if constexpr (std::is_same_v<T, int8_t>) {
+    if (q8_vnni_active(Q8_VNNI_PACKED)) return q8_vnni_tiled(x, mp, nwords, vp, rp, nullptr, O, in, ow);
+  }
+  const PaddedInput xp = padded_input(x, in, isa);
   const int64_t xs = xp.stride;
   const int64_t nt = n_threads_for(O * nwords * 32 * B);
   const int64_t word_cost = 16;  // a mask word costs about as much as 16 kept values
@@ -348,6 +395,11 @@ at::Tensor dense_rows_2d(const at::Tensor& x, const at::Tensor& weight, const at
   if (B == 0) return y;
   OutputWriter ow(y, bias);
   if (scales.defined()) ow.scale = scales.data_ptr<float>();
+  if constexpr (std::is_same_v<T, int8_t>) {
+    if (q8_vnni_active(Q8_VNNI_DENSE))
+      return q8_vnni_tiled(x, nullptr, 0, nullptr, nullptr, static_cast<const int8_t*>(weight.data_ptr()), O, in, ow),
+             y;
+  }
   const PaddedInput xp = padded_input(x, in, isa);
   const int64_t xs = xp.stride;
   const T* wp = static_cast<const T*>(weight.data_ptr());

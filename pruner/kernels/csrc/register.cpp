@@ -5,6 +5,7 @@
 
 #include "isa.h"
 #include "ops.h"
+#include "q8_vnni.h"
 
 namespace subcoder {
 namespace {
@@ -15,6 +16,12 @@ int64_t get_isa() { return active_isa(); }
 int64_t set_isa(int64_t isa) { return set_active_isa(isa); }
 // The zero values a packed `values` tensor must carry after its last kept one (isa.h).
 int64_t pad_values() { return PAD_VALUES; }
+// Which int8 layers take the VNNI route at decode batches now (q8_vnni.h: 1 dense, 2 packed).
+int64_t q8_vnni() {
+  return (q8_vnni_active(Q8_VNNI_DENSE) ? Q8_VNNI_DENSE : 0) | (q8_vnni_active(Q8_VNNI_PACKED) ? Q8_VNNI_PACKED : 0);
+}
+int64_t q8_vnni_available() { return q8_vnni_here() ? 1 : 0; }  // the CPU has it
+int64_t q8_group() { return Q16_GROUP; }
 
 }  // namespace
 }  // namespace subcoder
@@ -47,4 +54,8 @@ TORCH_LIBRARY(subcoder_sparse, m) {
   SC_OP(set_isa, "(int isa) -> int");
   SC_OP(set_gemm_min_batch, "(int batch) -> int");
   SC_OP(pad_values, "() -> int");
+  SC_OP(q8_vnni, "() -> int");
+  SC_OP(q8_vnni_available, "() -> int");
+  SC_OP(set_q8_vnni, "(int routes) -> int");
+  SC_OP(q8_group, "() -> int");
 }

@@ -27,6 +27,20 @@ def _isas(ops) -> list[int]:
     return list(range(1, int(ops.best_isa()) + 1))  # AVX2, and AVX-512 where the CPU has it
 
 
+def _routes(ops) -> list[tuple[int, int]]:
+    """(ISA, VNNI route bits) for every decode path of int8 layers this CPU has: AVX2, AVX-512 on the
+    bf16 route, and AVX-512 VNNI for dense and packed rows."""
+    out = [(isa, 0) for isa in _isas(ops)]
+    if ops.q8_vnni_available():
+        out.append((2, debug.Q8_VNNI_DENSE | debug.Q8_VNNI_PACKED))
+    return out
+
+
+def _seen(x: torch.Tensor, vnni: int) -> torch.Tensor:
+    """The input as the decode path multiplies it: on the VNNI route, quantised to int16 per group."""
+    return int8.dequantise_input(*int8.quantise_input(x)) if vnni else x
+
+
 def _weights(out: int, inp: int, density: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out, inp, generator=g) * (1 + torch.rand(out, 1, generator=g) * 4)  # rows of unequal range
@@ -106,17 +120,17 @@ def test_sparse_int8_matches_reference(ops, shape, density):
     w, keep = _weights(out, inp, density, seed=out * 7 + inp)
     words, q, scales, offsets, deq = _packed_int8(w, keep)
     bias = torch.randn(out)
-    for isa in _isas(ops):
-        with debug.overrides(isa=isa):
+    for isa, vnni in _routes(ops):
+        with debug.overrides(isa=isa, q8_vnni=vnni):
             for batch in (1, 3, 6):  # one tile, a partial tile, a full tile and a partial one
                 x = _input(batch, inp, seed=batch)
                 for xin in (x, x.float()):
                     got = ops.sparse_linear_q8(xin, words, q, scales, offsets, inp, None, 1)
                     assert got.dtype == xin.dtype and got.shape == (batch, out)
-                    _assert_close(got.float() if xin.dtype == torch.float32 else got, deq, x, None,
+                    _assert_close(got.float() if xin.dtype == torch.float32 else got, deq, _seen(x, vnni), None,
                                   1e-4 if xin.dtype == torch.float32 else 2 ** -8 + 1e-4)
                 got = ops.sparse_linear_q8(x.float(), words, q, scales, offsets, inp, bias, 1)
-                _assert_close(got, deq, x, bias, 1e-4)
+                _assert_close(got, deq, _seen(x, vnni), bias, 1e-4)
             x = _input(20, inp, seed=20)  # the prefill path: expand to dense tiles + BLAS, then scale
             got = ops.sparse_linear_q8(x.float(), words, q, scales, offsets, inp, bias, 2)
             _assert_close(got, deq, x, bias, 2 ** -8 + 1e-4)
@@ -144,14 +158,64 @@ def test_dense_int8_matches_reference(ops, shape):
     q, scales = int8.quantise_dense(w)
     deq = int8.dequantise_dense(q, scales)
     bias = torch.randn(out)
-    for isa in _isas(ops):
-        with debug.overrides(isa=isa):
+    for isa, vnni in _routes(ops):
+        with debug.overrides(isa=isa, q8_vnni=vnni):
             for batch in (1, 3, 5):
                 x = _input(batch, inp, seed=batch)
-                _assert_close(ops.dense_linear_q8(x.float(), q, scales, None), deq, x, None, 1e-4)
-                _assert_close(ops.dense_linear_q8(x.float(), q, scales, bias), deq, x, bias, 1e-4)
+                seen = _seen(x, vnni)
+                _assert_close(ops.dense_linear_q8(x.float(), q, scales, None), deq, seen, None, 1e-4)
+                _assert_close(ops.dense_linear_q8(x.float(), q, scales, bias), deq, seen, bias, 1e-4)
+                _assert_close(ops.dense_linear_q8(x, q, scales, None), deq, seen, None, 2 ** -8 + 1e-4)
             x = _input(20, inp, seed=20)  # prefill: BLAS on the converted weight
             _assert_close(ops.dense_linear_q8(x.float(), q, scales, bias), deq, x, bias, 2 ** -8 + 1e-4)
+
+
+# ----------------------------------------------------------------------------- the VNNI route's input
+
+
+def test_quantise_input_uses_each_groups_range():
+    x = torch.zeros(2, 600)
+    x[0, :256] = torch.linspace(-3, 1, 256)  # group 0: largest |x| is 3
+    x[0, 256:512] = 0.001  # group 1: small values get their own scale
+    x[1, 599] = -7.0  # row 1: only the last, partial group is non-zero
+    q, scales = int8.quantise_input(x)
+    assert q.dtype == torch.int16 and q.shape == (2, 600) and scales.shape == (2, 3)
+    assert float(scales[0, 0]) == pytest.approx(3 / 32767) and int(q[0, 0]) == -32767
+    assert float(scales[0, 1]) == pytest.approx(0.001 / 32767) and bool((q[0, 256:512] == 32767).all())
+    assert float(scales[0, 2]) == 0.0 and bool((q[0, 512:] == 0).all())  # a group of zeros stays zeros
+    assert scales[1].tolist()[:2] == [0.0, 0.0] and int(q[1, 599]) == -32767
+    back = int8.dequantise_input(q, scales)
+    assert bool(((back - x).abs() <= scales.repeat_interleave(256, dim=1)[:, :600] / 2 * (1 + 1e-6)).all())
+
+
+@pytest.mark.parametrize("inp", [37, 256, 300, 1000])
+def test_vnni_route_is_the_quantised_arithmetic(ops, inp):
+    """Exactly the reference's int16 input (each product exact in int32, fp32 only per group), for
+    inputs whose range varies from column to column as real activations do."""
+    if not ops.q8_vnni_available():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    w, keep = _weights(9, inp, 0.5, seed=inp)
+    words, q, scales, offsets, deq = _packed_int8(w, keep)
+    dq, dscales = int8.quantise_dense(w)
+    g = torch.Generator().manual_seed(inp)
+    x = (torch.randn(5, inp, generator=g) * torch.exp(2 * torch.randn(5, inp, generator=g))).to(torch.bfloat16)
+    with debug.overrides(isa=2, q8_vnni=debug.Q8_VNNI_DENSE | debug.Q8_VNNI_PACKED):
+        assert int(ops.q8_vnni()) == 3
+        for batch in (1, 4, 5):
+            seen = _seen(x[:batch], 1)
+            _assert_close(ops.sparse_linear_q8(x[:batch].float(), words, q, scales, offsets, inp, None, 1),
+                          deq, seen, None, 1e-5)
+            _assert_close(ops.dense_linear_q8(x[:batch].float(), dq, dscales, None),
+                          int8.dequantise_dense(dq, dscales), seen, None, 1e-5)
+
+
+def test_vnni_route_defaults_to_dense_rows(ops):
+    if not ops.q8_vnni_available():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    with debug.overrides(isa=2):
+        assert int(ops.q8_vnni()) == debug.Q8_VNNI_DENSE  # packed rows: slower on it (csrc/q8_vnni.h)
+    with debug.overrides(isa=1):
+        assert int(ops.q8_vnni()) == 0  # the AVX2 ISA never takes it
 
 
 # ----------------------------------------------------------------------------- the layers
