@@ -103,6 +103,8 @@ def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> No
     from . import kernels
 
     if str(device) != "cpu":
+        if values == "int8":
+            _round_through_int8(loaded)
         return
     targets = [(module, child_name, child) for module in loaded.model.modules()
                for child_name, child in module.named_children()
@@ -119,6 +121,27 @@ def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> No
                 else kernels.dense_kernel_layer(child, values))
     log.info("dense kernel: %d linears of %s on the %s matvec%s", len(targets), loaded.info.name, values,
              " (lm_head bf16)" if values != "bf16" else "")
+
+
+def _round_through_int8(loaded: LoadedModel) -> None:
+    """Where the kernel cannot run (a GPU evaluating quality), the int8 dense baseline's numbers: each decoder
+    linear's weight replaced by its per-row int8 quantisation, dequantised (lm_head stays as it is, as on the
+    kernel). Same weights as DenseInt8Linear holds; only the arithmetic differs (torch's, not the kernel's)."""
+    import torch
+    from torch import nn
+
+    from .kernels import int8
+
+    head = loaded.model.get_output_embeddings()
+    n = 0
+    with torch.no_grad():
+        for module in loaded.model.modules():
+            if type(module) is nn.Linear and module is not head:
+                q, scales = int8.quantise_dense(module.weight.float())
+                module.weight.copy_(int8.dequantise_dense(q, scales).to(module.weight.dtype))
+                n += 1
+    log.info("int8 values: %d linears of %s rounded through per-row int8 (no kernel on this device)", n,
+             loaded.info.name)
 
 
 def load_hf_dir(directory: Path, *, dtype="auto", device="cpu", trust_remote_code=False):

@@ -235,8 +235,8 @@ def frontier_parser() -> argparse.ArgumentParser:
                         "base model (0.5@qwen2.5-coder-1.5b)")
     p.add_argument("--languages", type=_csv(LANGUAGES), default=d.languages, help="comma list (default python)")
     p.add_argument("--layouts", type=_csv(LAYOUTS), default=d.layouts, help="FIM layouts (default psm,spm)")
-    p.add_argument("--cells", type=_csv(("cost", "ppl", "nextline")), default=d.cells,
-                   help="what to measure (default cost,ppl,nextline)")
+    p.add_argument("--cells", type=_csv(("cost", "ppl", "nextline")),
+                   help="what to measure (default cost,ppl,nextline; ppl,nextline with --device cuda)")
     p.add_argument("--tasks", type=_positive, default=d.tasks, help=f"next-line tasks per language (default {d.tasks})")
     p.add_argument("--windows", type=int, default=d.windows, help=f"perplexity windows per language, 0 = all "
                                                                     f"(default {d.windows})")
@@ -247,6 +247,13 @@ def frontier_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/frontier"), help="per-cell results")
     p.add_argument("--report", type=Path, default=Path("docs/FRONTIER.md"), help="the report (the plot beside it)")
     p.add_argument("--report-only", action="store_true", help="write the report from the cells on disk, measure nothing")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where sub-models are built and quality cells (ppl, nextline) run (default cpu; cuda: "
+                        "pruned layers stay dense, int8 values are rounded into the weights; cost cells are "
+                        "measured on the CPU only)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="run only shard I of N (0-based) of the (configuration, language) units and write no "
+                        "report: N processes sharing one machine or GPU; --report-only afterwards reads all cells")
     p.add_argument("--interleave-cost", type=_positive, metavar="ROUNDS",
                    help="measure every configuration's decode cost in one process, in alternating rounds "
                         "(replaces stored cost cells); for a machine whose load changes")
@@ -256,7 +263,7 @@ def frontier_parser() -> argparse.ArgumentParser:
 def frontier_main(argv: list[str]) -> int:
     from subcoder.pruner.errors import SubcoderError
 
-    from .frontier import Configuration, FrontierPlan, interleaved_cost, run_configuration, write_report
+    from .frontier import Configuration, FrontierPlan, interleaved_cost, run_configuration, shard_units, write_report
     from .runner import set_threads
 
     args = frontier_parser().parse_args(argv)
@@ -265,16 +272,28 @@ def frontier_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"subcoder eval frontier: --configs: {exc}", file=sys.stderr)
         return 2
+    cells = args.cells or tuple(c for c in FrontierPlan.cells if args.device == "cpu" or c != "cost")
+    if args.device != "cpu" and not args.report_only and ("cost" in cells or args.interleave_cost):
+        print("subcoder eval frontier: cost is measured on the CPU engine only; with --device cuda ask for "
+              "--cells ppl,nextline", file=sys.stderr)
+        return 2
     plan = FrontierPlan(base=args.model, configurations=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
                         languages=args.languages, layouts=args.layouts, tasks=args.tasks, windows=args.windows,
-                        context_tokens=args.context_tokens, seed=args.seed, cells=args.cells)
+                        context_tokens=args.context_tokens, seed=args.seed, cells=cells, device=args.device)
     command = "subcoder eval frontier " + " ".join(argv)
+    started = time.perf_counter()
     try:
         if not args.report_only:
             set_threads(args.threads)
             if args.interleave_cost:
                 interleaved_cost(plan, configs, args.work_dir, rounds=args.interleave_cost)
                 plan.cells = tuple(c for c in plan.cells if c != "cost")
+            if args.shard:
+                for cfg, language in shard_units(plan, configs, args.work_dir, args.shard):
+                    run_configuration(plan, cfg, args.work_dir, progress=False, languages=(language,))
+                print(f"shard {args.shard[0]}/{args.shard[1]} done in {(time.perf_counter() - started) / 60:.1f} min; "
+                      f"write the report with --report-only once every shard has finished")
+                return 0
             for cfg in configs:
                 run_configuration(plan, cfg, args.work_dir, progress=sys.stderr.isatty())
         write_report(plan, args.work_dir, args.report, command=command.strip())

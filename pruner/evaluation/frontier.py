@@ -32,7 +32,7 @@ from pathlib import Path
 from subcoder.pruner import paths
 
 from . import stats, text
-from .runner import Bar, _atomic_json, environment, pick_dtype
+from .runner import Bar, _atomic_json, environment, gpu_name, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,9 @@ class FrontierPlan:
     decode_tokens: int = 48  # ... this many single-token steps each
     seed: int = 0
     cells: tuple[str, ...] = ("cost", "nextline", "ppl")
+    # Quality cells may run on a GPU (same weights; pruned layers dense, masked; bf16 arithmetic), each cell
+    # recording its device; cost cells are the product's CPU engine and run nowhere else.
+    device: str = "cpu"
 
     def settings(self, cell: str, base: str | None = None) -> dict:
         """What a cell's results depend on: a stored cell with other settings is redone."""
@@ -165,8 +168,8 @@ class FrontierPlan:
 # --------------------------------------------------------------------------- the engine
 
 
-def submodel_path(cfg: Configuration, language: str) -> str:
-    """The base itself, or the cached sub-model calibrated on `language` (built on first use)."""
+def submodel_path(cfg: Configuration, language: str, device: str = "cpu") -> str:
+    """The base itself, or the cached sub-model calibrated on `language` (built on first use, on `device`)."""
     if cfg.dense:
         return cfg.base
     from subcoder.pruner.config import PruneConfig
@@ -174,7 +177,7 @@ def submodel_path(cfg: Configuration, language: str) -> str:
 
     res = extract(cfg.base, language, PruneConfig(sparsity=cfg.sparsity, pattern=cfg.pattern, method="wanda",
                                                   values=cfg.values),
-                  cfg.calibration_spec(), dtype=pick_dtype("auto"))
+                  cfg.calibration_spec(), dtype=pick_dtype("auto", device), device=device)
     return str(res.path)
 
 
@@ -186,13 +189,15 @@ def dense_kernel_linears(model) -> int:
     return sum(1 for m in model.modules() if isinstance(m, (DenseBF16Linear, DenseInt8Linear)))
 
 
-def load_for_engine(path: str, values: str = "bf16"):
+def load_for_engine(path: str, values: str = "bf16", device: str = "cpu"):
     """A model on the engine the server runs; `values` int8 puts a dense model's linears on the kernel's
-    int8 layer (a sub-model's format is in its manifest)."""
+    int8 layer (a sub-model's format is in its manifest). On a GPU the kernel does not run: pruned layers
+    stay dense (masked) and a dense model's int8 values are rounded into its weights (loader)."""
     from subcoder.pruner.engine.options import EngineOptions
     from subcoder.pruner.loader import load_model
 
-    loaded = load_model(path, dtype=pick_dtype("auto"), options=EngineOptions.from_env(dense_values=values))
+    loaded = load_model(path, dtype=pick_dtype("auto", device), device=device,
+                        options=EngineOptions.from_env(dense_values=values))
     return loaded, dense_kernel_linears(loaded.model)
 
 
@@ -305,29 +310,22 @@ def _say(msg: str) -> None:
     print(f"[frontier {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, progress: bool = True) -> None:
-    """Every missing cell of one configuration, in every language; loads each model once."""
+def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, progress: bool = True,
+                      languages: tuple[str, ...] | None = None) -> None:
+    """Every missing cell of one configuration, in every language (or those named); loads each model once."""
     from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.kernels import model_bytes
 
     from .nextline import coverage, score, spread_tasks
     from .perplexity import file_windows, window_losses
 
-    for language in plan.languages:
-        wanted = []
-        for cell in plan.cells:
-            names = [f"nextline:{lay}" for lay in plan.layouts] if cell == "nextline" else [cell]
-            for name in names:
-                if name == "cost" and language != plan.languages[0]:
-                    continue
-                stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name, cfg.base))
-                if stored is None or not stored.get("complete") or len(stored.get("results", ())) < _wanted(plan, name):
-                    wanted.append((name, stored))
+    for language in languages or plan.languages:
+        wanted = missing_cells(plan, cfg, language, work)
         if not wanted:
             continue
-        path = submodel_path(cfg, language)
+        path = submodel_path(cfg, language, plan.device)
         t0 = time.perf_counter()
-        loaded, wrapped = load_for_engine(path, cfg.values)
+        loaded, wrapped = load_for_engine(path, cfg.values, plan.device)
         load_s = time.perf_counter() - t0
         _say(f"{cfg.name} {language}: loaded {path} in {load_s:.0f} s"
              + f" ({wrapped} linears on the kernel's dense {cfg.values} layer)")
@@ -338,7 +336,8 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         for name, stored in wanted:
             out = _cell_file(work, cfg, language, name)
             data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": name,
-                    "settings": plan.settings(name, cfg.base), "model": path, "environment": environment(),
+                    "settings": plan.settings(name, cfg.base), "model": path,
+                    "environment": {**environment(), "device": plan.device, **gpu_name(plan.device)},
                     "complete": False}
             started = time.perf_counter()
             if name == "cost":
@@ -382,6 +381,28 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
             _say(f"{cfg.name} {language} {name}: {cell_summary(data)} ({data['seconds']:.0f} s)")
 
 
+def missing_cells(plan: FrontierPlan, cfg: Configuration, language: str, work: Path) -> list[tuple[str, dict | None]]:
+    """The cells of (cfg, language) still to measure, each with what is stored of it (a cell cut short resumes)."""
+    wanted = []
+    for cell in plan.cells:
+        for name in [f"nextline:{lay}" for lay in plan.layouts] if cell == "nextline" else [cell]:
+            if name == "cost" and language != plan.languages[0]:
+                continue
+            stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name, cfg.base))
+            if stored is None or not stored.get("complete") or len(stored.get("results", ())) < _wanted(plan, name):
+                wanted.append((name, stored))
+    return wanted
+
+
+def shard_units(plan: FrontierPlan, configs: list[Configuration], work: Path,
+                shard: tuple[int, int]) -> list[tuple[Configuration, str]]:
+    """Shard i of n of the (configuration, language) units with cells still to measure, dealt round-robin:
+    each unit builds its own sub-model (own-language calibration), so no two shards build the same one."""
+    i, n = shard
+    units = [(cfg, lang) for cfg in configs for lang in plan.languages if missing_cells(plan, cfg, lang, work)]
+    return [u for k, u in enumerate(units) if k % n == i]
+
+
 def _wanted(plan: FrontierPlan, cell: str) -> int:
     return plan.tasks if cell.startswith("nextline") else 0
 
@@ -417,6 +438,12 @@ def load_cells(plan: FrontierPlan, work: Path) -> dict:
 # --------------------------------------------------------------------------- statistics (pure)
 
 
+def _device(cell: dict) -> str:
+    """Where a quality cell ran: "cpu", or the GPU's name."""
+    env = cell.get("environment") or {}
+    return env.get("gpu") or env.get("device") or "cpu"
+
+
 def _iv(iv: stats.Interval) -> dict:
     return {"estimate": iv.estimate, "low": iv.low, "high": iv.high}
 
@@ -443,7 +470,8 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                 files, toks = [x["file"] for x in w], [x["tokens"] for x in w]
                 iv = stats.cluster_bootstrap(per, files, weights=toks, seed=seed)
                 row["ppl"] = {"estimate": math.exp(iv.estimate), "low": math.exp(iv.low), "high": math.exp(iv.high),
-                              "windows": len(w), "files": len(set(files)), "tokens": sum(toks)}
+                              "windows": len(w), "files": len(set(files)), "tokens": sum(toks),
+                              "device": _device(cl["ppl"])}
                 if name != reference and "ppl" in ref and [x["file"] for x in ref["ppl"]["windows"]] == files:
                     rper = [x["nll"] / x["tokens"] for x in ref["ppl"]["windows"]]
                     d = stats.paired_bootstrap(per, rper, files, weights=toks, seed=seed)
@@ -458,7 +486,8 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                 entry = {"n": len(res), "files": len(set(files)), "packages": len({f.split(":")[0] for f in files}),
                          "exact": _iv(stats.cluster_bootstrap(ex, files, seed=seed)),
                          "similarity": _iv(stats.cluster_bootstrap(sim, files, seed=seed)),
-                         "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None}
+                         "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None,
+                         "device": _device(data)}
                 rres = (ref.get(cell) or {}).get("results")
                 n = min(len(res), len(rres or ()))
                 if name != reference and n and [r["id"] for r in rres[:n]] == [r["id"] for r in res[:n]]:
@@ -633,8 +662,16 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                     f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
                     f"| {_ratio(pr)} |")
         lines.append("")
+        gpu = {}
+        for n_, r in rows.items():
+            for c in ("ppl", *layouts):
+                if c in r and r[c].get("device", "cpu") != "cpu":
+                    gpu.setdefault(r[c]["device"], []).append(f"{n_} {c.split(':')[-1].upper() if ':' in c else c}")
+        for device, cells_ in gpu.items():
+            lines += [f"Measured on a GPU ({device}; bf16, pruned layers dense with their masks applied, int8 values "
+                      f"rounded into the weights), the rest on the CPU engine: {', '.join(cells_)}.", ""]
         spt = {f"{n} {c.split(':')[1].upper()}": r[c]["seconds_per_task"] for n, r in rows.items() for c in layouts
-               if c in r and r[c].get("seconds_per_task")}
+               if c in r and r[c].get("seconds_per_task") and r[c].get("device", "cpu") == "cpu"}
         if spt:
             lines += ["Seconds per next-line task on this machine: "
                       + ", ".join(f"{k} {v:.1f}" for k, v in spt.items()) + ".", ""]

@@ -56,6 +56,15 @@ def environment() -> dict:
             "processor": _cpu_name()}
 
 
+def gpu_name(device: str) -> dict:
+    """{"gpu": its name} for a cell measured on a GPU, {} on the CPU."""
+    if device == "cpu":
+        return {}
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name()}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

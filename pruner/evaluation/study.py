@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .runner import LANGUAGES, Bar, _atomic_json, environment, finish_cell, pick_dtype
+from .runner import LANGUAGES, Bar, _atomic_json, environment, finish_cell, gpu_name, pick_dtype
 
 STUDY_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
 MIXED, PROSE = "mixed-code", "prose"
@@ -304,7 +304,7 @@ def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *
         out = cell_file(work, model, v, lang, metric)
         data = {"variant": v.key, "model": model, "language": lang, "metric": metric, "settings": settings[metric],
                 "submodel": meta["path"], "described": meta.get("described"),
-                "environment": {**environment(), "device": plan.device, **_gpu_name(plan.device)},
+                "environment": {**environment(), "device": plan.device, **gpu_name(plan.device)},
                 "complete": False}
         started = time.perf_counter()
         if metric == "ppl":
@@ -333,14 +333,6 @@ def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *
             bar.close()
         finish_cell(out, data, started)
         _say(f"{v.key} {lang} {metric}: {cell_summary(data)} ({data['seconds']:.0f} s)")
-
-
-def _gpu_name(device: str) -> dict:
-    if device == "cpu":
-        return {}
-    import torch
-
-    return {"gpu": torch.cuda.get_device_name()}
 
 
 def _windows(tok, plan: Plan, lang: str) -> list[dict]:

@@ -140,3 +140,48 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     cost = json.loads(next(work.rglob("python-cost.json")).read_text())
     assert cost["method"].endswith("2 rounds") and cost["rss_bytes"] == row["cost"]["rss_bytes"]
     assert cost["steps"] == 2 * plan.decode_prompts * (plan.decode_tokens // 2)
+
+
+def test_shards_deal_the_units_still_to_measure(tmp_path):
+    plan = FrontierPlan(base="base", configurations=("dense", "0.5"), languages=("python", "java", "cpp"),
+                        cells=("ppl",))
+    configs = [Configuration.parse("base", c) for c in plan.configurations]
+    done = _cell_file(tmp_path, configs[0], "java", "ppl")  # dense java: measured already
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"settings": plan.settings("ppl"), "complete": True, "windows": []}))
+    shards = [frontier.shard_units(plan, configs, tmp_path, (i, 2)) for i in range(2)]
+    units = [(c.name, lang) for shard in shards for c, lang in shard]
+    # every unit with work lands in exactly one shard; the done one in none
+    assert sorted(units) == sorted([("dense", "python"), ("dense", "cpp"),
+                                    ("u50", "python"), ("u50", "java"), ("u50", "cpp")])
+    assert [len(s) for s in shards] == [3, 2]
+
+
+def test_cost_cells_are_refused_on_a_gpu(capsys):
+    from subcoder.pruner.evaluation.cli import frontier_main
+
+    assert frontier_main(["--device", "cuda", "--cells", "cost,ppl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CPU engine only" in err[0]
+
+
+def test_int8_dense_values_round_into_the_weights_where_the_kernel_cannot_run(tmp_path):
+    import torch
+
+    from subcoder.pruner.kernels import int8
+    from subcoder.pruner.loader import _round_through_int8, load_model
+
+    model = str(save_tiny_model_dir(tmp_path / "tiny", "llama"))
+    loaded = load_model(model, dtype="float32", sparse=False)
+    before = {n: m.weight.detach().clone() for n, m in loaded.model.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    _round_through_int8(loaded)
+    head = loaded.model.get_output_embeddings()
+    for name, module in loaded.model.named_modules():
+        if name not in before:
+            continue
+        if module is head:  # lm_head stays as it is, as on the kernel
+            assert torch.equal(module.weight, before[name])
+        else:
+            q, scales = int8.quantise_dense(before[name])
+            assert torch.equal(module.weight, int8.dequantise_dense(q, scales))
