@@ -47,7 +47,8 @@ def jaccard_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def _counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
     if a.shape != b.shape:
         raise ConfigError(f"masks of different shapes {tuple(a.shape)} and {tuple(b.shape)}: not sub-models of one base model")
-    return int((a & b).sum()), int((a | b).sum())
+    # count_nonzero: several times faster than sum() on bool tensors (a 0.5B model's pairs took 2.6 s each)
+    return int(torch.count_nonzero(a & b)), int(torch.count_nonzero(a | b))
 
 
 def compare(masks_a: dict[str, torch.Tensor], masks_b: dict[str, torch.Tensor], a="a", b="b") -> PairDistance:
