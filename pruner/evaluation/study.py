@@ -32,6 +32,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -270,18 +271,26 @@ def _readable(data: dict | None, plan: Plan, metric: str) -> bool:
     return _done(data, plan, metric) or bool(metric == "nextline" and data and data.get("complete"))
 
 
-def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *, inputs: dict,
-                progress: bool = False, languages: tuple[str, ...] | None = None) -> None:
-    """Every missing cell of one variant, in every language (or those named); loads the model once."""
+def missing_cells(model: str, plan: Plan, v: Variant, work: Path, sampling: str,
+                  languages: tuple[str, ...]) -> list[tuple[str, str, dict | None]]:
+    """(language, metric, what is stored of it) for each cell of `v` still to measure in `languages`."""
     settings = {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
     todo = []
-    for lang in languages or plan.languages:
+    for lang in languages:
         for metric in metrics_of(plan, v):
             if metric == "nextline" and v.method is not None and dense_at_floor(model, plan, lang, work):
                 continue
             stored = _stored(cell_file(work, model, v, lang, metric), settings[metric])
             if not _done(stored, plan, metric):
                 todo.append((lang, metric, stored))
+    return todo
+
+
+def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *, inputs: dict,
+                progress: bool = False, languages: tuple[str, ...] | None = None) -> None:
+    """Every missing cell of one variant, in every language (or those named); loads the model once."""
+    settings = {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
+    todo = missing_cells(model, plan, v, work, sampling, languages or plan.languages)
     if not todo:
         return
     meta = submodel(model, plan, v, work, sampling)
@@ -407,16 +416,19 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
 # --------------------------------------------------------------------------- the run
 
 
-def shard_of(plan: Plan, vs: list[Variant], shard: tuple[int, int]) -> list[tuple[Variant, tuple[str, ...]]]:
+def shard_of(plan: Plan, vs: list[Variant], shard: tuple[int, int],
+             pending: Callable[[Variant, tuple[str, ...]], bool] | None = None) -> list[tuple[Variant, tuple[str, ...]]]:
     """Shard i of n, as (variant, evaluated languages) units. A variant with task cells (minutes per
     language) is split into one unit per language and these are dealt round-robin first; the others
     (seconds) follow whole, so n processes sharing one GPU finish at about the same time. Units of one
     variant land in different shards, and each builds the sub-model unless an earlier pass has: run the
-    perplexity-only pass (`task_seeds` 0) first."""
+    perplexity-only pass (`task_seeds` 0) first. With `pending`, only units it says have cells still to
+    measure are dealt, so a resumed run's shards share the work left rather than the work done."""
     i, n = shard
     heavy = [(v, (lang,)) for v in vs if "nextline" in metrics_of(plan, v) for lang in plan.languages]
     light = [(v, plan.languages) for v in vs if "nextline" not in metrics_of(plan, v)]
-    return [u for k, u in enumerate(heavy + light) if k % n == i]
+    units = [u for u in heavy + light if pending is None or pending(*u)]
+    return [u for k, u in enumerate(units) if k % n == i]
 
 
 def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None = None,
@@ -434,7 +446,10 @@ def run_study(plan: Plan, *, work_dir: Path, command: str, progress: bool | None
     for model in plan.models:
         inputs: dict = {}
         todo = [v for v in variants(plan) if v.calibration not in plan.baselines or baseline_available(v.calibration)]
-        for v, languages in shard_of(plan, todo, shard) if shard else [(v, plan.languages) for v in todo]:
+        # with masks to rebuild, every language variant is work, whatever its cells
+        pending = None if rebuild_masks else (
+            lambda v, langs, model=model: bool(missing_cells(model, plan, v, work, sampling, langs)))
+        for v, languages in shard_of(plan, todo, shard, pending) if shard else [(v, plan.languages) for v in todo]:
             if evaluate:
                 languages = tuple(lang for lang in languages if lang in evaluate)
             if languages:

@@ -253,3 +253,16 @@ def test_results_name_every_machine_and_say_when_masks_are_missing(tmp_path):
     text = report.write_results(study, tmp_path).read_text()
     assert "perplexity cells on NVIDIA H200 (CUDA" in text and "next-line cells on AMD EPYC, 2 CPUs" in text
     assert "Distinct regions (Jaccard)**: not measured" in text
+
+
+def test_a_resumed_run_deals_only_the_units_with_work_left():
+    from subcoder.pruner.evaluation.study import metrics_of, shard_of
+
+    plan = Plan(shapes=("u50", "u30"), task_shapes=("u50",), seeds=2)
+    vs = variants(plan)
+    left = {(v.key, lang) for v in vs if "nextline" in metrics_of(plan, v) for lang in plan.languages[:1]}
+    pending = lambda v, langs: any((v.key, lang) in left for lang in langs)  # noqa: E731
+    shards = [shard_of(plan, vs, (i, 3), pending) for i in range(3)]
+    dealt = sorted((v.key, langs[0]) for s in shards for v, langs in s)
+    assert dealt == sorted(left)  # every unit with work once, none without
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
