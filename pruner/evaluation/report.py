@@ -399,7 +399,8 @@ def _claims(model: str, shape: str, s: dict) -> list[str]:
         w, b = j["whole"]["within"], j["whole"]["between"]
         L.append(f"- **Distinct regions (Jaccard)**: {j['verdict']}; whole model, between languages "
                  f"{b['min']:.4f}–{b['max']:.4f}" + (f" against within one language {w['min']:.4f}–{w['max']:.4f}" if w else "")
-                 + f"; {len(j['distinct_layers'])} of {len(j['layers'])} layers distinct.")
+                 + f"; {len(j['distinct_layers'])} of {len(j['layers'])} layers distinct "
+                 f"({j['within_pairs']} within-language and {j['between_pairs']} between-language pairs).")
     else:
         L.append("- **Distinct regions (Jaccard)**: not measured (no mask pairs: the sub-models were built on "
                  "another machine and their masks are not here).")
@@ -540,7 +541,8 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                 L += [f"![per-layer Jaccard distance, {model}, {shape}]({png.name})", "",
                       f"Jaccard distance of kept-weight masks (random 50% masks: ≈ 0.667): {j['verdict']}; "
                       f"{len(j['distinct_layers'])} of {len(j['layers'])} layers have every between-language pair "
-                      "further apart than every within-language pair.", ""]
+                      f"further apart than every within-language pair ({j['within_pairs']} within-language and "
+                      f"{j['between_pairs']} between-language pairs).", ""]
     for model, entry in study["models"].items():
         if entry["cells"]:
             L += [f"Cost on this machine, {model}: {_costs(entry)}.", ""]
