@@ -673,7 +673,7 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
         spt = {f"{n} {c.split(':')[1].upper()}": r[c]["seconds_per_task"] for n, r in rows.items() for c in layouts
                if c in r and r[c].get("seconds_per_task") and r[c].get("device", "cpu") == "cpu"}
         if spt:
-            lines += ["Seconds per next-line task on this machine: "
+            lines += ["Seconds per next-line task on the CPU engine (each cell on the machine it ran on): "
                       + ", ".join(f"{k} {v:.1f}" for k, v in spt.items()) + ".", ""]
         speeds = {n: (r.get("cost") or {}).get("loadavg") for n, r in rows.items()}
         if any(v is not None for v in speeds.values()):
