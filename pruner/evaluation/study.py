@@ -271,10 +271,15 @@ def _readable(data: dict | None, plan: Plan, metric: str) -> bool:
     return _done(data, plan, metric) or bool(metric == "nextline" and data and data.get("complete"))
 
 
+def cell_settings(plan: Plan, v: Variant, sampling: str) -> dict[str, dict]:
+    """What each metric's cells of `v` depend on (a stored cell with other settings is redone)."""
+    return {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
+
+
 def missing_cells(model: str, plan: Plan, v: Variant, work: Path, sampling: str,
                   languages: tuple[str, ...]) -> list[tuple[str, str, dict | None]]:
     """(language, metric, what is stored of it) for each cell of `v` still to measure in `languages`."""
-    settings = {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
+    settings = cell_settings(plan, v, sampling)
     todo = []
     for lang in languages:
         for metric in metrics_of(plan, v):
@@ -289,7 +294,7 @@ def missing_cells(model: str, plan: Plan, v: Variant, work: Path, sampling: str,
 def run_variant(model: str, plan: Plan, v: Variant, work: Path, sampling: str, *, inputs: dict,
                 progress: bool = False, languages: tuple[str, ...] | None = None) -> None:
     """Every missing cell of one variant, in every language (or those named); loads the model once."""
-    settings = {m: plan.settings(m, sampling if v.method == "wanda" else None) for m in ("ppl", "nextline")}
+    settings = cell_settings(plan, v, sampling)
     todo = missing_cells(model, plan, v, work, sampling, languages or plan.languages)
     if not todo:
         return
