@@ -226,7 +226,8 @@ def frontier_parser() -> argparse.ArgumentParser:
         description="Quality against cost per language on one engine: a base preset dense and its sub-models "
                     "(own-language calibration), next-line exact match and edit similarity in FIM layouts and "
                     "held-out perplexity with 95%% intervals (bootstrap over files), paired tests against dense, "
-                    "decode ms/token, memory and disk. Resumable per cell; writes FRONTIER.md and a plot.")
+                    "decode ms/token and typing-replay latency per machine (kernel instruction set), memory and "
+                    "disk. Resumable per cell; writes FRONTIER.md and a plot.")
     p.add_argument("--model", default=d.base, help=f"base preset (default {d.base})")
     p.add_argument("--configs", default=",".join(d.configurations),
                    help="comma list: dense, sparsities (0.5 or 50%%), N:M patterns (default dense,0.5,0.3); "
@@ -255,8 +256,9 @@ def frontier_parser() -> argparse.ArgumentParser:
                    help="run only shard I of N (0-based) of the (configuration, language) units and write no "
                         "report: N processes sharing one machine or GPU; --report-only afterwards reads all cells")
     p.add_argument("--interleave-cost", type=_positive, metavar="ROUNDS",
-                   help="measure every configuration's decode cost in one process, in alternating rounds "
-                        "(replaces stored cost cells); for a machine whose load changes")
+                   help="measure every configuration's decode cost and typing replay in one process, in "
+                        "alternating rounds (replaces this machine's stored cost cells; holds every model at "
+                        "once); for a machine whose load changes")
     return p
 
 

@@ -7,7 +7,10 @@ at a sparsity and pattern. For each configuration and language, the cells are:
                per-window losses kept
   nextline:L   next-line completion in FIM layout L (psm, spm) over tasks spread across the
                held-out files (nextline.spread_tasks), each task's result kept with its file
-  cost         (per configuration) decode ms/token, resident memory, weight and disk bytes
+  cost-ISA     (per configuration and machine) decode ms/token, the typing replay's request latency
+               (replay.py), resident memory, weight and disk bytes; one cell per kernel instruction set
+               (avx512-bf16, avx2, none), since the same configuration costs differently on each and
+               both paths ship
 
 Every configuration runs on the same engine, `subcoder.pruner.engine.completer.Completer` (the loader
 puts a dense model's linears on the kernel's dense bf16 layer, as a sub-model's pruned ones are on
@@ -146,6 +149,8 @@ class FrontierPlan:
     max_new_tokens: int = 48
     decode_prompts: int = 3  # cost: prompts decoded ...
     decode_tokens: int = 48  # ... this many single-token steps each
+    replay_tasks: int = 3  # cost: next-line tasks whose line is typed back (a draw of its own) ...
+    replay_every: int = 4  # ... with a request after every this many characters and at the line's end
     seed: int = 0
     cells: tuple[str, ...] = ("cost", "nextline", "ppl")
     # Quality cells may run on a GPU (same weights; pruned layers dense, masked; bf16 arithmetic), each cell
@@ -161,8 +166,31 @@ class FrontierPlan:
             # Not the number of tasks: the first n of a larger draw are the draw for n (spread_tasks),
             # so a cell grows or is cut to the n asked for.
             return {**common, "context_tokens": self.context_tokens, "max_new_tokens": self.max_new_tokens}
+        if cell == "replay":
+            return {**common, "tasks": self.replay_tasks, "every": self.replay_every,
+                    "context_tokens": self.context_tokens, "max_new_tokens": self.max_new_tokens}
         return {**common, "decode_prompts": self.decode_prompts, "decode_tokens": self.decode_tokens,
                 "context_tokens": self.context_tokens}
+
+
+# Kernel instruction sets a cost cell can come from (kernels.native.ISA_NAMES), best first; "none": plain torch.
+COST_ISAS = ("avx512-bf16", "avx2", "none")
+
+
+def engine_isa() -> str:
+    """The instruction set the kernel runs here ("none" where it cannot run): what a cost cell is keyed by."""
+    from subcoder.pruner.kernels import kernel_available
+
+    if not kernel_available()[0]:
+        return "none"
+    from subcoder.pruner.kernels.debug import ISA_NAMES, current_isa
+
+    return ISA_NAMES.get(current_isa(), "none")
+
+
+def cost_cell(isa: str | None = None) -> str:
+    """The cost cell's name on a machine whose kernel runs `isa` (default: this one's)."""
+    return f"cost-{isa or engine_isa()}"
 
 
 # --------------------------------------------------------------------------- the engine
@@ -244,13 +272,34 @@ def step_summary(steps: list[float]) -> dict:
             "ms_p90": round(steps[(9 * len(steps)) // 10], 2), "steps": len(steps)}
 
 
+def replay_tasks(plan: FrontierPlan, language: str) -> list[dict]:
+    """The tasks whose line the cost cells type back: a draw of their own (not the quality tasks' first ones)."""
+    from .nextline import spread_tasks
+
+    return spread_tasks(language, plan.replay_tasks, plan.seed + 2)
+
+
+def replay_cell(plan: FrontierPlan, base: str, requests: list[dict]) -> dict:
+    """What a cost cell keeps of its typing replay: the settings, the summary, and every request."""
+    from . import replay
+
+    return {"settings": plan.settings("replay", base), **replay.summary(requests), "log": requests}
+
+
+def _cost_done(plan: FrontierPlan, base: str, stored: dict | None) -> bool:
+    return bool(stored and stored.get("complete")
+                and (stored.get("replay") or {}).get("settings") == plan.settings("replay", base))
+
+
 def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Path, *, rounds: int = 4) -> None:
-    """Decode cost of several configurations in one process, in alternating rounds (the order
-    rotated each round), so that a shared machine's changing load falls on all of them alike; the
-    resident memory is the one measured in each configuration's own process, where there was one."""
+    """Decode cost and typing replay of several configurations in one process, in alternating rounds
+    (the order rotated each round; round r replays tasks r, r + rounds, ...), so that a shared machine's
+    changing load falls on all of them alike; the resident memory is the one measured in each
+    configuration's own process, where there was one. Every model is held at once: mind the memory."""
     from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.kernels import model_bytes
 
+    from . import replay
     from .nextline import spread_tasks
 
     language = plan.languages[0]
@@ -269,19 +318,26 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
     first = next(iter(engines.values()))
     prompts = [list(first.prompt(t["prefix"], t["suffix"]).ids)
                for t in spread_tasks(language, plan.decode_prompts, plan.seed + 1)]
+    typing = replay_tasks(plan, language)
     steps: dict[str, list[float]] = {name: [] for name in engines}
+    requests: dict[str, list[dict]] = {name: [] for name in engines}
     loads = []
     names = list(engines)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             steps[name] += decode_steps(engines[name], prompts, plan.decode_tokens // 2)
+            requests[name] += replay.replay(engines[name], typing[r::rounds], every=plan.replay_every,
+                                            max_new_tokens=plan.max_new_tokens)
         loads.append(os.getloadavg()[0])
+    cell, isa = cost_cell(), engine_isa()
     for cfg in configs:
-        out = _cell_file(work, cfg, language, "cost")
+        out = _cell_file(work, cfg, language, cell)
         old = _load_cell(out, plan.settings("cost", cfg.base)) or {}
-        data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": "cost",
-                "settings": plan.settings("cost", cfg.base), "environment": environment(), **meta[cfg.name],
-                **step_summary(steps[cfg.name]), "method": f"interleaved with {', '.join(names)}, {rounds} rounds",
+        data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": cell,
+                "settings": plan.settings("cost", cfg.base), "environment": {**environment(), "kernel_isa": isa},
+                **meta[cfg.name], **step_summary(steps[cfg.name]),
+                "replay": replay_cell(plan, cfg.base, requests[cfg.name]),
+                "method": f"interleaved with {', '.join(names)}, {rounds} rounds",
                 "rss_bytes": old.get("rss_bytes"), "loadavg": round(statistics.fmean(loads), 1), "complete": True}
         _atomic_json(out, data)
         _say(f"{cfg.name} cost: {cell_summary(data)}")
@@ -316,6 +372,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
     from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.kernels import model_bytes
 
+    from . import replay
     from .nextline import coverage, score, spread_tasks
     from .perplexity import file_windows, window_losses
 
@@ -332,20 +389,24 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         # one engine per layout a wanted cell uses (each builds its own decoder and greedy-head screen)
         layouts = {name.split(":", 1)[1] if name.startswith("nextline:") else LAYOUTS[0] for name, _ in wanted
                    if name != "ppl"}
+        isa = engine_isa()
         completers = {lay: Completer(loaded, context_tokens=plan.context_tokens, fim_order=lay) for lay in layouts}
         for name, stored in wanted:
             out = _cell_file(work, cfg, language, name)
             data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": name,
                     "settings": plan.settings(name, cfg.base), "model": path,
-                    "environment": {**environment(), "device": plan.device, **gpu_name(plan.device)},
+                    "environment": {**environment(), "device": plan.device, **gpu_name(plan.device),
+                                    **({"kernel_isa": isa} if name.startswith("cost-") else {})},
                     "complete": False}
             started = time.perf_counter()
-            if name == "cost":
+            if name.startswith("cost-"):
                 c = completers[LAYOUTS[0]]
                 c.warm_up()
                 prompts = [list(c.prompt(t["prefix"], t["suffix"]).ids)
                            for t in spread_tasks(language, plan.decode_prompts, plan.seed + 1)]
                 data.update(decode_cost(c, prompts, plan.decode_tokens))
+                data["replay"] = replay_cell(plan, cfg.base, replay.replay(
+                    c, replay_tasks(plan, language), every=plan.replay_every, max_new_tokens=plan.max_new_tokens))
                 data.update({"rss_bytes": rss_bytes(), "weight_bytes": model_bytes(loaded.model),
                              "disk_bytes": disk_bytes(path), "load_s": round(load_s, 1),
                              "dense_kernel_linears": wrapped, "loadavg": os.getloadavg()[0],
@@ -385,9 +446,15 @@ def missing_cells(plan: FrontierPlan, cfg: Configuration, language: str, work: P
     """The cells of (cfg, language) still to measure, each with what is stored of it (a cell cut short resumes)."""
     wanted = []
     for cell in plan.cells:
+        if cell == "cost":
+            # measured with the first language's prompts, on this machine's instruction set
+            if language == plan.languages[0]:
+                name = cost_cell()
+                stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings("cost", cfg.base))
+                if not _cost_done(plan, cfg.base, stored):
+                    wanted.append((name, None))
+            continue
         for name in [f"nextline:{lay}" for lay in plan.layouts] if cell == "nextline" else [cell]:
-            if name == "cost" and language != plan.languages[0]:
-                continue
             stored = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name, cfg.base))
             if stored is None or not stored.get("complete") or len(stored.get("results", ())) < _wanted(plan, name):
                 wanted.append((name, stored))
@@ -408,8 +475,10 @@ def _wanted(plan: FrontierPlan, cell: str) -> int:
 
 
 def cell_summary(data: dict) -> str:
-    if data["cell"] == "cost":
-        return f"{data['ms_per_token']} ms/token, weights {data['weight_bytes'] / 2**20:.0f} MiB"
+    if data["cell"].startswith("cost"):
+        typing = (data.get("replay") or {}).get("p50_ms")
+        return (f"{data['ms_per_token']} ms/token, typing replay p50 {typing} ms, "
+                f"weights {data['weight_bytes'] / 2**20:.0f} MiB")
     if data["cell"] == "ppl":
         nll = sum(w["nll"] for w in data["windows"]) / sum(w["tokens"] for w in data["windows"])
         return f"perplexity {2.718281828 ** nll:.3f} over {len(data['windows'])} windows"
@@ -425,9 +494,10 @@ def load_cells(plan: FrontierPlan, work: Path) -> dict:
     for text in plan.configurations:
         cfg = Configuration.parse(plan.base, text)
         for language in plan.languages:
-            for name in ("cost", "ppl", *(f"nextline:{lay}" for lay in plan.layouts)):
-                lang = plan.languages[0] if name == "cost" else language
-                data = _load_cell(_cell_file(work, cfg, lang, name), plan.settings(name, cfg.base))
+            for name in (*(cost_cell(isa) for isa in COST_ISAS), "ppl", *(f"nextline:{lay}" for lay in plan.layouts)):
+                cost = name.startswith("cost-")
+                lang = plan.languages[0] if cost else language
+                data = _load_cell(_cell_file(work, cfg, lang, name), plan.settings("cost" if cost else name, cfg.base))
                 if data is not None and (data.get("complete") or data.get("results")):
                     if "results" in data:
                         data["results"] = data["results"][:plan.tasks]
@@ -461,9 +531,15 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
         ref = by_cfg.get(reference, {})
         for name, cl in by_cfg.items():
             row: dict = {}
-            if "cost" in cl:
-                row["cost"] = {k: cl["cost"].get(k) for k in ("ms_per_token", "ms_p10", "ms_p90", "rss_bytes",
-                                                             "weight_bytes", "disk_bytes", "loadavg")}
+            for cell, data in cl.items():
+                if cell.startswith("cost-"):  # {instruction set: figures}
+                    typing = data.get("replay") or {}
+                    row.setdefault("cost", {})[cell.removeprefix("cost-")] = {
+                        **{k: data.get(k) for k in ("ms_per_token", "ms_p10", "ms_p90", "rss_bytes", "weight_bytes",
+                                                    "disk_bytes", "loadavg", "method")},
+                        **{f"typing_{k}": typing.get(k) for k in ("p50_ms", "p95_ms", "cold_p50_ms", "extend_p50_ms",
+                                                                  "requests", "new_tokens")},
+                        "processor": (data.get("environment") or {}).get("processor")}
             if "ppl" in cl:
                 w = cl["ppl"]["windows"]
                 per = [x["nll"] / x["tokens"] for x in w]
@@ -551,45 +627,108 @@ def verdict(iv: dict) -> str:
     return "no difference shown"
 
 
+def cost_isas(summary: dict) -> list[str]:
+    """The instruction sets some cost cell came from, best first."""
+    found = {isa for rows in summary.values() for row in rows.values() for isa in (row.get("cost") or {})}
+    return [isa for isa in COST_ISAS if isa in found]
+
+
+ISA_TITLES = {"avx512-bf16": "AVX-512 BF16 kernel", "avx2": "AVX2 kernel (no AVX-512)", "none": "no kernel (torch)"}
+
+
 def plot(summary: dict, path: Path, *, title: str) -> bool:
     """Quality (edit similarity in each configuration's best layout, 95% interval) against decode
-    ms/token, one panel per language, the Pareto front drawn; written atomically. False when no
-    configuration has both a cost and a quality yet."""
+    ms/token: one panel per language, one row of panels per machine (kernel instruction set), the
+    Pareto front drawn; written atomically. False when no configuration has both a cost and a quality."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
-    for language, rows in summary.items():
-        pts = []
-        for name, row in rows.items():
-            layout = best_layout(row)
-            ms = (row.get("cost") or {}).get("ms_per_token")
-            if layout and ms:
-                pts.append((name, ms, row[layout]["similarity"], layout.split(":")[1]))
-        if pts:
-            panels.append((language, pts))
-    if not panels:
+    grid: dict = {}  # (isa, language): points
+    for isa in cost_isas(summary):
+        for language, rows in summary.items():
+            for name, row in rows.items():
+                layout = best_layout(row)
+                ms = ((row.get("cost") or {}).get(isa) or {}).get("ms_per_token")
+                if layout and ms:
+                    grid.setdefault((isa, language), []).append((name, ms, row[layout]["similarity"],
+                                                                 layout.split(":")[1]))
+    if not grid:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    for ax, (language, pts) in zip(axes[0], panels):
-        for name, ms, iv, layout in pts:
-            ax.errorbar([ms], [iv["estimate"]], yerr=[[iv["estimate"] - iv["low"]], [iv["high"] - iv["estimate"]]],
-                        fmt="o", capsize=4)
-            ax.annotate(f"{name} ({layout})", (ms, iv["estimate"]), textcoords="offset points", xytext=(6, 6))
-        front = set(pareto([(n, ms, iv["estimate"]) for n, ms, iv, _ in pts]))
-        line = sorted((ms, iv["estimate"]) for n, ms, iv, _ in pts if n in front)
-        ax.plot([x for x, _ in line], [y for _, y in line], "--", color="grey", label="Pareto front")
-        ax.set_xlabel("decode ms/token (same engine)")
-        ax.set_ylabel("next-line edit similarity")
-        ax.set_title(language)
-        ax.legend(loc="lower right")
+    isas = [i for i in COST_ISAS if any(k[0] == i for k in grid)]
+    languages = [lang for lang in summary if any(k[1] == lang for k in grid)]
+    fig, axes = plt.subplots(len(isas), len(languages), figsize=(5.5 * len(languages), 4.5 * len(isas)),
+                             squeeze=False)
+    for i, isa in enumerate(isas):
+        for j, language in enumerate(languages):
+            ax, pts = axes[i][j], grid.get((isa, language))
+            if not pts:
+                ax.axis("off")
+                continue
+            for name, ms, iv, layout in pts:
+                ax.errorbar([ms], [iv["estimate"]], yerr=[[iv["estimate"] - iv["low"]], [iv["high"] - iv["estimate"]]],
+                            fmt="o", capsize=4)
+                ax.annotate(f"{name} ({layout})", (ms, iv["estimate"]), textcoords="offset points", xytext=(6, 6),
+                            fontsize=8)
+            front = set(pareto([(n, ms, iv["estimate"]) for n, ms, iv, _ in pts]))
+            line = sorted((ms, iv["estimate"]) for n, ms, iv, _ in pts if n in front)
+            ax.plot([x for x, _ in line], [y for _, y in line], "--", color="grey", label="Pareto front")
+            ax.set_xlabel("decode ms/token (same engine)")
+            ax.set_ylabel("next-line edit similarity")
+            ax.set_title(f"{language}, {ISA_TITLES.get(isa, isa)}")
+            ax.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     paths.save_figure(fig, path)
     return True
+
+
+def _ms(v) -> str:
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
+    """The cost tables, one per machine (cost is per configuration, measured on the first language's prompts)."""
+    isas = cost_isas(summary)
+    if not isas:
+        return []
+    rows = summary[plan.languages[0]] if plan.languages[0] in summary else next(iter(summary.values()))
+    lines = ["## Cost, per machine", "",
+             f"Each configuration on the same engine, measured with {plan.languages[0]} prompts ({plan.context_tokens}-"
+             f"token budget, PSM). Decode: milliseconds per single-token step after each of {plan.decode_prompts} "
+             f"prompts, no drafts (median, p10–p90). Typing replay (`pruner/evaluation/replay.py`): "
+             f"{plan.replay_tasks} held-out lines typed back at their place, a request after every "
+             f"{plan.replay_every} characters and at each line's end, single-line greedy completions with the "
+             "engine's drafts and KV reuse (cold: a line's first request; extend: the rest); the engine's cost "
+             "per request, without the server's debounce or its reuse of a suggestion the user types through. "
+             "Weights: bytes the loaded model holds (packed values and masks for pruned layers). RSS: the "
+             "measuring process after load and warm-up, which keeps what the loader freed but the allocator "
+             "did not return, so it overstates what a server holds. Load: the 1-minute load average of the "
+             "2-core machine while measuring (about 2 is the measurement itself).", ""]
+    for isa in isas:
+        cpu = next(((r.get("cost") or {}).get(isa, {}).get("processor") for r in rows.values()
+                    if (r.get("cost") or {}).get(isa, {}).get("processor")), None)
+        lines += [f"### {ISA_TITLES.get(isa, isa)}" + (f" ({cpu})" if cpu else ""), "",
+                  "| configuration | ms/token (p10–p90) | typing p50 ms | typing p95 ms | cold p50 ms | extend p50 ms "
+                  "| requests / tokens decoded | weights MiB | disk MiB | RSS MiB | load |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        for name, row in rows.items():
+            c = (row.get("cost") or {}).get(isa)
+            if not c:
+                continue
+            typing = (f"{c['typing_requests']} / {c['typing_new_tokens']}" if c.get("typing_requests") else "–")
+            lines.append(f"| {name} | {c['ms_per_token']} ({c['ms_p10']}–{c['ms_p90']}) | {_ms(c.get('typing_p50_ms'))} "
+                         f"| {_ms(c.get('typing_p95_ms'))} | {_ms(c.get('typing_cold_p50_ms'))} "
+                         f"| {_ms(c.get('typing_extend_p50_ms'))} | {typing} | {_mib(c.get('weight_bytes'))} "
+                         f"| {_mib(c.get('disk_bytes'))} | {_mib(c.get('rss_bytes'))} "
+                         f"| {'–' if c.get('loadavg') is None else format(c['loadavg'], '.1f')} |")
+        methods = sorted({c["method"] for r in rows.values() if (c := (r.get("cost") or {}).get(isa)) and c.get("method")})
+        if methods:
+            lines += ["", "Measured " + "; ".join(methods) + " (the rest each in its own process)."]
+        lines.append("")
+    return lines
 
 
 def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) -> str:
@@ -609,6 +748,7 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
              f"({plan.seq_len} tokens), pooled per token.", ""]
     if png:
         lines += [f"![quality against decode cost]({png})", ""]
+    lines += render_cost(plan, summary)
     for language, rows in summary.items():
         lines += [f"## {language}", ""]
         n: dict = {}
@@ -626,23 +766,17 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
             lines.append(f"Perplexity: {ppl['windows']} windows from {ppl['files']} files, {ppl['tokens']:,} tokens.")
         lines.append("")
         layouts = [f"nextline:{lay}" for lay in plan.layouts]
-        head = ["configuration", "ms/token (p10–p90)", "weights MiB", "disk MiB", "RSS MiB", "perplexity"]
+        head = ["configuration", "perplexity"]
         for c in layouts:
             head += [f"{c.split(':')[1].upper()} exact", f"{c.split(':')[1].upper()} similarity"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, row in rows.items():
-            cost = row.get("cost") or {}
-            cells = [name, f"{cost['ms_per_token']} ({cost['ms_p10']}–{cost['ms_p90']})" if cost else "–",
-                     _mib(cost.get("weight_bytes")), _mib(cost.get("disk_bytes")), _mib(cost.get("rss_bytes")),
-                     f"{row['ppl']['estimate']:.3f} [{row['ppl']['low']:.3f}, {row['ppl']['high']:.3f}]"
+            cells = [name, f"{row['ppl']['estimate']:.3f} [{row['ppl']['low']:.3f}, {row['ppl']['high']:.3f}]"
                      if "ppl" in row else "–"]
             for c in layouts:
                 cells += ([f"{text.percent(row[c]['exact'])}, n={row[c]['n']}", text.plain(row[c]["similarity"])] if c in row
                           else ["–", "–"])
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Weights: bytes the loaded model holds (packed values and masks for pruned layers). RSS: the "
-                  "measuring process after load and warm-up, which keeps what the loader freed but the allocator "
-                  "did not return, so it overstates what a server holds."]
         lines += ["", "Paired against dense (this minus dense). A difference inside its interval's reach of zero is "
                   "\"no difference shown\", not \"equal\": the MDE column says how large a difference these tasks "
                   "could have shown.", "",
@@ -675,11 +809,6 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
         if spt:
             lines += ["Seconds per next-line task on the CPU engine (each cell on the machine it ran on): "
                       + ", ".join(f"{k} {v:.1f}" for k, v in spt.items()) + ".", ""]
-        speeds = {n: (r.get("cost") or {}).get("loadavg") for n, r in rows.items()}
-        if any(v is not None for v in speeds.values()):
-            lines += ["Load average (1 min) of this shared 2-core machine when each cost was measured: "
-                      + ", ".join(f"{n} {v:.1f}" for n, v in speeds.items() if v is not None)
-                      + ". Timings taken under other load are not comparable to a quiet machine's.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -123,23 +123,31 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     work = tmp_path / "work"
     frontier.run_configuration(plan, Configuration(model), work, progress=False)
     files = sorted(p.name for p in work.rglob("*.json"))
-    assert files == ["python-cost.json", "python-nextline-psm.json", "python-nextline-spm.json", "python-ppl.json"]
+    cost_file = f"python-{frontier.cost_cell()}.json"  # keyed by the machine's kernel instruction set
+    assert files == sorted([cost_file, "python-nextline-psm.json", "python-nextline-spm.json", "python-ppl.json"])
     psm = json.loads(next(work.rglob("python-nextline-psm.json")).read_text())
     assert psm["complete"] and len(psm["results"]) == 3 and psm["coverage"]["files"] == 3
     report = tmp_path / "docs" / "FRONTIER.md"
     summary = frontier.write_report(plan, work, report, command="subcoder eval frontier --test")
     row = summary["python"]["dense"]
-    assert row["cost"]["ms_per_token"] > 0 and row["ppl"]["windows"] == 2
+    cost = row["cost"][frontier.engine_isa()]
+    assert cost["ms_per_token"] > 0 and row["ppl"]["windows"] == 2
+    # the typing replay: one request per 4 typed characters and one at each line's end, the first cold
+    lines = [t["target"] for t in frontier.replay_tasks(plan, "python")]
+    assert cost["typing_requests"] == sum(len(line) // 4 + (len(line) % 4 > 0) for line in lines if line)
+    assert cost["typing_p50_ms"] > 0 and cost["typing_cold_p50_ms"] is not None
     text = report.read_text()
-    assert "| dense |" in text and "PSM up to n=3" in text
+    assert "| dense |" in text and "PSM up to n=3" in text and "## Cost, per machine" in text
     assert (report.parent / f"frontier-{model_slug(model)}.png").is_file()
     # a second run finds every cell done and loads nothing
     frontier.run_configuration(plan, Configuration(model), work, progress=False)
     # costs re-measured in alternating rounds keep the RSS of the configuration's own process
     frontier.interleaved_cost(plan, [Configuration(model)], work, rounds=2)
-    cost = json.loads(next(work.rglob("python-cost.json")).read_text())
-    assert cost["method"].endswith("2 rounds") and cost["rss_bytes"] == row["cost"]["rss_bytes"]
-    assert cost["steps"] == 2 * plan.decode_prompts * (plan.decode_tokens // 2)
+    again = json.loads(next(work.rglob(cost_file)).read_text())
+    assert again["method"].endswith("2 rounds") and again["rss_bytes"] == cost["rss_bytes"]
+    assert again["steps"] == 2 * plan.decode_prompts * (plan.decode_tokens // 2)
+    assert again["replay"]["requests"] == cost["typing_requests"], "every replay task in one of the rounds"
+    assert again["environment"]["kernel_isa"] == frontier.engine_isa()
 
 
 def test_shards_deal_the_units_still_to_measure(tmp_path):
@@ -185,3 +193,37 @@ def test_int8_dense_values_round_into_the_weights_where_the_kernel_cannot_run(tm
         else:
             q, scales = int8.quantise_dense(before[name])
             assert torch.equal(module.weight, int8.dequantise_dense(q, scales))
+
+
+def test_typing_replay_requests_and_their_summary():
+    from subcoder.pruner.evaluation import replay
+
+    task = {"id": "t", "prefix": "a = 1\n", "suffix": "\nb = 2", "target": "total = a + 1"}
+    assert replay.typed_prefixes(task, 4) == ["a = 1\ntota", "a = 1\ntotal = ", "a = 1\ntotal = a + ",
+                                              "a = 1\ntotal = a + 1"]
+    assert replay.typed_prefixes({**task, "target": "abcd"}, 4) == ["a = 1\nabcd"], "the line's end, once"
+    assert replay.typed_prefixes({**task, "target": ""}, 4) == [], "nothing typed, nothing asked"
+    requests = [{"ms": ms, "cold": i % 5 == 0, "new_tokens": 2} for i, ms in enumerate([100, 10, 20, 30, 40] * 2)]
+    out = replay.summary(requests)
+    # nearest rank: a latency that happened, never an interpolation between two
+    assert (out["p50_ms"], out["p95_ms"], out["cold_p50_ms"], out["extend_p50_ms"]) == (30, 100, 100, 25.0)
+    assert (out["requests"], out["cold_requests"], out["new_tokens"]) == (10, 2, 20)
+    assert replay.summary([]) == {"requests": 0}
+
+
+def test_cost_cells_of_each_machine_are_kept_apart(tmp_path):
+    plan = FrontierPlan(base="base", configurations=("dense",), cells=("cost",), layouts=("psm",))
+    cfg = Configuration("base")
+    for isa, ms in (("avx512-bf16", 20.0), ("avx2", 90.0)):
+        out = _cell_file(tmp_path, cfg, "python", frontier.cost_cell(isa))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"cell": frontier.cost_cell(isa), "settings": plan.settings("cost"), "complete": True,
+                                   "ms_per_token": ms, "ms_p10": ms, "ms_p90": ms, "weight_bytes": 2**20,
+                                   "environment": {"processor": "cpu " + isa}}))
+    row = frontier.summarize(frontier.load_cells(plan, tmp_path))["python"]["dense"]
+    assert {isa: c["ms_per_token"] for isa, c in row["cost"].items()} == {"avx512-bf16": 20.0, "avx2": 90.0}
+    text = "\n".join(frontier.render_cost(plan, {"python": {"dense": row}}))
+    assert "### AVX-512 BF16 kernel (cpu avx512-bf16)" in text and "### AVX2 kernel" in text
+    assert "| dense | 90.0 (90.0–90.0) | – |" in text, "no replay stored: its columns say so"
+    # a cell without a typing replay is measured again on its machine
+    assert frontier.missing_cells(plan, cfg, "python", tmp_path) == [(frontier.cost_cell(), None)]
