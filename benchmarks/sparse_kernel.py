@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from subcoder.pruner import kernels as sparse  # noqa: E402
 from subcoder.pruner.kernels import debug  # noqa: E402
+from subcoder.pruner.cpu import read_bandwidth  # noqa: E402
 
 DECODE_SHAPES = [  # (out, in, label)
     (896, 896, "q/o proj 0.5B"),
@@ -137,21 +138,6 @@ FORMAT_SPARSITIES = (0.3, 0.5, 0.7)
 FORMAT_COLD_BYTES = 512 << 20
 
 
-def stream_bandwidth(repeat: int = 5, nbytes: int = 1 << 30) -> float:
-    """Bytes per second of a plain streaming read (an int64 sum over 1 GiB, beyond any cache), with
-    the threads the benchmark uses: about what a bandwidth-bound matrix-vector product can reach
-    (a lower bound: the sum itself costs some compute)."""
-    buf = torch.ones(nbytes // 8, dtype=torch.int64)
-    buf.sum()  # pages in
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        buf.sum()
-        times.append(time.perf_counter() - t0)
-    del buf
-    return nbytes / min(times)
-
-
 def format_bytes(out: int, inp: int, nnz: int) -> dict[str, int]:
     """Weight bytes one call reads, per format (the input and output are negligible)."""
     mask = out * ((inp + 31) // 32) * 4
@@ -223,7 +209,7 @@ def bench_formats(out, inp, sparsity, repeat, gen, dense_layers=None):
 
 
 def run_formats(args, gen) -> list[str]:
-    bw = stream_bandwidth()
+    bw = read_bandwidth()
     load = os.getloadavg()
     names = format_names()
     lines = [

@@ -55,3 +55,22 @@ def native_bf16() -> bool:
     matrix products are emulated: measured here on an AVX2-only EPYC, a 512-token prefill of a
     4864x896 layer took 388 ms in bf16 against 94 ms in fp32 (decode, memory-bound, still favours bf16)."""
     return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
+
+
+def read_bandwidth(repeat: int = 5, nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a plain streaming read (an int64 sum over 1 GiB, beyond any cache), with
+    torch's threads: about what a bandwidth-bound matrix-vector product can reach (a lower bound: the
+    sum itself costs some compute). Best of `repeat`; measures, so call it on a quiet machine."""
+    import time
+
+    import torch
+
+    buf = torch.ones(nbytes // 8, dtype=torch.int64)
+    buf.sum()  # pages in
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t0)
+    del buf
+    return nbytes / best

@@ -246,6 +246,30 @@ def disk_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin"))
 
 
+def step_bytes(completer) -> int:
+    """Weight bytes one decode step reads: every decoder layer's parameters and buffers as held (packed values
+    and masks for pruned linears), and the head as the engine reads it (the greedy head's int8 screen where it
+    has one, else lm_head). Left out: the embedding (one row per token) and the KV cache (a few MiB at a
+    512-token budget)."""
+    from subcoder.pruner.kernels import model_bytes
+    from subcoder.pruner.layers import decoder_layers
+
+    model = completer.model
+    head = getattr(completer.decoder, "head", None)
+    rows = getattr(head, "rows", None)
+    return model_bytes(decoder_layers(model)[1]) + (rows.nbytes if rows is not None else model_bytes(model.lm_head))
+
+
+def bandwidth_bound(completer) -> dict:
+    """The bytes a step reads, this machine's streaming-read bandwidth (measured now), and the ms/token a
+    purely bandwidth-bound step would take: decode at batch 1 cannot beat it, and how close the engine comes
+    says whether bytes or work limit it."""
+    from subcoder.pruner.cpu import read_bandwidth
+
+    nbytes, bw = step_bytes(completer), read_bandwidth()
+    return {"step_bytes": nbytes, "read_gbs": round(bw / 1e9, 1), "bound_ms": round(1000 * nbytes / bw, 2)}
+
+
 def decode_cost(completer, prompts: list[list[int]], tokens: int) -> dict:
     """Milliseconds per single-token decode step after each prompt (no drafts: the step itself)."""
     return step_summary(decode_steps(completer, prompts, tokens))
@@ -312,6 +336,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
         c.warm_up()
         engines[cfg.name] = c
         meta[cfg.name] = {"model": path, "weight_bytes": model_bytes(loaded.model), "disk_bytes": disk_bytes(path),
+                          **bandwidth_bound(c),
                           "load_s": round(time.perf_counter() - t0, 1), "dense_kernel_linears": wrapped,
                           "sparse_kernel": bool(getattr(loaded.info, "sparse_kernel", False))}
         _say(f"cost: {cfg.name} loaded")
@@ -405,6 +430,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
                 prompts = [list(c.prompt(t["prefix"], t["suffix"]).ids)
                            for t in spread_tasks(language, plan.decode_prompts, plan.seed + 1)]
                 data.update(decode_cost(c, prompts, plan.decode_tokens))
+                data.update(bandwidth_bound(c))
                 data["replay"] = replay_cell(plan, cfg.base, replay.replay(
                     c, replay_tasks(plan, language), every=plan.replay_every, max_new_tokens=plan.max_new_tokens))
                 data.update({"rss_bytes": rss_bytes(), "weight_bytes": model_bytes(loaded.model),
@@ -536,7 +562,8 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                     typing = data.get("replay") or {}
                     row.setdefault("cost", {})[cell.removeprefix("cost-")] = {
                         **{k: data.get(k) for k in ("ms_per_token", "ms_p10", "ms_p90", "rss_bytes", "weight_bytes",
-                                                    "disk_bytes", "loadavg", "method")},
+                                                    "disk_bytes", "loadavg", "method", "step_bytes", "read_gbs",
+                                                    "bound_ms")},
                         **{f"typing_{k}": typing.get(k) for k in ("p50_ms", "p95_ms", "cold_p50_ms", "extend_p50_ms",
                                                                   "requests", "new_tokens")},
                         "processor": (data.get("environment") or {}).get("processor")}
@@ -705,23 +732,30 @@ def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
              "per request, without the server's debounce or its reuse of a suggestion the user types through. "
              "Weights: bytes the loaded model holds (packed values and masks for pruned layers). RSS: the "
              "measuring process after load and warm-up, which keeps what the loader freed but the allocator "
-             "did not return, so it overstates what a server holds. Load: the 1-minute load average of the "
-             "2-core machine while measuring (about 2 is the measurement itself).", ""]
+             "did not return, so it overstates what a server holds. Read per token: the weight bytes one decode "
+             "step reads (decoder layers as held, the head as the engine reads it: its int8 screen); bound: the "
+             "ms/token a step limited by memory bandwidth alone would take at the streaming-read bandwidth "
+             "measured in the same process. Load: the 1-minute load average of the 2-core machine while "
+             "measuring (about 2 is the measurement itself).", ""]
     for isa in isas:
         cpu = next(((r.get("cost") or {}).get(isa, {}).get("processor") for r in rows.values()
                     if (r.get("cost") or {}).get(isa, {}).get("processor")), None)
         lines += [f"### {ISA_TITLES.get(isa, isa)}" + (f" ({cpu})" if cpu else ""), "",
                   "| configuration | ms/token (p10–p90) | typing p50 ms | typing p95 ms | cold p50 ms | extend p50 ms "
-                  "| requests / tokens decoded | weights MiB | disk MiB | RSS MiB | load |",
-                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+                  "| requests / tokens decoded | read per token MiB | bound ms (GB/s) | weights MiB | disk MiB "
+                  "| RSS MiB | load |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for name, row in rows.items():
             c = (row.get("cost") or {}).get(isa)
             if not c:
                 continue
             typing = (f"{c['typing_requests']} / {c['typing_new_tokens']}" if c.get("typing_requests") else "–")
+            bound = "–" if c.get("bound_ms") is None else f"{c['bound_ms']} ({c['read_gbs']})"
             lines.append(f"| {name} | {c['ms_per_token']} ({c['ms_p10']}–{c['ms_p90']}) | {_ms(c.get('typing_p50_ms'))} "
                          f"| {_ms(c.get('typing_p95_ms'))} | {_ms(c.get('typing_cold_p50_ms'))} "
-                         f"| {_ms(c.get('typing_extend_p50_ms'))} | {typing} | {_mib(c.get('weight_bytes'))} "
+                         f"| {_ms(c.get('typing_extend_p50_ms'))} | {typing} | {_mib(c.get('step_bytes'))} "
+                         f"| {bound} "
+                         f"| {_mib(c.get('weight_bytes'))} "
                          f"| {_mib(c.get('disk_bytes'))} | {_mib(c.get('rss_bytes'))} "
                          f"| {'–' if c.get('loadavg') is None else format(c['loadavg'], '.1f')} |")
         methods = sorted({c["method"] for r in rows.values() if (c := (r.get("cost") or {}).get(isa)) and c.get("method")})

@@ -136,6 +136,9 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     lines = [t["target"] for t in frontier.replay_tasks(plan, "python")]
     assert cost["typing_requests"] == sum(len(line) // 4 + (len(line) % 4 > 0) for line in lines if line)
     assert cost["typing_p50_ms"] > 0 and cost["typing_cold_p50_ms"] is not None
+    # bytes a step reads: the decoder layers and the head, not the embedding; the bound follows from them
+    assert 0 < cost["step_bytes"] < cost["weight_bytes"]
+    assert cost["bound_ms"] == pytest.approx(1000 * cost["step_bytes"] / (cost["read_gbs"] * 1e9), rel=0.1, abs=0.01)
     text = report.read_text()
     assert "| dense |" in text and "PSM up to n=3" in text and "## Cost, per machine" in text
     assert (report.parent / f"frontier-{model_slug(model)}.png").is_file()
