@@ -86,17 +86,20 @@ def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool)
         return
     kernels.sparsify(loaded.model, packed)
     loaded.info.sparse_kernel = True
+    _head_on_kernel(loaded)
 
 
 def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> None:
-    """Put a dense model's bf16 linears (decoder layers and lm_head) on the kernel's dense matvec:
-    the fused decode step then runs them as it runs a sub-model's (kind "dense bf16"), and the greedy
-    head screens lm_head as it does there, so a dense model gets the same engine. The wrappers share
-    the Parameters (no copy; a tied lm_head stays tied); prefills of 8+ tokens still multiply with
-    torch. Left as they are where the kernel cannot run, or the weights are not bf16 (fp32 on CPUs
-    without native bf16, where torch's fp32 BLAS is the fast path). `values` int8 quantises the decoder
-    linears per row (the int8 dense baseline); lm_head stays bf16, tied to the embeddings, and the greedy
-    head screens it as always."""
+    """Put a dense model's linears (decoder layers and lm_head) on the kernel's dense matvec: the fused
+    decode step then runs them as it runs a sub-model's (kind "dense bf16"), and the greedy head screens
+    lm_head as it does there, so a dense model gets the same engine. bf16 weights are shared with the
+    wrappers (no copy; a tied lm_head stays tied); prefills of 8+ tokens still multiply with torch (on
+    AVX2, in fp32 from row chunks of the bf16 weight). fp32 weights that are exactly bf16 (a bf16
+    checkpoint computed in fp32, as `--dtype auto` does on CPUs without native bf16) go on the kernel as
+    bf16 where its AVX2 path runs, which multiplies in fp32: the same products, half the bytes per token
+    (`_bf16_where_exact`). Left as they are where the kernel cannot run. `values` int8 quantises the
+    decoder linears per row (the int8 dense baseline); lm_head stays bf16 and the greedy head screens
+    it as always."""
     import torch
     from torch import nn
 
@@ -108,19 +111,77 @@ def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> No
         return
     targets = [(module, child_name, child) for module in loaded.model.modules()
                for child_name, child in module.named_children()
-               if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.is_contiguous()]
-    if not targets:  # fp32 weights: nothing to do, and no reason to build the kernel for it
-        return
+               if type(child) is nn.Linear and child.weight.dtype in (torch.bfloat16, torch.float32)
+               and child.weight.is_contiguous()]
+    if all(child.weight.dtype == torch.float32 for _, _, child in targets) and not _fp32_on_kernel():
+        return  # fp32 weights and no AVX2 path to take them: torch's fp32 BLAS, and no kernel to build
     ok, reason = kernels.kernel_available()
     if not ok:
         log.info("dense kernel off: %s; the model's linears stay torch's", reason)
         return
     head = loaded.model.get_output_embeddings()
+    n = 0
     for module, child_name, child in targets:
-        setattr(module, child_name, kernels.DenseBF16Linear.from_linear(child) if child is head
-                else kernels.dense_kernel_layer(child, values))
-    log.info("dense kernel: %d linears of %s on the %s matvec%s", len(targets), loaded.info.name, values,
+        weight = _bf16_where_exact(child.weight)
+        if weight is None:
+            continue  # fp32 values bf16 would round: torch's fp32 layer keeps them
+        if child is head:  # a copy when converted, so that a tied fp32 input embedding stays as it is
+            layer = kernels.DenseBF16Linear(weight, child.bias)
+        else:
+            if weight is not child.weight:
+                child.weight = weight  # the fp32 copy goes: half the bytes
+            layer = kernels.dense_kernel_layer(child, values)
+        setattr(module, child_name, layer)
+        n += 1
+    log.info("dense kernel: %d linears of %s on the %s matvec%s", n, loaded.info.name, values,
              " (lm_head bf16)" if values != "bf16" else "")
+
+
+def _fp32_on_kernel() -> bool:
+    """Whether fp32 layers with bf16-exact weights go on the kernel: where it runs its AVX2 path, whose
+    input stays fp32 (the AVX-512 path rounds its input to bf16, which would change an fp32 model's numbers)."""
+    from . import kernels
+    from .kernels.native import get_ops
+
+    if not kernels.kernel_available()[0]:
+        return False
+    return int(get_ops().get_isa()) == 1
+
+
+def _bf16_where_exact(weight):
+    """`weight` itself when bf16; an fp32 weight as a bf16 Parameter when every value is exactly a bf16
+    (checked in row chunks, so no second fp32 copy of a large matrix), only where `_fp32_on_kernel`;
+    else None."""
+    import torch
+    from torch import nn
+
+    if weight.dtype == torch.bfloat16:
+        return weight
+    if weight.dtype != torch.float32 or not _fp32_on_kernel():
+        return None
+    w = weight.detach()
+    half = w.to(torch.bfloat16)
+    for r0 in range(0, w.shape[0], 4096):
+        if not torch.equal(half[r0:r0 + 4096].float(), w[r0:r0 + 4096]):
+            return None
+    return nn.Parameter(half, requires_grad=False)
+
+
+def _head_on_kernel(loaded: LoadedModel) -> None:
+    """A sub-model computed in fp32 (AVX2): its dense lm_head, when exactly bf16, on the kernel's matvec as
+    a bf16 copy, as `_dense_on_kernel` does for a dense model (sparsify wraps bf16 heads only)."""
+    from torch import nn
+
+    from . import kernels
+
+    head = loaded.model.get_output_embeddings()
+    if type(head) is not nn.Linear or not head.weight.is_contiguous():
+        return
+    weight = _bf16_where_exact(head.weight)
+    if weight is None or weight is head.weight:
+        return
+    loaded.model.set_output_embeddings(kernels.DenseBF16Linear(weight, head.bias))
+    log.info("dense kernel: the fp32 lm_head of %s on the bf16 matvec (exact)", loaded.info.name)
 
 
 def _round_through_int8(loaded: LoadedModel) -> None:

@@ -106,3 +106,46 @@ def test_greedy_tokens_are_the_models_own(model_dir, kernel, speculate):
     got = completer.complete(prefix, "", max_new_tokens=24, mode="multi-line")
     assert got.new_tokens > 0
     assert got.text == reference.complete(prefix, "", max_new_tokens=24, mode="multi-line").text
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory):
+    """A tiny model whose weights are all exactly bf16 (as every preset's are), saved in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    path = save_tiny_model(tmp_path_factory.mktemp("tiny16") / "m", fim=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    model.save_pretrained(path)
+    return path
+
+
+def test_fp32_weights_that_are_bf16_go_on_the_avx2_kernel(bf16_checkpoint, kernel):
+    """On CPUs without native bf16 a model computes in fp32; where its weights are exactly bf16 the
+    kernel's AVX2 path (fp32 input, fp32 products) takes them as bf16: the same tokens, half the bytes.
+    The tied fp32 input embedding stays; lm_head becomes a bf16 copy on the kernel."""
+    from subcoder.pruner.kernels.debug import overrides
+
+    plain = load_model(str(bf16_checkpoint), dtype="float32", sparse=False)
+    with overrides(isa=1):
+        loaded = load_model(str(bf16_checkpoint), dtype="float32")
+        kinds = _linears(loaded.model)
+        assert set(kinds.values()) == {kernels.DenseBF16Linear}
+        assert all(m.weight.dtype == torch.bfloat16 for m in loaded.model.modules()
+                   if isinstance(m, kernels.DenseBF16Linear))
+        assert loaded.model.get_input_embeddings().weight.dtype == torch.float32
+        assert kernels.model_bytes(loaded.model) < kernels.model_bytes(plain.model)
+        completer = Completer(loaded, context_tokens=512)
+        prompt = completer.prompts.build(CODE[:600], "")
+        want = _greedy_with_own_forward(plain.model, prompt.ids, 12)
+        cache = completer.new_cache()
+        tokens = [completer.feed(list(prompt.ids), cache)]
+        while len(tokens) < len(want):
+            tokens.append(completer.feed([tokens[-1]], cache))
+        assert tokens == want
+    # on the AVX-512 path (its input rounded to bf16) an fp32 model keeps torch's layers
+    if int(get_ops().best_isa()) == 2:
+        with overrides(isa=2):
+            assert set(_linears(load_model(str(bf16_checkpoint), dtype="float32").model).values()) == {nn.Linear}
