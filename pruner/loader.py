@@ -44,7 +44,7 @@ def load_model(
         loaded, packed = load_submodel(directory, dtype=dtype, device=device, name=name)
         wanted = kernel_decision(sparse, options.sparse_kernel)
         if wanted is not False:
-            _run_on_kernel(loaded, packed, device=device, required=wanted is True)
+            _run_on_kernel(loaded, packed, device=device, required=wanted is True, head=options.dense_kernel)
         return loaded
     model, tokenizer = load_hf_dir(directory, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     info = ModelInfo(
@@ -69,7 +69,7 @@ def kernel_decision(sparse: bool | None, option: bool) -> bool | None:
     return None if option else False
 
 
-def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool) -> None:
+def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool, head: bool = True) -> None:
     """Swap the pruned linears for the sparse kernel's layers; where it cannot run, one log line
     (or, when `required`, a ModelError naming the reason)."""
     from . import kernels
@@ -86,7 +86,8 @@ def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool)
         return
     kernels.sparsify(loaded.model, packed)
     loaded.info.sparse_kernel = True
-    _head_on_kernel(loaded)
+    if head:  # an fp32 head (AVX2) as the dense model's is (`options.dense_kernel`)
+        _head_on_kernel(loaded)
 
 
 def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> None:

@@ -322,6 +322,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
     configuration's own process, where there was one. Every model is held at once: mind the memory."""
     from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.kernels import model_bytes
+    from subcoder.pruner.memory import release_memory
 
     from . import replay
     from .nextline import spread_tasks
@@ -334,6 +335,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
         loaded, wrapped = load_for_engine(path, cfg.values)
         c = Completer(loaded, context_tokens=plan.context_tokens, fim_order=LAYOUTS[0])
         c.warm_up()
+        release_memory()  # every model stays loaded: the next one's load buffers must fit beside them
         engines[cfg.name] = c
         meta[cfg.name] = {"model": path, "weight_bytes": model_bytes(loaded.model), "disk_bytes": disk_bytes(path),
                           **bandwidth_bound(c),
@@ -396,6 +398,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
     """Every missing cell of one configuration, in every language (or those named); loads each model once."""
     from subcoder.pruner.engine.completer import Completer
     from subcoder.pruner.kernels import model_bytes
+    from subcoder.pruner.memory import release_memory
 
     from . import replay
     from .nextline import coverage, score, spread_tasks
@@ -410,7 +413,7 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         loaded, wrapped = load_for_engine(path, cfg.values, plan.device)
         load_s = time.perf_counter() - t0
         _say(f"{cfg.name} {language}: loaded {path} in {load_s:.0f} s"
-             + f" ({wrapped} linears on the kernel's dense {cfg.values} layer)")
+             + f" ({wrapped} dense linears on the kernel{'' if cfg.dense else ': lm_head'})")
         # one engine per layout a wanted cell uses (each builds its own decoder and greedy-head screen)
         layouts = {name.split(":", 1)[1] if name.startswith("nextline:") else LAYOUTS[0] for name, _ in wanted
                    if name != "ppl"}
@@ -430,13 +433,14 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
                 prompts = [list(c.prompt(t["prefix"], t["suffix"]).ids)
                            for t in spread_tasks(language, plan.decode_prompts, plan.seed + 1)]
                 data.update(decode_cost(c, prompts, plan.decode_tokens))
-                data.update(bandwidth_bound(c))
                 data["replay"] = replay_cell(plan, cfg.base, replay.replay(
                     c, replay_tasks(plan, language), every=plan.replay_every, max_new_tokens=plan.max_new_tokens))
+                release_memory()  # as the server does once a model is loaded: freed load buffers go back
                 data.update({"rss_bytes": rss_bytes(), "weight_bytes": model_bytes(loaded.model),
                              "disk_bytes": disk_bytes(path), "load_s": round(load_s, 1),
                              "dense_kernel_linears": wrapped, "loadavg": os.getloadavg()[0],
                              "sparse_kernel": bool(getattr(loaded.info, "sparse_kernel", False))})
+                data.update(bandwidth_bound(c))  # after the RSS: its 1 GiB buffer must not count
             elif name == "ppl":
                 tok = loaded.tokenizer
                 windows = file_windows(tok, language, n_windows=plan.windows or None, seq_len=plan.seq_len,
@@ -731,8 +735,9 @@ def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
              "engine's drafts and KV reuse (cold: a line's first request; extend: the rest); the engine's cost "
              "per request, without the server's debounce or its reuse of a suggestion the user types through. "
              "Weights: bytes the loaded model holds (packed values and masks for pruned layers). RSS: the "
-             "measuring process after load and warm-up, which keeps what the loader freed but the allocator "
-             "did not return, so it overstates what a server holds. Read per token: the weight bytes one decode "
+             "measuring process after load, warm-up and decoding; cells with a typing replay also handed "
+             "freed memory back first, as the server does after loading (older cells overstate what a "
+             "server holds). Read per token: the weight bytes one decode "
              "step reads (decoder layers as held, the head as the engine reads it: its int8 screen); bound: the "
              "ms/token a step limited by memory bandwidth alone would take at the streaming-read bandwidth "
              "measured in the same process. Load: the 1-minute load average of the 2-core machine while "

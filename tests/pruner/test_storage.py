@@ -343,3 +343,33 @@ def test_unknown_value_format_is_refused(llama_dir, workspace, tmp_path):
     (result.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CorruptError, match="kept values 'int4'"):
         load_model(str(result.path))
+
+
+def test_an_fp32_submodel_puts_its_bf16_exact_head_on_the_avx2_kernel(tmp_path, workspace):
+    """A sub-model computed in fp32 (CPUs without native bf16) from a bf16 checkpoint: its dense lm_head goes
+    on the kernel's bf16 matvec as an exact copy (AVX2 path: fp32 products), and the logits do not move."""
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from subcoder.pruner.kernels import DenseBF16Linear, kernel_available
+    from subcoder.pruner.kernels.debug import overrides
+
+    if not kernel_available()[0]:
+        pytest.skip(kernel_available()[1])
+    base = save_tiny_model_dir(tmp_path / "base-llama", "llama")
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    model.save_pretrained(base)
+    sub = extract(str(base), "python", PruneConfig(0.5), spec(workspace), tmp_path / "sub", dtype="float32").path
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+    with overrides(isa=1), torch.inference_mode():
+        loaded = load_model(str(sub), dtype="float32")
+        head = loaded.model.get_output_embeddings()
+        assert isinstance(head, DenseBF16Linear) and head.weight.dtype == torch.bfloat16
+        kept = load_model(str(sub), dtype="float32", options=EngineOptions(dense_kernel=False))
+        want = kept.model(input_ids=ids).logits
+        assert type(kept.model.get_output_embeddings()) is nn.Linear, "dense_kernel off: the head stays torch's"
+        got = loaded.model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
