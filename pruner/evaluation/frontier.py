@@ -664,7 +664,7 @@ def cost_isas(summary: dict) -> list[str]:
     return [isa for isa in COST_ISAS if isa in found]
 
 
-ISA_TITLES = {"avx512-bf16": "AVX-512 BF16 kernel", "avx2": "AVX2 kernel (no AVX-512)", "none": "no kernel (torch)"}
+ISA_TITLES = {"avx512-bf16": "AVX-512 BF16 kernel", "avx2": "AVX2 kernel, no AVX-512", "none": "no kernel (torch)"}
 
 
 def plot(summary: dict, path: Path, *, title: str) -> bool:
