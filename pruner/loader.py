@@ -86,8 +86,8 @@ def _run_on_kernel(loaded: LoadedModel, packed: dict, *, device, required: bool,
         return
     kernels.sparsify(loaded.model, packed)
     loaded.info.sparse_kernel = True
-    if head:  # an fp32 head (AVX2) as the dense model's is (`options.dense_kernel`)
-        _head_on_kernel(loaded)
+    if head and _head_on_kernel(loaded, _fp32_on_kernel()):  # an fp32 head (AVX2), as a dense model's
+        log.info("dense kernel: the fp32 lm_head of %s on the bf16 matvec (exact)", loaded.info.name)
 
 
 def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> None:
@@ -110,30 +110,28 @@ def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> No
         if values == "int8":
             _round_through_int8(loaded)
         return
+    head = loaded.model.get_output_embeddings()
     targets = [(module, child_name, child) for module in loaded.model.modules()
                for child_name, child in module.named_children()
-               if type(child) is nn.Linear and child.weight.dtype in (torch.bfloat16, torch.float32)
-               and child.weight.is_contiguous()]
-    if all(child.weight.dtype == torch.float32 for _, _, child in targets) and not _fp32_on_kernel():
+               if type(child) is nn.Linear and child is not head
+               and child.weight.dtype in (torch.bfloat16, torch.float32) and child.weight.is_contiguous()]
+    fp32_ok = _fp32_on_kernel()
+    if all(child.weight.dtype == torch.float32 for _, _, child in targets) and not fp32_ok:
         return  # fp32 weights and no AVX2 path to take them: torch's fp32 BLAS, and no kernel to build
     ok, reason = kernels.kernel_available()
     if not ok:
         log.info("dense kernel off: %s; the model's linears stay torch's", reason)
         return
-    head = loaded.model.get_output_embeddings()
     n = 0
     for module, child_name, child in targets:
-        weight = _bf16_where_exact(child.weight)
+        weight = _bf16_where_exact(child.weight, fp32_ok)
         if weight is None:
             continue  # fp32 values bf16 would round: torch's fp32 layer keeps them
-        if child is head:  # a copy when converted, so that a tied fp32 input embedding stays as it is
-            layer = kernels.DenseBF16Linear(weight, child.bias)
-        else:
-            if weight is not child.weight:
-                child.weight = weight  # the fp32 copy goes: half the bytes
-            layer = kernels.dense_kernel_layer(child, values)
-        setattr(module, child_name, layer)
+        if weight is not child.weight:
+            child.weight = weight  # the fp32 copy goes: half the bytes
+        setattr(module, child_name, kernels.dense_kernel_layer(child, values))
         n += 1
+    n += _head_on_kernel(loaded, fp32_ok)
     log.info("dense kernel: %d linears of %s on the %s matvec%s", n, loaded.info.name, values,
              " (lm_head bf16)" if values != "bf16" else "")
 
@@ -141,24 +139,20 @@ def _dense_on_kernel(loaded: LoadedModel, *, device, values: str = "bf16") -> No
 def _fp32_on_kernel() -> bool:
     """Whether fp32 layers with bf16-exact weights go on the kernel: where it runs its AVX2 path, whose
     input stays fp32 (the AVX-512 path rounds its input to bf16, which would change an fp32 model's numbers)."""
-    from . import kernels
-    from .kernels.native import get_ops
+    from .kernels.native import active_isa
 
-    if not kernels.kernel_available()[0]:
-        return False
-    return int(get_ops().get_isa()) == 1
+    return active_isa() == "avx2"
 
 
-def _bf16_where_exact(weight):
-    """`weight` itself when bf16; an fp32 weight as a bf16 Parameter when every value is exactly a bf16
-    (checked in row chunks, so no second fp32 copy of a large matrix), only where `_fp32_on_kernel`;
-    else None."""
+def _bf16_where_exact(weight, fp32_ok: bool):
+    """`weight` itself when bf16; an fp32 weight as a bf16 Parameter when `fp32_ok` (`_fp32_on_kernel`) and
+    every value is exactly a bf16 (checked in row chunks, so no second fp32 copy of a large matrix); else None."""
     import torch
     from torch import nn
 
     if weight.dtype == torch.bfloat16:
         return weight
-    if weight.dtype != torch.float32 or not _fp32_on_kernel():
+    if weight.dtype != torch.float32 or not fp32_ok:
         return None
     w = weight.detach()
     half = w.to(torch.bfloat16)
@@ -168,21 +162,22 @@ def _bf16_where_exact(weight):
     return nn.Parameter(half, requires_grad=False)
 
 
-def _head_on_kernel(loaded: LoadedModel) -> None:
-    """A sub-model computed in fp32 (AVX2): its dense lm_head, when exactly bf16, on the kernel's matvec as
-    a bf16 copy, as `_dense_on_kernel` does for a dense model (sparsify wraps bf16 heads only)."""
+def _head_on_kernel(loaded: LoadedModel, fp32_ok: bool) -> int:
+    """A plain lm_head on the kernel's bf16 matvec (1 if it went, else 0), for dense models and sub-models
+    alike (sparsify wraps bf16 heads itself): a bf16 weight is shared (a tied head stays tied); an fp32 one
+    that is exactly bf16 goes as a bf16 copy, so that a tied fp32 input embedding stays as it is."""
     from torch import nn
 
     from . import kernels
 
     head = loaded.model.get_output_embeddings()
     if type(head) is not nn.Linear or not head.weight.is_contiguous():
-        return
-    weight = _bf16_where_exact(head.weight)
-    if weight is None or weight is head.weight:
-        return
+        return 0
+    weight = _bf16_where_exact(head.weight, fp32_ok)
+    if weight is None:
+        return 0
     loaded.model.set_output_embeddings(kernels.DenseBF16Linear(weight, head.bias))
-    log.info("dense kernel: the fp32 lm_head of %s on the bf16 matvec (exact)", loaded.info.name)
+    return 1
 
 
 def _round_through_int8(loaded: LoadedModel) -> None:

@@ -179,13 +179,9 @@ COST_ISAS = ("avx512-bf16", "avx2", "none")
 
 def engine_isa() -> str:
     """The instruction set the kernel runs here ("none" where it cannot run): what a cost cell is keyed by."""
-    from subcoder.pruner.kernels import kernel_available
+    from subcoder.pruner.kernels.native import active_isa
 
-    if not kernel_available()[0]:
-        return "none"
-    from subcoder.pruner.kernels.debug import ISA_NAMES, current_isa
-
-    return ISA_NAMES.get(current_isa(), "none")
+    return active_isa()
 
 
 def cost_cell(isa: str | None = None) -> str:
@@ -523,15 +519,20 @@ def load_cells(plan: FrontierPlan, work: Path) -> dict:
     out: dict = {}
     for text in plan.configurations:
         cfg = Configuration.parse(plan.base, text)
+        # cost cells are per configuration (the first language's prompts): read once, shown in every language
+        costs = {name: data for name in (cost_cell(isa) for isa in COST_ISAS)
+                 if (data := _load_cell(_cell_file(work, cfg, plan.languages[0], name),
+                                        plan.settings("cost", cfg.base))) is not None and data.get("complete")}
         for language in plan.languages:
-            for name in (*(cost_cell(isa) for isa in COST_ISAS), "ppl", *(f"nextline:{lay}" for lay in plan.layouts)):
-                cost = name.startswith("cost-")
-                lang = plan.languages[0] if cost else language
-                data = _load_cell(_cell_file(work, cfg, lang, name), plan.settings("cost" if cost else name, cfg.base))
+            cells = dict(costs)
+            for name in ("ppl", *(f"nextline:{lay}" for lay in plan.layouts)):
+                data = _load_cell(_cell_file(work, cfg, language, name), plan.settings(name, cfg.base))
                 if data is not None and (data.get("complete") or data.get("results")):
                     if "results" in data:
                         data["results"] = data["results"][:plan.tasks]
-                    out.setdefault(language, {}).setdefault(cfg.name, {})[name] = data
+                    cells[name] = data
+            if cells:
+                out.setdefault(language, {})[cfg.name] = cells
     return out
 
 

@@ -218,6 +218,13 @@ def get_ops():
     return _state["ops"]
 
 
+def active_isa() -> str:
+    """The instruction set the kernel runs now ("avx512-bf16", "avx2"; see `debug.overrides`), or "none" where
+    it cannot run here."""
+    ops = get_ops()
+    return ISA_NAMES.get(int(ops.get_isa()), "none") if ops is not None else "none"
+
+
 def value_padding(itemsize: int = 2) -> int:
     """Zero values a packed `values` tensor of `itemsize`-byte values (2: bf16, 1: int8) must carry
     after its last kept one for the kernel (its `pad_values` op counts bf16 values: the one
