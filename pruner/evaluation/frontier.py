@@ -549,18 +549,59 @@ def _iv(iv: stats.Interval) -> dict:
     return {"estimate": iv.estimate, "low": iv.low, "high": iv.high}
 
 
+def own_dense(name: str) -> str:
+    """The dense configuration a row's sub-model was cut from: "u40@qwen2.5-coder-1.5b" -> "dense@qwen2.5-coder-1.5b"."""
+    return "dense" + (name[name.index("@"):] if "@" in name else "")
+
+
+def _pair_ppl(windows: list[dict], ref_windows: list[dict], seed: int) -> dict | None:
+    """Perplexity ratio this / reference over the same windows, bootstrapped over files; None if they differ."""
+    import math
+
+    files = [x["file"] for x in windows]
+    if [x["file"] for x in ref_windows] != files:
+        return None
+    per = [x["nll"] / x["tokens"] for x in windows]
+    rper = [x["nll"] / x["tokens"] for x in ref_windows]
+    d = stats.paired_bootstrap(per, rper, files, weights=[x["tokens"] for x in windows], seed=seed)
+    return {"ratio": math.exp(d.estimate), "low": math.exp(d.low), "high": math.exp(d.high)}
+
+
+def _pair_nextline(res: list[dict], rres: list[dict] | None, seed: int) -> dict | None:
+    """This minus the reference on the tasks both finished (a common prefix of one draw), or None."""
+    n = min(len(res), len(rres or ()))
+    if not n or [r["id"] for r in rres[:n]] != [r["id"] for r in res[:n]]:
+        return None
+    res, rres = res[:n], rres[:n]
+    files = [r["file"] for r in res]
+    ex, rex = [float(r["exact"]) for r in res], [float(r["exact"]) for r in rres]
+    sim, rsim = [r["similarity"] for r in res], [r["similarity"] for r in rres]
+    mc = stats.mcnemar_exact([bool(x) for x in ex], [bool(x) for x in rex])
+    discordant = (mc.only_a + mc.only_b) / n
+    return {"n": n,
+            "exact_diff": _iv(stats.paired_bootstrap(ex, rex, files, seed=seed)),
+            "similarity_diff": _iv(stats.paired_bootstrap(sim, rsim, files, seed=seed)),
+            "only_this": mc.only_a, "only_ref": mc.only_b, "mcnemar_p": mc.p_value,
+            # what n paired tasks could detect with this discordance (95%, 80% power)
+            "exact_mde": stats.minimum_detectable_effect(n, stats.paired_binary_sd(discordant)),
+            "similarity_mde": stats.minimum_detectable_effect(n, statistics.pstdev([a - b for a, b in zip(sim, rsim)]))}
+
+
 def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
-    """Intervals per configuration and paired comparisons against `reference`, per language."""
+    """Intervals per configuration and paired comparisons per language: against `reference` ("vs_ref") and,
+    for a sub-model of another base model, against that model dense ("vs_base": what the pruning cost)."""
     import math
 
     out: dict = {}
     for language, by_cfg in cells.items():
-        # Each configuration's intervals use all the tasks it finished; a comparison with the reference uses
-        # the tasks both finished (a common prefix: the first n tasks of a draw are the draw for n), so a
-        # costly configuration measured on fewer tasks does not cut everyone else's sample.
+        # Each configuration's intervals use all the tasks it finished; a comparison uses the tasks both
+        # finished (a common prefix: the first n tasks of a draw are the draw for n), so a costly
+        # configuration measured on fewer tasks does not cut everyone else's sample.
         rows: dict = {}
-        ref = by_cfg.get(reference, {})
         for name, cl in by_cfg.items():
+            refs = {"ref": by_cfg.get(reference, {})}
+            if own_dense(name) not in (name, reference) and own_dense(name) in by_cfg:
+                refs["base"] = by_cfg[own_dense(name)]
             row: dict = {}
             for cell, data in cl.items():
                 if cell.startswith("cost-"):  # {instruction set: figures}
@@ -580,41 +621,22 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                 row["ppl"] = {"estimate": math.exp(iv.estimate), "low": math.exp(iv.low), "high": math.exp(iv.high),
                               "windows": len(w), "files": len(set(files)), "tokens": sum(toks),
                               "device": _device(cl["ppl"])}
-                if name != reference and "ppl" in ref and [x["file"] for x in ref["ppl"]["windows"]] == files:
-                    rper = [x["nll"] / x["tokens"] for x in ref["ppl"]["windows"]]
-                    d = stats.paired_bootstrap(per, rper, files, weights=toks, seed=seed)
-                    row["ppl_vs_ref"] = {"ratio": math.exp(d.estimate), "low": math.exp(d.low), "high": math.exp(d.high)}
+                for key, ref in refs.items():
+                    if name != reference and "ppl" in ref and (pr := _pair_ppl(w, ref["ppl"]["windows"], seed)):
+                        row[f"ppl_vs_{key}"] = pr
             for cell, data in cl.items():
                 if not cell.startswith("nextline:"):
                     continue
                 res = data["results"]
                 files = [r["file"] for r in res]
-                ex = [float(r["exact"]) for r in res]
-                sim = [r["similarity"] for r in res]
                 entry = {"n": len(res), "files": len(set(files)), "packages": len({f.split(":")[0] for f in files}),
-                         "exact": _iv(stats.cluster_bootstrap(ex, files, seed=seed)),
-                         "similarity": _iv(stats.cluster_bootstrap(sim, files, seed=seed)),
+                         "exact": _iv(stats.cluster_bootstrap([float(r["exact"]) for r in res], files, seed=seed)),
+                         "similarity": _iv(stats.cluster_bootstrap([r["similarity"] for r in res], files, seed=seed)),
                          "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None,
                          "device": _device(data)}
-                rres = (ref.get(cell) or {}).get("results")
-                n = min(len(res), len(rres or ()))
-                if name != reference and n and [r["id"] for r in rres[:n]] == [r["id"] for r in res[:n]]:
-                    res, rres = res[:n], rres[:n]
-                    files = [r["file"] for r in res]
-                    ex, sim = ex[:n], sim[:n]
-                    rex = [float(r["exact"]) for r in rres]
-                    rsim = [r["similarity"] for r in rres]
-                    mc = stats.mcnemar_exact([bool(x) for x in ex], [bool(x) for x in rex])
-                    discordant = (mc.only_a + mc.only_b) / len(res)
-                    entry["vs_ref"] = {
-                        "n": n,
-                        "exact_diff": _iv(stats.paired_bootstrap(ex, rex, files, seed=seed)),
-                        "similarity_diff": _iv(stats.paired_bootstrap(sim, rsim, files, seed=seed)),
-                        "only_this": mc.only_a, "only_ref": mc.only_b, "mcnemar_p": mc.p_value,
-                        # what n paired tasks could detect with this discordance (95%, 80% power)
-                        "exact_mde": stats.minimum_detectable_effect(len(res), stats.paired_binary_sd(discordant)),
-                        "similarity_mde": stats.minimum_detectable_effect(
-                            len(res), statistics.pstdev([a - b for a, b in zip(sim, rsim)]))}
+                for key, ref in refs.items():
+                    if name != reference and (vs := _pair_nextline(res, (ref.get(cell) or {}).get("results"), seed)):
+                        entry[f"vs_{key}"] = vs
                 row[cell] = entry
             rows[name] = row
         out[language] = rows
@@ -771,6 +793,25 @@ def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
     return lines
 
 
+def _paired_table(rows: dict, layouts: list[str], key: str, caption: str) -> list[str]:
+    lines = [caption, "",
+             "| configuration | layout | paired tasks | exact match | only this / only dense, McNemar p "
+             "| edit similarity | MDE exact / similarity | perplexity ratio |", "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        for c in layouts:
+            vs = (row.get(c) or {}).get(f"vs_{key}")
+            if not vs:
+                continue
+            lines.append(
+                f"| {name} | {c.split(':')[1].upper()} | {vs.get('n', '–')} "
+                f"| {text.points(vs['exact_diff'])} ({verdict(vs['exact_diff'])}) "
+                f"| {vs['only_this']} / {vs['only_ref']}, p = {vs['mcnemar_p']:.2g} "
+                f"| {text.plain(vs['similarity_diff'], signed=True)} ({verdict(vs['similarity_diff'])}) "
+                f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
+                f"| {_ratio(row.get(f'ppl_vs_{key}'))} |")
+    return lines
+
+
 def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) -> str:
     others = sorted({Configuration.parse(plan.base, t).base for t in plan.configurations} - {plan.base})
     title = f"{plan.base}, dense against its sub-models" + (f", and {', '.join(others)}" if others else "")
@@ -817,24 +858,12 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                 cells += ([f"{text.percent(row[c]['exact'])}, n={row[c]['n']}", text.plain(row[c]["similarity"])] if c in row
                           else ["–", "–"])
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Paired against dense (this minus dense). A difference inside its interval's reach of zero is "
-                  "\"no difference shown\", not \"equal\": the MDE column says how large a difference these tasks "
-                  "could have shown.", "",
-                  "| configuration | layout | paired tasks | exact match | only this / only dense, McNemar p "
-                  "| edit similarity | MDE exact / similarity | perplexity ratio |", "|---|---|---|---|---|---|---|---|"]
-        for name, row in rows.items():
-            for c in layouts:
-                vs = (row.get(c) or {}).get("vs_ref")
-                if not vs:
-                    continue
-                pr = row.get("ppl_vs_ref")
-                lines.append(
-                    f"| {name} | {c.split(':')[1].upper()} | {vs.get('n', '–')} "
-                    f"| {text.points(vs['exact_diff'])} ({verdict(vs['exact_diff'])}) "
-                    f"| {vs['only_this']} / {vs['only_ref']}, p = {vs['mcnemar_p']:.2g} "
-                    f"| {text.plain(vs['similarity_diff'], signed=True)} ({verdict(vs['similarity_diff'])}) "
-                    f"| {100 * vs['exact_mde']:.1f} pt / {vs['similarity_mde']:.3f} "
-                    f"| {_ratio(pr)} |")
+        lines += [""] + _paired_table(rows, layouts, "ref", "Paired against dense (this minus dense). A difference "
+                                      "inside its interval's reach of zero is \"no difference shown\", not \"equal\": "
+                                      "the MDE column says how large a difference these tasks could have shown.")
+        if any("vs_base" in (row.get(c) or {}) for row in rows.values() for c in layouts):
+            lines += [""] + _paired_table(rows, layouts, "base", "Sub-models of another base model paired against "
+                                          "that model dense (what the pruning cost it).")
         lines.append("")
         gpu = {}
         for n_, r in rows.items():

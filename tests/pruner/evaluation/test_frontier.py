@@ -116,6 +116,23 @@ def test_summarize_pairs_on_common_tasks():
     assert out["dense"]["ppl"]["estimate"] == pytest.approx(math.exp(5.0 / 2))
 
 
+def test_a_sub_model_of_another_base_is_also_paired_with_that_base_dense():
+    small = _cell([(False, 0.0)] * 4)
+    big = _cell([(True, 1.0)] * 4)
+    cut = _cell([(True, 1.0)] * 3 + [(False, 0.0)])
+    cells = {"python": {"dense": {"nextline:psm": small}, "dense@big": {"nextline:psm": big},
+                        "u40@big": {"nextline:psm": cut}}}
+    out = frontier.summarize(cells)["python"]
+    assert frontier.own_dense("u40+int8@big") == "dense@big" and frontier.own_dense("u40") == "dense"
+    cell = out["u40@big"]["nextline:psm"]
+    assert cell["vs_ref"]["exact_diff"]["estimate"] == pytest.approx(3 / 4)
+    assert cell["vs_base"]["exact_diff"]["estimate"] == pytest.approx(-1 / 4)
+    assert (cell["vs_base"]["only_this"], cell["vs_base"]["only_ref"]) == (0, 1)
+    assert "vs_base" not in out["dense@big"]["nextline:psm"]  # a dense model is its own base
+    lines = frontier._paired_table(out, ["nextline:psm"], "base", "caption")
+    assert len([x for x in lines if x.startswith("| u40@big")]) == 1
+
+
 def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     model = str(save_tiny_model_dir(tmp_path / "tiny", "llama"))
     plan = FrontierPlan(base=model, configurations=("dense",), tasks=3, windows=2, seq_len=64, context_tokens=96,
