@@ -353,6 +353,11 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
                                             max_new_tokens=plan.max_new_tokens)
         loads.append(os.getloadavg()[0])
     cell, isa = cost_cell(), engine_isa()
+    # The machine's speed drifts between groups of rounds, so each cell keeps the dense model's figures from
+    # its own rounds: a ratio to that anchor compares across groups, raw milliseconds do not.
+    anchor = "dense" if "dense" in names else names[0]
+    anchor_figures = {"name": anchor, "ms_per_token": step_summary(steps[anchor])["ms_per_token"],
+                      "typing_p50_ms": replay.summary(requests[anchor]).get("p50_ms")}
     for cfg in configs:
         out = _cell_file(work, cfg, language, cell)
         old = _load_cell(out, plan.settings("cost", cfg.base)) or {}
@@ -360,7 +365,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
                 "settings": plan.settings("cost", cfg.base), "environment": {**environment(), "kernel_isa": isa},
                 **meta[cfg.name], **step_summary(steps[cfg.name]),
                 "replay": replay_cell(plan, cfg.base, requests[cfg.name]),
-                "method": f"interleaved with {', '.join(names)}, {rounds} rounds",
+                "method": f"interleaved with {', '.join(names)}, {rounds} rounds", "anchor": anchor_figures,
                 "rss_bytes": old.get("rss_bytes"), "loadavg": round(statistics.fmean(loads), 1), "complete": True}
         _atomic_json(out, data)
         _say(f"{cfg.name} cost: {cell_summary(data)}")
@@ -609,7 +614,7 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                     row.setdefault("cost", {})[cell.removeprefix("cost-")] = {
                         **{k: data.get(k) for k in ("ms_per_token", "ms_p10", "ms_p90", "rss_bytes", "weight_bytes",
                                                     "disk_bytes", "loadavg", "method", "step_bytes", "read_gbs",
-                                                    "bound_ms")},
+                                                    "bound_ms", "anchor")},
                         **{f"typing_{k}": typing.get(k) for k in ("p50_ms", "p95_ms", "cold_p50_ms", "extend_p50_ms",
                                                                   "requests", "new_tokens")},
                         "processor": (data.get("environment") or {}).get("processor")}
@@ -692,8 +697,9 @@ ISA_TITLES = {"avx512-bf16": "AVX-512 BF16 kernel", "avx2": "AVX2 kernel, no AVX
 
 def plot(summary: dict, path: Path, *, title: str) -> bool:
     """Quality (edit similarity in each configuration's best layout, 95% interval) against decode
-    ms/token: one panel per language, one row of panels per machine (kernel instruction set), the
-    Pareto front drawn; written atomically. False when no configuration has both a cost and a quality."""
+    ms/token as a multiple of the dense model's (`relative_ms`: hollow markers where the two came from
+    different processes): one panel per language, one row of panels per machine (kernel instruction set),
+    the Pareto front drawn; written atomically. False when no configuration has both a cost and a quality."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -702,11 +708,12 @@ def plot(summary: dict, path: Path, *, title: str) -> bool:
     grid: dict = {}  # (isa, language): points
     for isa in cost_isas(summary):
         for language, rows in summary.items():
+            costs = {name: c for name, row in rows.items() if (c := (row.get("cost") or {}).get(isa))}
             for name, row in rows.items():
                 layout = best_layout(row)
-                ms = ((row.get("cost") or {}).get(isa) or {}).get("ms_per_token")
-                if layout and ms:
-                    grid.setdefault((isa, language), []).append((name, ms, row[layout]["similarity"],
+                rel = relative_ms(costs[name], costs.get("dense")) if name in costs else None
+                if layout and rel:
+                    grid.setdefault((isa, language), []).append((name, rel, row[layout]["similarity"],
                                                                  layout.split(":")[1]))
     if not grid:
         return False
@@ -720,15 +727,18 @@ def plot(summary: dict, path: Path, *, title: str) -> bool:
             if not pts:
                 ax.axis("off")
                 continue
-            for name, ms, iv, layout in pts:
-                ax.errorbar([ms], [iv["estimate"]], yerr=[[iv["estimate"] - iv["low"]], [iv["high"] - iv["estimate"]]],
-                            fmt="o", capsize=4)
+            pts = [(name, rel[0], iv, layout, rel[1]) for name, rel, iv, layout in pts]
+            for name, ms, iv, layout, same_rounds in pts:
+                bar = ax.errorbar([ms], [iv["estimate"]], yerr=[[iv["estimate"] - iv["low"]],
+                                                                [iv["high"] - iv["estimate"]]], fmt="o", capsize=4)
+                if not same_rounds:
+                    bar.lines[0].set_markerfacecolor("none")
                 ax.annotate(f"{name} ({layout})", (ms, iv["estimate"]), textcoords="offset points", xytext=(6, 6),
                             fontsize=8)
-            front = set(pareto([(n, ms, iv["estimate"]) for n, ms, iv, _ in pts]))
-            line = sorted((ms, iv["estimate"]) for n, ms, iv, _ in pts if n in front)
+            front = set(pareto([(n, ms, iv["estimate"]) for n, ms, iv, _, _ in pts]))
+            line = sorted((ms, iv["estimate"]) for n, ms, iv, _, _ in pts if n in front)
             ax.plot([x for x, _ in line], [y for _, y in line], "--", color="grey", label="Pareto front")
-            ax.set_xlabel("decode ms/token (same engine)")
+            ax.set_xlabel("decode time per token, x the dense model's (same engine, same rounds)")
             ax.set_ylabel("next-line edit similarity")
             ax.set_title(f"{language}, {ISA_TITLES.get(isa, isa)}")
             ax.legend(loc="lower right")
@@ -741,6 +751,19 @@ def plot(summary: dict, path: Path, *, title: str) -> bool:
 
 def _ms(v) -> str:
     return "–" if v is None else f"{v:,.0f}"
+
+
+def relative_ms(cost: dict, dense: dict | None) -> tuple[float, bool] | None:
+    """Decode ms/token as a multiple of the dense model's, and whether both came from the same rounds
+    (an interleaved cell's anchor); else against the machine's stored dense cell (another process), or None."""
+    if cost is dense:
+        return 1.0, True
+    anchor = cost.get("anchor") or {}
+    if anchor.get("ms_per_token"):
+        return cost["ms_per_token"] / anchor["ms_per_token"], True
+    if dense and dense.get("ms_per_token"):
+        return cost["ms_per_token"] / dense["ms_per_token"], False
+    return None
 
 
 def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
@@ -764,22 +787,28 @@ def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
              "step reads (decoder layers as held, the head as the engine reads it: its int8 screen); bound: the "
              "ms/token a step limited by memory bandwidth alone would take at the streaming-read bandwidth "
              "measured in the same process. Load: the 1-minute load average of the 2-core machine while "
-             "measuring (about 2 is the measurement itself).", ""]
+             "measuring (about 2 is the measurement itself). × dense: decode ms/token as a multiple of the dense "
+             "model's in the same alternating rounds (* the dense cell of another process): this machine's speed "
+             "drifts between groups of rounds, so compare raw milliseconds only within a group.", ""]
     for isa in isas:
         cpu = next(((r.get("cost") or {}).get(isa, {}).get("processor") for r in rows.values()
                     if (r.get("cost") or {}).get(isa, {}).get("processor")), None)
         lines += [f"### {ISA_TITLES.get(isa, isa)}" + (f" ({cpu})" if cpu else ""), "",
-                  "| configuration | ms/token (p10–p90) | typing p50 ms | typing p95 ms | cold p50 ms | extend p50 ms "
-                  "| requests / tokens decoded | read per token MiB | bound ms (GB/s) | weights MiB | disk MiB "
-                  "| RSS MiB | load |",
-                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "| configuration | ms/token (p10–p90) | × dense | typing p50 ms | typing p95 ms | cold p50 ms "
+                  "| extend p50 ms | requests / tokens decoded | read per token MiB | bound ms (GB/s) | weights MiB "
+                  "| disk MiB | RSS MiB | load |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        dense = ((rows.get("dense") or {}).get("cost") or {}).get(isa)
         for name, row in rows.items():
             c = (row.get("cost") or {}).get(isa)
             if not c:
                 continue
             typing = (f"{c['typing_requests']} / {c['typing_new_tokens']}" if c.get("typing_requests") else "–")
             bound = "–" if c.get("bound_ms") is None else f"{c['bound_ms']} ({c['read_gbs']})"
-            lines.append(f"| {name} | {c['ms_per_token']} ({c['ms_p10']}–{c['ms_p90']}) | {_ms(c.get('typing_p50_ms'))} "
+            rel = relative_ms(c, dense)
+            rel_text = "–" if rel is None else f"{rel[0]:.2f}" + ("" if rel[1] else "*")
+            lines.append(f"| {name} | {c['ms_per_token']} ({c['ms_p10']}–{c['ms_p90']}) | {rel_text} "
+                         f"| {_ms(c.get('typing_p50_ms'))} "
                          f"| {_ms(c.get('typing_p95_ms'))} | {_ms(c.get('typing_cold_p50_ms'))} "
                          f"| {_ms(c.get('typing_extend_p50_ms'))} | {typing} | {_mib(c.get('step_bytes'))} "
                          f"| {bound} "

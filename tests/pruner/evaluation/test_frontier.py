@@ -168,6 +168,22 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     assert again["steps"] == 2 * plan.decode_prompts * (plan.decode_tokens // 2)
     assert again["replay"]["requests"] == cost["typing_requests"], "every replay task in one of the rounds"
     assert again["environment"]["kernel_isa"] == frontier.engine_isa()
+    # each interleaved cell keeps its rounds' dense figures: here it is its own anchor
+    assert again["anchor"] == {"name": "dense", "ms_per_token": again["ms_per_token"],
+                               "typing_p50_ms": again["replay"]["p50_ms"]}
+
+
+def test_decode_cost_relative_to_the_dense_model_of_the_same_rounds():
+    # two groups of rounds on a machine that ran 1.5x slower for the second: the ratios still compare
+    early = {"ms_per_token": 80.0, "anchor": {"name": "dense", "ms_per_token": 100.0}}
+    late = {"ms_per_token": 120.0, "anchor": {"name": "dense", "ms_per_token": 150.0}}
+    assert frontier.relative_ms(early, None) == (pytest.approx(0.8), True)
+    assert frontier.relative_ms(late, {"ms_per_token": 100.0}) == (pytest.approx(0.8), True)
+    # measured in its own process: against the stored dense cell, and said so
+    assert frontier.relative_ms({"ms_per_token": 50.0}, {"ms_per_token": 100.0}) == (pytest.approx(0.5), False)
+    assert frontier.relative_ms({"ms_per_token": 50.0}, None) is None
+    dense = {"ms_per_token": 70.0}
+    assert frontier.relative_ms(dense, dense) == (1.0, True)
 
 
 def test_shards_deal_the_units_still_to_measure(tmp_path):
@@ -244,6 +260,6 @@ def test_cost_cells_of_each_machine_are_kept_apart(tmp_path):
     assert {isa: c["ms_per_token"] for isa, c in row["cost"].items()} == {"avx512-bf16": 20.0, "avx2": 90.0}
     text = "\n".join(frontier.render_cost(plan, {"python": {"dense": row}}))
     assert "### AVX-512 BF16 kernel (cpu avx512-bf16)" in text and "### AVX2 kernel" in text
-    assert "| dense | 90.0 (90.0–90.0) | – |" in text, "no replay stored: its columns say so"
+    assert "| dense | 90.0 (90.0–90.0) | 1.00 | – |" in text, "no replay stored: its columns say so"
     # a cell without a typing replay is measured again on its machine
     assert frontier.missing_cells(plan, cfg, "python", tmp_path) == [(frontier.cost_cell(), None)]
