@@ -738,7 +738,7 @@ def plot(summary: dict, path: Path, *, title: str) -> bool:
             front = set(pareto([(n, ms, iv["estimate"]) for n, ms, iv, _, _ in pts]))
             line = sorted((ms, iv["estimate"]) for n, ms, iv, _, _ in pts if n in front)
             ax.plot([x for x, _ in line], [y for _, y in line], "--", color="grey", label="Pareto front")
-            ax.set_xlabel("decode time per token, x the dense model's (same engine, same rounds)")
+            ax.set_xlabel("decode ms/token ÷ dense model's, same rounds")
             ax.set_ylabel("next-line edit similarity")
             ax.set_title(f"{language}, {ISA_TITLES.get(isa, isa)}")
             ax.legend(loc="lower right")
