@@ -355,9 +355,9 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
     cell, isa = cost_cell(), engine_isa()
     # The machine's speed drifts between groups of rounds, so each cell keeps the dense model's figures from
     # its own rounds: a ratio to that anchor compares across groups, raw milliseconds do not.
-    anchor = "dense" if "dense" in names else names[0]
-    anchor_figures = {"name": anchor, "ms_per_token": step_summary(steps[anchor])["ms_per_token"],
-                      "typing_p50_ms": replay.summary(requests[anchor]).get("p50_ms")}
+    # (no dense model in the rounds: no anchor, and the table falls back on the stored dense cell)
+    anchor_figures = {"name": "dense", "ms_per_token": step_summary(steps["dense"])["ms_per_token"],
+                      "typing_p50_ms": replay.summary(requests["dense"]).get("p50_ms")} if "dense" in names else None
     for cfg in configs:
         out = _cell_file(work, cfg, language, cell)
         old = _load_cell(out, plan.settings("cost", cfg.base)) or {}
@@ -759,7 +759,7 @@ def relative_ms(cost: dict, dense: dict | None) -> tuple[float, bool] | None:
     if cost is dense:
         return 1.0, True
     anchor = cost.get("anchor") or {}
-    if anchor.get("ms_per_token"):
+    if anchor.get("name") == "dense" and anchor.get("ms_per_token"):
         return cost["ms_per_token"] / anchor["ms_per_token"], True
     if dense and dense.get("ms_per_token"):
         return cost["ms_per_token"] / dense["ms_per_token"], False

@@ -184,6 +184,9 @@ def test_decode_cost_relative_to_the_dense_model_of_the_same_rounds():
     assert frontier.relative_ms({"ms_per_token": 50.0}, None) is None
     dense = {"ms_per_token": 70.0}
     assert frontier.relative_ms(dense, dense) == (1.0, True)
+    # rounds without the dense model leave no anchor to divide by
+    other = {"ms_per_token": 50.0, "anchor": {"name": "u40", "ms_per_token": 25.0}}
+    assert frontier.relative_ms(other, {"ms_per_token": 100.0}) == (pytest.approx(0.5), False)
 
 
 def test_shards_deal_the_units_still_to_measure(tmp_path):
