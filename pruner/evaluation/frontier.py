@@ -604,7 +604,7 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
         # configuration measured on fewer tasks does not cut everyone else's sample.
         rows: dict = {}
         for name, cl in by_cfg.items():
-            refs = {"ref": by_cfg.get(reference, {})}
+            refs = {} if name == reference else {"ref": by_cfg.get(reference, {})}
             if own_dense(name) not in (name, reference) and own_dense(name) in by_cfg:
                 refs["base"] = by_cfg[own_dense(name)]
             row: dict = {}
@@ -627,7 +627,7 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                               "windows": len(w), "files": len(set(files)), "tokens": sum(toks),
                               "device": _device(cl["ppl"])}
                 for key, ref in refs.items():
-                    if name != reference and "ppl" in ref and (pr := _pair_ppl(w, ref["ppl"]["windows"], seed)):
+                    if "ppl" in ref and (pr := _pair_ppl(w, ref["ppl"]["windows"], seed)):
                         row[f"ppl_vs_{key}"] = pr
             for cell, data in cl.items():
                 if not cell.startswith("nextline:"):
@@ -640,7 +640,7 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                          "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None,
                          "device": _device(data)}
                 for key, ref in refs.items():
-                    if name != reference and (vs := _pair_nextline(res, (ref.get(cell) or {}).get("results"), seed)):
+                    if vs := _pair_nextline(res, (ref.get(cell) or {}).get("results"), seed):
                         entry[f"vs_{key}"] = vs
                 row[cell] = entry
             rows[name] = row
