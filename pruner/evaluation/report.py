@@ -156,40 +156,75 @@ def ppl_summary(entry: dict, plan: dict, shape: str, *, seed: int = 0) -> dict:
     return out
 
 
+def _per_file(per_seed: list[list[float]], files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Task outcomes (seeds, tasks) as per-file rates (seeds, files) and the files' task counts, files in
+    first-seen order: the form `stats.seeds_files_diff` resamples (files once, each side's seeds apart)."""
+    order = list(dict.fromkeys(files))
+    index = np.array([order.index(f) for f in files])
+    counts = np.bincount(index, minlength=len(order)).astype(np.float64)
+    rates = np.stack([np.bincount(index, np.asarray(e, dtype=np.float64), minlength=len(order)) / counts
+                      for e in per_seed])
+    return rates, counts
+
+
+def _draws(tasks) -> str:
+    """How many calibration draws the task rows rest on, in words."""
+    most = max((k for t in tasks for c, k in t.get("seeds", {}).items() if c != "dense"), default=1)
+    if most == 1:
+        return "seed-0 sub-models"
+    return (f"up to {most} calibration draws per row, averaged per task; intervals resample files and draws, "
+            "McNemar pairs the seed-0 sub-models")
+
+
 def task_summary(entry: dict, plan: dict, shape: str, *, seed: int = 0) -> dict:
-    """Next-line exact match per row (seed 0, intervals over files) and own against every rival, paired on
-    the same tasks (bootstrap over files, exact McNemar); languages where dense is at the floor left out."""
+    """Next-line exact match per row (intervals over files, and over calibration draws where a row has
+    task cells from several seeds) and own against every rival, paired on the same tasks: the difference's
+    interval resamples files once for both rows and each row's draws apart; the exact McNemar test pairs
+    the seed-0 sub-models. Languages where dense is at the floor are left out."""
     calibs = (*plan["languages"], *plan["baselines"])
-    rows = {c: ks[0] for c, ks in _rows_of(entry, shape, (*calibs, "magnitude")).items()}
+    rows = _rows_of(entry, shape, (*calibs, "magnitude"))
     cells = entry["cells"]
     out: dict = {}
     for lang in plan["languages"]:
         dense = cells.get("dense", {}).get(lang, {}).get("nextline")
         if dense is None:
             continue
-        got = {"dense": dense["results"]}
-        got.update({c: cells[k][lang]["nextline"]["results"] for c, k in rows.items()
-                    if "nextline" in cells[k].get(lang, {})})
-        n = min(len(r) for r in got.values())
-        got = {c: r[:n] for c, r in got.items()}
-        ids = [r["id"] for r in got["dense"]]
-        got = {c: r for c, r in got.items() if [x["id"] for x in r] == ids}
-        files = [r["file"] for r in got["dense"]]
-        exact = {c: [float(x["exact"]) for x in r] for c, r in got.items()}
+        got = {"dense": [dense["results"]]}
+        for c, keys in rows.items():
+            seeds = [cells[k][lang]["nextline"]["results"] for k in keys if "nextline" in cells[k].get(lang, {})]
+            if seeds:
+                got[c] = seeds
+        n = min(len(r) for per in got.values() for r in per)
+        ids = [r["id"] for r in got["dense"][0][:n]]
+        got = {c: [r[:n] for r in per if [x["id"] for x in r[:n]] == ids] for c, per in got.items()}
+        got = {c: per for c, per in got.items() if per}
+        files = [r["file"] for r in got["dense"][0]]
+        exact = {c: [[float(x["exact"]) for x in r] for r in per] for c, per in got.items()}
+        rates = {c: _per_file(e, files) for c, e in exact.items()}
+
+        def row(c: str) -> dict:
+            if len(exact[c]) == 1:
+                return _iv(stats.cluster_bootstrap(exact[c][0], files, resamples=RESAMPLES, seed=seed))
+            return _iv(stats.seeds_files_diff(rates[c][0], None, rates[c][1], resamples=RESAMPLES, seed=seed))
+
         entry_out = {"n": n, "files": len(set(files)), "layout": dense.get("layout"),
-                     "rows": {c: _iv(stats.cluster_bootstrap(e, files, resamples=RESAMPLES, seed=seed))
-                              for c, e in exact.items()}}
-        if sum(exact["dense"]) < FLOOR * n:
-            entry_out["excluded"] = f"dense at the floor ({int(sum(exact['dense']))}/{n} exact)"
+                     "rows": {c: row(c) for c in exact},
+                     "seeds": {c: len(e) for c, e in exact.items()}}
+        if sum(exact["dense"][0]) < FLOOR * n:
+            entry_out["excluded"] = f"dense at the floor ({int(sum(exact['dense'][0]))}/{n} exact)"
         elif lang in exact:
             rivals = {}
             for r in calibs:
                 if r == lang or r not in exact:
                     continue
-                mc = stats.mcnemar_exact([bool(x) for x in exact[lang]], [bool(x) for x in exact[r]])
-                rivals[r] = {"diff": _iv(stats.paired_bootstrap(exact[lang], exact[r], files, resamples=RESAMPLES,
-                                                                seed=seed)),
-                             "only_own": mc.only_a, "only_rival": mc.only_b, "p": mc.p_value,
+                own0, rival0 = exact[lang][0], exact[r][0]
+                if len(exact[lang]) == 1 and len(exact[r]) == 1:
+                    diff = stats.paired_bootstrap(own0, rival0, files, resamples=RESAMPLES, seed=seed)
+                else:  # the draw-to-draw noise of both rows enters the interval
+                    diff = stats.seeds_files_diff(rates[lang][0], rates[r][0], rates[lang][1], resamples=RESAMPLES,
+                                                  seed=seed)
+                mc = stats.mcnemar_exact([bool(x) for x in own0], [bool(x) for x in rival0])
+                rivals[r] = {"diff": _iv(diff), "only_own": mc.only_a, "only_rival": mc.only_b, "p": mc.p_value,
                              # the smallest difference these paired tasks could show (95%, 80% power)
                              "mde": stats.minimum_detectable_effect(
                                  n, stats.paired_binary_sd((mc.only_a + mc.only_b) / n))}
@@ -385,7 +420,7 @@ def _claims(model: str, shape: str, s: dict) -> list[str]:
         judged = {lang: t for lang, t in tasks.items() if "verdict" in t}
         excluded = [lang for lang, t in tasks.items() if "excluded" in t]
         if judged:
-            L.append(f"- **Next-line exact match** (seed-0 sub-models, paired): own language best holds in "
+            L.append(f"- **Next-line exact match** ({_draws(judged.values())}, paired): own language best holds in "
                      f"{sum(t['verdict'] == 'holds' for t in judged.values())} of {len(judged)} judged languages "
                      f"({', '.join(judged)}), not shown in {sum(t['verdict'] == 'not shown' for t in judged.values())}, "
                      f"does not hold in {sum(t['verdict'] == 'does not hold' for t in judged.values())}"
@@ -520,13 +555,14 @@ def write_results(study: dict, docs_dir: Path, *, later: str | None = None) -> P
                 if lang in floor or len(t["rows"]) < 2:  # dense alone: no sub-model ran these tasks at this shape
                     continue
                 L += [f"**Next-line exact match, {lang}** ({t['layout']} layout, {t['n']} tasks from {t['files']} files, "
-                      "seed-0 sub-models)", ""]
+                      f"{_draws([t])})", ""]
                 L += ["| row | exact match | own − row | own only / row only, McNemar p | MDE |", "|---|---|---|---|---|"]
                 for calib, iv in t["rows"].items():
                     r = (t.get("rivals") or {}).get(calib)
                     paired = f"{r['only_own']} / {r['only_rival']}, p = {r['p']:.2g}" if r else "–"
                     mde = f"{100 * r['mde']:.1f} pt" if r else "–"
-                    L.append(f"| {_label(calib, lang)} | {text.percent(iv)} | {text.points(r['diff']) if r else '–'} "
+                    k = t.get("seeds", {}).get(calib, 1)
+                    L.append(f"| {_label(calib, lang)}{f' ({k} draws)' if k > 1 else ''} | {text.percent(iv)} | {text.points(r['diff']) if r else '–'} "
                              f"| {paired} | {mde} |")
                 if t.get("rivals"):
                     L.append("\nMDE: the smallest difference these paired tasks detect at 95% with 80% power, given "

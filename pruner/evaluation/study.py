@@ -405,8 +405,8 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
                 if not all(Path(metas[k]["path"]).is_dir() for k in (a, b)):
                     continue  # built on another machine (a lent GPU) and not stored here: the pair is not measured
                 for k in (a, b):
-                    if k not in masks:
-                        masks[k] = load_masks(Path(metas[k]["path"]))
+                    if k not in masks:  # on the plan's device: a GPU counts a 0.5B pair in milliseconds, not seconds
+                        masks[k] = {n: t.to(plan.device) for n, t in load_masks(Path(metas[k]["path"])).items()}
                 d = compare(masks[a], masks[b], a, b)
                 p = {"a": a, "b": b, "paths": [metas[a]["path"], metas[b]["path"]],
                      "settings": [metas[a].get("settings"), metas[b].get("settings")], "model": d.model,

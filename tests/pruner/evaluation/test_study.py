@@ -83,8 +83,9 @@ def test_jaccard_bands_call_layers_distinct_only_beyond_the_within_band():
     assert one_seed["verdict"].startswith("no within-language band") and one_seed["distinct_layers"] == []
 
 
-def synthetic_study(effect=-0.1, seeds=3, files=12, tasks=60):
-    """Cells as load_study returns them: own-language calibration lowers the loss by `effect` (log)."""
+def synthetic_study(effect=-0.1, seeds=3, files=12, tasks=60, task_seeds=1):
+    """Cells as load_study returns them: own-language calibration lowers the loss by `effect` (log); the
+    first `task_seeds` seeds of each row have next-line cells."""
     rng = random.Random(0)
     langs = ("python", "java")
     plan = Plan(models=("m",), languages=langs, baselines=("mixed-code", "prose"), shapes=("u50",), seeds=seeds,
@@ -111,7 +112,7 @@ def synthetic_study(effect=-0.1, seeds=3, files=12, tasks=60):
             shift = 0.0 if v.method is None else 0.3 + (effect if v.calibration == lang else 0.0) \
                 + (effect / 2 if v.calibration == "mixed-code" else 0.0) + rng.gauss(0, 0.01)
             cells[lang] = {"ppl": ppl(shift, lang)}
-            if v.method is None or v.seed == 0:
+            if v.method is None or v.seed < task_seeds:
                 hit = 0.02 if lang == "java" else (0.6 if v.calibration in ("dense", lang) else 0.3)
                 cells[lang]["nextline"] = nextline(hit, lang)
         entry["cells"][v.key] = cells
@@ -142,6 +143,20 @@ def test_summary_and_results_from_synthetic_cells(tmp_path):
                    "one window per file"):
         assert needle in text, needle
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["study-m-jaccard-u50.png"]
+
+
+def test_a_second_calibration_draw_enters_the_task_rows_and_their_differences(tmp_path):
+    study = synthetic_study(task_seeds=2, tasks=120)
+    t = report.summarize(study)["m"]["u50"]["tasks"]["python"]
+    assert t["seeds"]["python"] == 2 and t["seeds"]["dense"] == 1 and t["seeds"]["magnitude"] == 1
+    cells, variants = study["models"]["m"]["cells"], study["models"]["m"]["variants"]
+    rates = [sum(r["exact"] for r in cells[k]["python"]["nextline"]["results"]) / 120
+             for k, v in variants.items() if v["calibration"] == "python" and v["seed"] < 2]
+    assert t["rows"]["python"]["estimate"] == pytest.approx(sum(rates) / 2)  # the draws' mean, per task
+    java = t["rivals"]["java"]
+    assert java["diff"]["low"] < java["diff"]["estimate"] < java["diff"]["high"] and java["diff"]["low"] > 0
+    text = report.write_results(study, tmp_path).read_text()
+    assert "Wanda, java (2 draws)" in text and "up to 2 calibration draws per row" in text
 
 
 def test_no_effect_is_not_called_a_win(tmp_path):
