@@ -165,19 +165,44 @@ def _bf16_where_exact(weight, fp32_ok: bool):
 def _head_on_kernel(loaded: LoadedModel, fp32_ok: bool) -> int:
     """A plain lm_head on the kernel's bf16 matvec (1 if it went, else 0), for dense models and sub-models
     alike (sparsify wraps bf16 heads itself): a bf16 weight is shared (a tied head stays tied); an fp32 one
-    that is exactly bf16 goes as a bf16 copy, so that a tied fp32 input embedding stays as it is."""
+    that is exactly bf16 goes as a bf16 copy. Then the fp32 input embedding, if exactly bf16, is read from
+    bf16 too (`_embedding_as_bf16`)."""
     from torch import nn
 
     from . import kernels
 
-    head = loaded.model.get_output_embeddings()
+    model = loaded.model
+    head = model.get_output_embeddings()
     if type(head) is not nn.Linear or not head.weight.is_contiguous():
         return 0
     weight = _bf16_where_exact(head.weight, fp32_ok)
     if weight is None:
         return 0
-    loaded.model.set_output_embeddings(kernels.DenseBF16Linear(weight, head.bias))
+    _embedding_as_bf16(loaded, fp32_ok, tied=(head.weight, weight))
+    model.set_output_embeddings(kernels.DenseBF16Linear(weight, head.bias))
     return 1
+
+
+def _embedding_as_bf16(loaded: LoadedModel, fp32_ok: bool, *, tied) -> None:
+    """An fp32 input embedding whose values are all bf16 (the fp32 path of a bf16 checkpoint) keeps them as
+    bf16 and widens the rows it looks up (`BF16Embedding`, exact): half its bytes (260 MiB for the 0.5B
+    preset, 445 MiB for the 1.5B). Tied to the head (`tied`: the head's fp32 weight and its bf16 copy), it
+    reads the head's copy, so the pair stays one tensor."""
+    import torch
+    from torch import nn
+
+    from . import kernels
+
+    embedding = loaded.model.get_input_embeddings()
+    if type(embedding) is not nn.Embedding or embedding.weight.dtype != torch.float32:
+        return
+    old = embedding.weight
+    weight = tied[1] if old is tied[0] else _bf16_where_exact(old, fp32_ok)
+    if weight is None:
+        return
+    loaded.model.set_input_embeddings(kernels.BF16Embedding(weight, old.dtype, embedding.padding_idx))
+    log.info("input embedding of %s read from bf16 (exact): %.0f MiB of fp32 freed%s", loaded.info.name,
+             old.numel() * old.element_size() / 2**20, ", tied to lm_head's copy" if old is tied[0] else "")
 
 
 def _round_through_int8(loaded: LoadedModel) -> None:

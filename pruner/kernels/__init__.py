@@ -16,12 +16,14 @@ int8 values with per-row fp32 scales (`int8`: the reference quantiser).
 """
 
 from .native import kernel_dir
+from .embedding import BF16Embedding
 from .linear import (DenseBF16Linear, DenseInt8Linear, SparseLinear, SparsifyReport, dense_kernel_layer,
                      kernel_available, model_bytes, sparsify)
 from .. import packing
 from ..packing import pack_mask, pack_rows, row_offsets, unpack, unpack_mask
 
 __all__ = [
+    "BF16Embedding",
     "DenseBF16Linear",
     "DenseInt8Linear",
     "SparseLinear",

@@ -122,10 +122,37 @@ def bf16_checkpoint(tmp_path_factory):
     return path
 
 
+def test_a_tied_fp32_embedding_reads_the_heads_bf16_copy(tmp_path, kernel):
+    """Tied embedding and lm_head of an fp32 model on the AVX2 path: one bf16 tensor serves both, the
+    looked-up rows are the fp32 ones exactly, and the fp32 matrix is gone from the model's bytes."""
+    from tiny_models import save_tiny_model_dir
+
+    from subcoder.pruner.kernels.debug import overrides
+
+    path = save_tiny_model_dir(tmp_path / "m", "qwen2")
+    plain = load_model(str(path), dtype="float32", sparse=False)
+    plain_emb = plain.model.get_input_embeddings()
+    assert plain.model.get_output_embeddings().weight is plain_emb.weight
+    with overrides(isa=1):
+        loaded = load_model(str(path), dtype="float32")
+        emb, head = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
+        assert isinstance(emb, kernels.BF16Embedding) and isinstance(head, kernels.DenseBF16Linear)
+        assert emb.weight is head.weight and emb.weight.dtype == torch.bfloat16
+        ids = torch.arange(256).reshape(2, -1) % plain_emb.num_embeddings
+        with torch.no_grad():
+            assert torch.equal(emb(ids), plain_emb(ids))
+            want, got = plain.model(ids).logits, loaded.model(ids).logits
+        assert got.dtype == torch.float32 and torch.equal(got.argmax(-1), want.argmax(-1))
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+        fp32_rows = plain_emb.weight.numel() * 4
+        assert kernels.model_bytes(loaded.model) <= kernels.model_bytes(plain.model) - fp32_rows / 2
+
+
 def test_fp32_weights_that_are_bf16_go_on_the_avx2_kernel(bf16_checkpoint, kernel):
     """On CPUs without native bf16 a model computes in fp32; where its weights are exactly bf16 the
     kernel's AVX2 path (fp32 input, fp32 products) takes them as bf16: the same tokens, half the bytes.
-    The tied fp32 input embedding stays; lm_head becomes a bf16 copy on the kernel."""
+    lm_head becomes a bf16 copy on the kernel, and the fp32 input embedding reads bf16 rows (the head's
+    copy when tied), widened exactly: the same vectors in half the bytes."""
     from subcoder.pruner.kernels.debug import overrides
 
     plain = load_model(str(bf16_checkpoint), dtype="float32", sparse=False)
@@ -135,7 +162,12 @@ def test_fp32_weights_that_are_bf16_go_on_the_avx2_kernel(bf16_checkpoint, kerne
         assert set(kinds.values()) == {kernels.DenseBF16Linear}
         assert all(m.weight.dtype == torch.bfloat16 for m in loaded.model.modules()
                    if isinstance(m, kernels.DenseBF16Linear))
-        assert loaded.model.get_input_embeddings().weight.dtype == torch.float32
+        emb, plain_emb = loaded.model.get_input_embeddings(), plain.model.get_input_embeddings()
+        assert isinstance(emb, kernels.BF16Embedding) and emb.weight.dtype == torch.bfloat16
+        assert emb.weight is not loaded.model.get_output_embeddings().weight  # untied (FIM tokens added): its own copy
+        ids = torch.arange(plain_emb.num_embeddings).reshape(1, -1)
+        with torch.no_grad():
+            assert torch.equal(emb(ids), plain_emb(ids)) and emb(ids).dtype == torch.float32
         assert kernels.model_bytes(loaded.model) < kernels.model_bytes(plain.model)
         completer = Completer(loaded, context_tokens=512)
         prompt = completer.prompts.build(CODE[:600], "")
