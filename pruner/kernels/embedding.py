@@ -1,12 +1,11 @@
-"""The input embedding of an fp32 model, read from its tied head's bf16 weight.
+"""The input embedding of an fp32 model, kept as bf16.
 
 On CPUs without native bf16 a model computes in fp32 (`--dtype auto`), and where its weights are exactly
-bf16 the kernel's AVX2 path takes its linears and its lm_head as bf16 (`loader._dense_on_kernel`). A tied
-lm_head used to go there as a bf16 *copy*, leaving the fp32 input embedding beside it: for Qwen2.5 that
-is 152k rows held twice, 519 MiB of fp32 at 0.5B and 890 MiB at 1.5B next to the head's bf16. This
-embedding shares the head's bf16 Parameter instead (the pair stays tied) and widens the rows it looks up
-to the model's compute dtype. Exact: every value was checked to be a bf16 before the copy was made, and
-widening bf16 to fp32 is exact, so the model sees the very same fp32 vectors.
+bf16 the kernel's AVX2 path takes its linears and lm_head as bf16 (`loader._dense_on_kernel`). The input
+embedding stayed fp32: 152k rows, 519 MiB at Qwen2.5's 0.5B and 890 MiB at its 1.5B. This module keeps
+the rows as bf16 and widens the ones it looks up to the model's compute dtype; tied to lm_head, it
+shares the head's bf16 copy (the pair stays one tensor). Exact: every value is checked to be a bf16
+before the copy is made, and widening bf16 to fp32 is exact, so the model sees the same fp32 vectors.
 """
 
 from __future__ import annotations
