@@ -361,12 +361,15 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
     for cfg in configs:
         out = _cell_file(work, cfg, language, cell)
         old = _load_cell(out, plan.settings("cost", cfg.base)) or {}
+        # One process holds every model here, so the resident memory is the one each measured in its own
+        # process before; kept only while the configuration still holds the weights it measured.
+        rss = old.get("rss_bytes") if old.get("weight_bytes") == meta[cfg.name].get("weight_bytes") else None
         data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": cell,
                 "settings": plan.settings("cost", cfg.base), "environment": {**environment(), "kernel_isa": isa},
                 **meta[cfg.name], **step_summary(steps[cfg.name]),
                 "replay": replay_cell(plan, cfg.base, requests[cfg.name]),
                 "method": f"interleaved with {', '.join(names)}, {rounds} rounds", "anchor": anchor_figures,
-                "rss_bytes": old.get("rss_bytes"), "loadavg": round(statistics.fmean(loads), 1), "complete": True}
+                "rss_bytes": rss, "loadavg": round(statistics.fmean(loads), 1), "complete": True}
         _atomic_json(out, data)
         _say(f"{cfg.name} cost: {cell_summary(data)}")
 

@@ -171,6 +171,11 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     # each interleaved cell keeps its rounds' dense figures: here it is its own anchor
     assert again["anchor"] == {"name": "dense", "ms_per_token": again["ms_per_token"],
                                "typing_p50_ms": again["replay"]["p50_ms"]}
+    # an RSS measured while the model held other weights (an older engine) is not carried over
+    path = next(work.rglob(cost_file))
+    path.write_text(json.dumps({**again, "weight_bytes": again["weight_bytes"] + 1}))
+    frontier.interleaved_cost(plan, [Configuration(model)], work, rounds=1)
+    assert json.loads(path.read_text())["rss_bytes"] is None
 
 
 def test_decode_cost_relative_to_the_dense_model_of_the_same_rounds():
