@@ -178,16 +178,16 @@ def _head_on_kernel(loaded: LoadedModel, fp32_ok: bool) -> int:
     weight = _bf16_where_exact(head.weight, fp32_ok)
     if weight is None:
         return 0
-    _embedding_as_bf16(loaded, fp32_ok, tied=(head.weight, weight))
+    _embedding_as_bf16(loaded, fp32_ok, head_weight=head.weight, head_copy=weight)
     model.set_output_embeddings(kernels.DenseBF16Linear(weight, head.bias))
     return 1
 
 
-def _embedding_as_bf16(loaded: LoadedModel, fp32_ok: bool, *, tied) -> None:
+def _embedding_as_bf16(loaded: LoadedModel, fp32_ok: bool, *, head_weight, head_copy) -> None:
     """An fp32 input embedding whose values are all bf16 (the fp32 path of a bf16 checkpoint) keeps them as
     bf16 and widens the rows it looks up (`BF16Embedding`, exact): half its bytes (260 MiB for the 0.5B
-    preset, 445 MiB for the 1.5B). Tied to the head (`tied`: the head's fp32 weight and its bf16 copy), it
-    reads the head's copy, so the pair stays one tensor."""
+    preset, 445 MiB for the 1.5B). Tied to the head (its weight is `head_weight`), it reads the head's bf16
+    copy `head_copy`, so the pair stays one tensor."""
     import torch
     from torch import nn
 
@@ -197,12 +197,13 @@ def _embedding_as_bf16(loaded: LoadedModel, fp32_ok: bool, *, tied) -> None:
     if type(embedding) is not nn.Embedding or embedding.weight.dtype != torch.float32:
         return
     old = embedding.weight
-    weight = tied[1] if old is tied[0] else _bf16_where_exact(old, fp32_ok)
+    tied = old is head_weight
+    weight = head_copy if tied else _bf16_where_exact(old, fp32_ok)
     if weight is None:
         return
     loaded.model.set_input_embeddings(kernels.BF16Embedding(weight, old.dtype, embedding.padding_idx))
     log.info("input embedding of %s read from bf16 (exact): %.0f MiB of fp32 freed%s", loaded.info.name,
-             old.numel() * old.element_size() / 2**20, ", tied to lm_head's copy" if old is tied[0] else "")
+             old.numel() * old.element_size() / 2**20, ", tied to lm_head's copy" if tied else "")
 
 
 def _round_through_int8(loaded: LoadedModel) -> None:

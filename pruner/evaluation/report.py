@@ -157,14 +157,10 @@ def ppl_summary(entry: dict, plan: dict, shape: str, *, seed: int = 0) -> dict:
 
 
 def _per_file(per_seed: list[list[float]], files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Task outcomes (seeds, tasks) as per-file rates (seeds, files) and the files' task counts, files in
-    first-seen order: the form `stats.seeds_files_diff` resamples (files once, each side's seeds apart)."""
-    order = list(dict.fromkeys(files))
-    index = np.array([order.index(f) for f in files])
-    counts = np.bincount(index, minlength=len(order)).astype(np.float64)
-    rates = np.stack([np.bincount(index, np.asarray(e, dtype=np.float64), minlength=len(order)) / counts
-                      for e in per_seed])
-    return rates, counts
+    """Task outcomes (seeds, tasks) as per-file rates (seeds, files) and the files' task counts: the form
+    `stats.seeds_files_diff` resamples (files once, each side's seeds apart)."""
+    rates = [stats.group_means(e, files) for e in per_seed]
+    return np.stack([r for r, _ in rates]), rates[0][1]
 
 
 def _draws(tasks) -> str:

@@ -66,6 +66,13 @@ def _group_sums(values, weights, groups) -> tuple[np.ndarray, np.ndarray]:
     return np.bincount(ids, w * v, minlength=len(index)), np.bincount(ids, w, minlength=len(index))
 
 
+def group_means(values: Sequence[float], groups: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (first-seen order): the mean of its values and how many there are, e.g. per-file rates
+    and task counts: the (files,) form `seeds_files_diff` resamples."""
+    sums, counts = _group_sums(values, None, groups)
+    return sums / counts, counts
+
+
 def _resampled_means(sums, totals, resamples: int, seed: int) -> np.ndarray:
     """The weighted mean of each bootstrap resample of the groups (drawn with replacement, as many
     as there are): a resample is a vector of counts per group, multinomial(G, 1/G each)."""
