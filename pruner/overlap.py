@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import paths
 from .errors import ConfigError
-from .storage import load_masks, read_manifest
+from .storage import load_mask_words, read_manifest
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -39,19 +40,35 @@ def _split(name: str) -> tuple[int, str]:
     return int(match.group(1)), name[match.end():].removesuffix(".weight")
 
 
-def jaccard_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+def jaccard_distance(a: Mask, b: Mask) -> float:
     inter, union = _counts(a, b)
     return 1.0 - inter / union if union else 0.0
 
 
-def _counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+Mask = torch.Tensor | tuple[torch.Tensor, int]  # a bool keep-mask, or stored mask words and the input width
+
+
+def _counts(a: Mask, b: Mask) -> tuple[int, int]:
+    """(kept by both, kept by either). Stored mask words (`storage.load_mask_words`) are counted as they
+    are, 32 weights per popcount: a 0.5B pair in 0.05 s against 0.4 s unpacked, and an eighth of the memory
+    (twenty 1.5B masks unpacked would not fit in 24 GiB)."""
+    if isinstance(a, tuple) != isinstance(b, tuple):
+        raise TypeError("compare bool masks with bool masks, mask words with mask words")
+    if isinstance(a, tuple):
+        (wa, in_a), (wb, in_b) = a, b
+        if wa.shape != wb.shape or in_a != in_b:
+            raise ConfigError(f"masks of different shapes {(wa.shape[0], in_a)} and {(wb.shape[0], in_b)}: "
+                              "not sub-models of one base model")
+        # padding bits are 0 in both, so they count in neither; the view makes the popcount unsigned
+        ua, ub = wa.contiguous().numpy().view(np.uint32), wb.contiguous().numpy().view(np.uint32)
+        return int(np.bitwise_count(ua & ub).sum(dtype=np.int64)), int(np.bitwise_count(ua | ub).sum(dtype=np.int64))
     if a.shape != b.shape:
         raise ConfigError(f"masks of different shapes {tuple(a.shape)} and {tuple(b.shape)}: not sub-models of one base model")
     # count_nonzero: several times faster than sum() on bool tensors (a 0.5B model's pairs took 2.6 s each)
     return int(torch.count_nonzero(a & b)), int(torch.count_nonzero(a | b))
 
 
-def compare(masks_a: dict[str, torch.Tensor], masks_b: dict[str, torch.Tensor], a="a", b="b") -> PairDistance:
+def compare(masks_a: dict[str, Mask], masks_b: dict[str, Mask], a="a", b="b") -> PairDistance:
     if set(masks_a) != set(masks_b):
         raise ConfigError(f"{a} and {b} pruned different layers: not sub-models of one base model")
     layer_c: dict[int, list[int]] = {}
@@ -79,11 +96,11 @@ def label_of(directory: Path) -> str:
 
 
 def compare_dirs(dirs: list[Path], labels: list[str] | None = None) -> list[PairDistance]:
-    """All pairwise distances; masks are loaded once each."""
+    """All pairwise distances; masks are loaded once each, as their stored words."""
     if len(dirs) < 2:
         raise ConfigError("overlap needs at least two sub-models")
     labels = labels or [label_of(d) for d in dirs]
-    masks = [load_masks(d) for d in dirs]
+    masks = [load_mask_words(d) for d in dirs]
     return [compare(masks[i], masks[j], labels[i], labels[j]) for i, j in itertools.combinations(range(len(dirs)), 2)]
 
 

@@ -262,14 +262,20 @@ def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, l
 
 
 def load_masks(directory: Path) -> dict[str, torch.Tensor]:
-    """The keep-masks of a sub-model, without building the model (for overlap analysis)."""
+    """The keep-masks of a sub-model (bool, out x in), without building the model."""
+    return {name: unpack_mask(words, in_features) for name, (words, in_features) in load_mask_words(directory).items()}
+
+
+def load_mask_words(directory: Path) -> dict[str, tuple[torch.Tensor, int]]:
+    """The stored mask words of a sub-model as they are (int32, out x ceil(in / 32), padding bits 0) with each
+    weight's input width: an eighth of the bool masks' memory, and what overlap analysis counts."""
     from safetensors import safe_open
 
     masks = {}
     for path in weight_files(Path(directory)):
         with safe_open(str(path), framework="pt") as fh:
             for name, shape in _pruned_shapes(fh.metadata()).items():
-                masks[name] = unpack_mask(fh.get_tensor(name + MASK_SUFFIX), shape[1])
+                masks[name] = (fh.get_tensor(name + MASK_SUFFIX), shape[1])
     return masks
 
 

@@ -389,7 +389,7 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
     each pair computed once and kept in the work directory. A pair whose sub-models are neither stored
     in the work directory's Jaccard file nor on this machine is left out."""
     from subcoder.pruner.overlap import compare
-    from subcoder.pruner.storage import load_masks
+    from subcoder.pruner.storage import load_mask_words
 
     keys = [k for k, m in metas.items() if m["shape"] == shape and m["calibration"] in plan.languages]
     store = work / model_slug(model) / f"jaccard-{shape.replace(':', 'of')}.json"
@@ -405,8 +405,8 @@ def jaccard_pairs(model: str, plan: Plan, shape: str, work: Path, metas: dict[st
                 if not all(Path(metas[k]["path"]).is_dir() for k in (a, b)):
                     continue  # built on another machine (a lent GPU) and not stored here: the pair is not measured
                 for k in (a, b):
-                    if k not in masks:  # on the plan's device: a GPU counts a 0.5B pair in milliseconds, not seconds
-                        masks[k] = {n: t.to(plan.device) for n, t in load_masks(Path(metas[k]["path"])).items()}
+                    if k not in masks:  # stored words: a 0.5B pair counts in 0.05 s, twenty masks fit in memory
+                        masks[k] = load_mask_words(Path(metas[k]["path"]))
                 d = compare(masks[a], masks[b], a, b)
                 p = {"a": a, "b": b, "paths": [metas[a]["path"], metas[b]["path"]],
                      "settings": [metas[a].get("settings"), metas[b].get("settings")], "model": d.model,

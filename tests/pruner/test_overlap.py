@@ -43,6 +43,30 @@ def test_layers_and_sublayers_pool_counts_not_distances():
     assert list(pair.per_layer) == [0, 1] and list(pair.per_sublayer) == ["mlp.up_proj", "self_attn.q_proj"]
 
 
+def test_stored_mask_words_count_the_same_as_the_bool_masks():
+    """The popcount over packed words (padding bits 0, top bits set: the sign of an int32) gives every
+    distance the unpacked masks give, and words of other widths are refused."""
+    from subcoder.pruner.packing import pack_mask
+
+    g = torch.Generator().manual_seed(1)
+    shapes = {"model.layers.0.mlp.up_proj.weight": (6, 70), "model.layers.1.mlp.up_proj.weight": (3, 64),
+              "model.layers.0.self_attn.q_proj.weight": (5, 33)}
+    a = {n: torch.rand(*s, generator=g) < 0.5 for n, s in shapes.items()}
+    b = {n: torch.rand(*s, generator=g) < 0.5 for n, s in shapes.items()}
+    a["model.layers.1.mlp.up_proj.weight"][:, 31] = True  # bit 31 of a word: a negative int32
+    b["model.layers.1.mlp.up_proj.weight"][:, 31] = True
+    words = lambda masks: {n: (pack_mask(t), t.shape[1]) for n, t in masks.items()}  # noqa: E731
+    want, got = compare(a, b), compare(words(a), words(b))
+    assert got.model == pytest.approx(want.model, abs=0) and got.per_layer == want.per_layer
+    assert got.per_sublayer == want.per_sublayer and got.per_weight == want.per_weight
+    w = words(a)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    with pytest.raises(ConfigError, match="different shapes"):
+        compare(w, {**w, name: (w[name][0], 34)})
+    with pytest.raises(TypeError, match="bool masks with bool masks"):
+        jaccard_distance(a[name], w[name])
+
+
 def test_masks_of_other_layers_are_refused():
     a = _masks(m([T]), m([T]), m([T]))
     with pytest.raises(ConfigError, match="pruned different layers"):
