@@ -163,7 +163,8 @@ def cmd_prune(args) -> int:
           f"dense bf16 ({s['pruned_ratio']:.3f}x); directory {human_bytes(s['directory_bytes'])} "
           f"vs {human_bytes(s['dense_model_bf16_bytes'])} ({s['directory_ratio']:.3f}x)")
     print(f"time        load {t.get('load_s', 0)} s, calibration set {t.get('calibration_set_s', 0)} s, "
-          f"prune {t.get('prune_s', 0)} s, save {t.get('save_s', 0)} s; peak memory {human_bytes(r.peak_host_bytes)}"
+          f"prune {t.get('prune_s', 0)} s" + (f" (masks of {m['masks_from']})" if m.get("masks_from") else "")
+          + f", save {t.get('save_s', 0)} s; peak memory {human_bytes(r.peak_host_bytes)}"
           + (f", device {human_bytes(r.peak_device_bytes)}" if r.peak_device_bytes else ""))
     if args.sample:
         del result  # the pruned base model goes before the sub-model loads (1.5B preset: peak 10.1 -> ~5.6 GB)

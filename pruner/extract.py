@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from . import paths
 from .calibration import CalibrationSet, CalibrationSpec, build_calibration, check_language
-from .config import PruneConfig
+from .config import VALUE_FORMATS, PruneConfig
 from .errors import ConfigError, CorruptError
 from .loaded import LoadedModel, resolve_dtype
 from .loader import load_model
 from .presets import resolve_model, weights_hash
 from .progress import CancelFn, ProgressFn, check_cancel, report
-from .prune import PruneReport, prune_model
-from .storage import FORMAT_VERSION, save_submodel, size_report, verify
+from .prune import PruneReport, PruneResult, prune_model
+from .storage import FORMAT_VERSION, load_masks, save_submodel, size_report, verify
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,21 @@ def extract(
         log.info("sub-model %s is cached at %s", key, target)
         return existing
 
+    sibling = None if offload or force else _same_masks_cached(loaded, language, config, calib, compute_dtype, cache_dir)
     try:
-        result = prune_model(loaded.model, calib.input_ids, calib.attention_mask, config,
-                             batch_size=batch_size, offload=offload and device != "cpu", progress=progress, cancel=cancel,
-                             load_layer=disk.load_layer if disk else None,
-                             release_layer=disk.release_layer if disk else None)
-        timings["prune_s"] = round(result.report.seconds, 2)
+        if sibling is not None:  # only the value format differs: its masks, no calibration pass
+            result = _reuse_masks(loaded, sibling, progress)
+            timings["prune_s"] = 0.0
+        else:
+            result = prune_model(loaded.model, calib.input_ids, calib.attention_mask, config,
+                                 batch_size=batch_size, offload=offload and device != "cpu", progress=progress,
+                                 cancel=cancel, load_layer=disk.load_layer if disk else None,
+                                 release_layer=disk.release_layer if disk else None)
+            timings["prune_s"] = round(result.report.seconds, 2)
         check_cancel(cancel)
         _gather_offloaded(loaded.model)
         manifest = _write(loaded, result, language, config, calibration, calib, key, timings, target, progress,
-                          shards=disk.staging if disk else None)
+                          shards=disk.staging if disk else None, masks_from=sibling.path.name if sibling else None)
     finally:
         if disk:
             disk.cleanup()
@@ -144,6 +149,39 @@ def extract(
     log.info("extracted %s sub-model in %.1f s: %.1f%% of linear weights pruned", language, timings["total_s"],
              100 * result.report.linear_sparsity)
     return ExtractResult(target, manifest, result.report, size_report(target))
+
+
+def _same_masks_cached(loaded, language, config, calib, compute_dtype, cache_dir) -> ExtractResult | None:
+    """An intact cached sub-model of the same base, language, calibration, compute dtype and shape whose kept
+    values are stored in another format. The value format is storage only (pruning never reads it), so its
+    masks are the masks this run would compute: switching `values` costs a save, not a calibration pass
+    (a 1.5B model's takes about half an hour on a 2-core CPU)."""
+    for values in VALUE_FORMATS:
+        if values == config.values:
+            continue
+        key = cache_key(loaded.info.content_hash, language, replace(config, values=values), calib.fingerprint,
+                        compute_dtype)
+        if (found := _reusable(paths.submodels_dir(cache_dir) / key, key)) is not None:
+            return found
+    return None
+
+
+def _reuse_masks(loaded, sibling: ExtractResult, progress) -> PruneResult:
+    """Prune the loaded base model with a cached sub-model's masks: the same zeros in the same weights that
+    pruning would leave (Wanda never changes a kept weight), and the report pruning wrote then."""
+    from .wanda import apply_mask
+
+    report(progress, "prune", 0, 1, f"reusing the masks of {sibling.path.name}")
+    masks = load_masks(sibling.path)
+    params = dict(loaded.model.named_parameters())
+    if not set(masks) <= set(params):
+        raise CorruptError(f"{sibling.path}: its masks name weights this model lacks")
+    for name, keep in masks.items():
+        apply_mask(params[name], keep)
+    pruned = replace(sibling.report, seconds=0.0)
+    report(progress, "prune", 1, 1, "masks reused")
+    log.info("masks reused from %s: only the value format differs", sibling.path.name)
+    return PruneResult(masks, pruned)
 
 
 def _gather_offloaded(model) -> None:
@@ -162,7 +200,8 @@ def _gather_offloaded(model) -> None:
                 module._buffers[name] = hook.weights_map[name]
 
 
-def _write(loaded, result, language, config, calibration, calib, key, timings, target, progress, shards) -> dict:
+def _write(loaded, result, language, config, calibration, calib, key, timings, target, progress, shards,
+           masks_from: str | None = None) -> dict:
     t2 = time.perf_counter()
     report(progress, "save", 0, 1, f"writing {target}")
     manifest = {
@@ -181,6 +220,7 @@ def _write(loaded, result, language, config, calibration, calib, key, timings, t
         "compute_dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "report": result.report.to_dict(),
         "timings": timings,
+        **({"masks_from": masks_from} if masks_from else {}),  # the cached sub-model whose masks these are
     }
     # the save time is known only once the manifest is written: the returned manifest carries it
     manifest = save_submodel(loaded, result.masks, manifest, target, shards=shards)

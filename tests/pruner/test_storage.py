@@ -147,6 +147,39 @@ def test_offloaded_pruning_gives_the_same_submodel(base_dir, workspace, tmp_path
     assert not list(tmp_path.glob(".offload-*"))
 
 
+def test_another_value_format_reuses_the_cached_masks(base_dir, workspace, tmp_path, monkeypatch):
+    """`values: int8` after a bf16 build of the same sub-model (and back) takes the cached masks instead of a
+    calibration pass, and writes exactly the files a fresh build writes."""
+    from subcoder.pruner import extract as extract_module
+    from subcoder.pruner.storage import _read_tensors
+
+    cache = tmp_path / "cache"
+    bf16 = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), cache_dir=cache)
+    fresh = extract(str(base_dir), "python", PruneConfig(0.5, values="int8"), spec(workspace), tmp_path / "fresh",
+                    cache_dir=cache, force=True)  # force: a full pruning run
+
+    def no_pruning(*a, **k):
+        raise AssertionError("the masks are cached: nothing to prune")
+
+    monkeypatch.setattr(extract_module, "prune_model", no_pruning)
+    reused = extract(str(base_dir), "python", PruneConfig(0.5, values="int8"), spec(workspace), cache_dir=cache)
+    assert reused.manifest["masks_from"] == bf16.path.name and reused.manifest["timings"]["prune_s"] == 0.0
+    assert reused.manifest["cache_key"] == fresh.manifest["cache_key"] and reused.path.parent == cache / "submodels"
+    got, want = _read_tensors(reused.path)[0], _read_tensors(fresh.path)[0]
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert reused.report.linear_sparsity == fresh.report.linear_sparsity
+    # and back: with the bf16 sub-model gone, a bf16 build takes the int8 one's masks and writes the same files
+    import shutil
+
+    want = _read_tensors(bf16.path)[0]
+    shutil.rmtree(bf16.path)
+    again = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), cache_dir=cache)
+    assert again.manifest["masks_from"] == reused.path.name and again.path == bf16.path
+    got = _read_tensors(again.path)[0]
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert load_model(str(again.path)).info.is_submodel
+
+
 def test_planned_key_matches_extract(base_dir, workspace, tmp_path):
     from subcoder.pruner.extract import planned_key
 
