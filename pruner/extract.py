@@ -17,7 +17,7 @@ from .loaded import LoadedModel, resolve_dtype
 from .loader import load_model
 from .presets import resolve_model, weights_hash
 from .progress import CancelFn, ProgressFn, check_cancel, report
-from .prune import PruneReport, PruneResult, prune_model
+from .prune import PruneReport, PruneResult, peak_memory_bytes, prune_model
 from .storage import FORMAT_VERSION, load_masks, save_submodel, size_report, verify
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _same_masks_cached(loaded, language, config, calib, compute_dtype, cache_dir
 
 def _reuse_masks(loaded, sibling: ExtractResult, progress) -> PruneResult:
     """Prune the loaded base model with a cached sub-model's masks: the same zeros in the same weights that
-    pruning would leave (Wanda never changes a kept weight), and the report pruning wrote then."""
+    pruning would leave (Wanda never changes a kept weight), and the sparsities pruning reported then."""
     from .wanda import apply_mask
 
     report(progress, "prune", 0, 1, f"reusing the masks of {sibling.path.name}")
@@ -178,7 +178,11 @@ def _reuse_masks(loaded, sibling: ExtractResult, progress) -> PruneResult:
         raise CorruptError(f"{sibling.path}: its masks name weights this model lacks")
     for name, keep in masks.items():
         apply_mask(params[name], keep)
-    pruned = replace(sibling.report, seconds=0.0)
+    # the sparsities are the masks'; the time and memory are this run's
+    device = next(loaded.model.parameters()).device
+    pruned = replace(sibling.report, seconds=0.0, peak_memory_bytes=peak_memory_bytes(device),
+                     peak_host_bytes=peak_memory_bytes("cpu"),
+                     peak_device_bytes=peak_memory_bytes(device) if device.type == "cuda" else 0)
     report(progress, "prune", 1, 1, "masks reused")
     log.info("masks reused from %s: only the value format differs", sibling.path.name)
     return PruneResult(masks, pruned)
