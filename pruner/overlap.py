@@ -40,12 +40,12 @@ def _split(name: str) -> tuple[int, str]:
     return int(match.group(1)), name[match.end():].removesuffix(".weight")
 
 
+Mask = torch.Tensor | tuple[torch.Tensor, int]  # a bool keep-mask, or stored mask words and the input width
+
+
 def jaccard_distance(a: Mask, b: Mask) -> float:
     inter, union = _counts(a, b)
     return 1.0 - inter / union if union else 0.0
-
-
-Mask = torch.Tensor | tuple[torch.Tensor, int]  # a bool keep-mask, or stored mask words and the input width
 
 
 def _counts(a: Mask, b: Mask) -> tuple[int, int]:
