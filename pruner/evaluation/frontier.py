@@ -821,6 +821,9 @@ def render_cost(plan: FrontierPlan, summary: dict) -> list[str]:
         methods = sorted({c["method"] for r in rows.values() if (c := (r.get("cost") or {}).get(isa)) and c.get("method")})
         if methods:
             lines += ["", "Measured " + "; ".join(methods) + " (the rest each in its own process)."]
+        missing = [name for name, row in rows.items() if not (row.get("cost") or {}).get(isa)]
+        if missing:  # a configuration's quality without its cost on this machine is said, not left out silently
+            lines += ["", "Not measured on this machine: " + ", ".join(missing) + "."]
         lines.append("")
     return lines
 

@@ -269,5 +269,10 @@ def test_cost_cells_of_each_machine_are_kept_apart(tmp_path):
     text = "\n".join(frontier.render_cost(plan, {"python": {"dense": row}}))
     assert "### AVX-512 BF16 kernel (cpu avx512-bf16)" in text and "### AVX2 kernel" in text
     assert "| dense | 90.0 (90.0–90.0) | 1.00 | – |" in text, "no replay stored: its columns say so"
+    # a configuration with quality cells but no cost on a machine is named under that machine's table
+    rows = {"dense": row, "u50": {"cost": {"avx2": row["cost"]["avx2"]}}}
+    text = "\n".join(frontier.render_cost(plan, {"python": rows}))
+    avx512, avx2 = text.split("### AVX2 kernel")
+    assert "Not measured on this machine: u50." in avx512 and "Not measured" not in avx2
     # a cell without a typing replay is measured again on its machine
     assert frontier.missing_cells(plan, cfg, "python", tmp_path) == [(frontier.cost_cell(), None)]
