@@ -126,7 +126,8 @@ def extract(
         log.info("sub-model %s is cached at %s", key, target)
         return existing
 
-    sibling = None if offload or force else _same_masks_cached(loaded, language, config, calib, compute_dtype, cache_dir)
+    sibling = None if offload or force else _same_masks_cached(loaded, language, config, calib, compute_dtype,
+                                                               (target.parent, paths.submodels_dir(cache_dir)))
     try:
         if sibling is not None:  # only the value format differs: its masks, no calibration pass
             result = _reuse_masks(loaded, sibling, progress)
@@ -151,18 +152,20 @@ def extract(
     return ExtractResult(target, manifest, result.report, size_report(target))
 
 
-def _same_masks_cached(loaded, language, config, calib, compute_dtype, cache_dir) -> ExtractResult | None:
-    """An intact cached sub-model of the same base, language, calibration, compute dtype and shape whose kept
-    values are stored in another format. The value format is storage only (pruning never reads it), so its
-    masks are the masks this run would compute: switching `values` costs a save, not a calibration pass
-    (a 1.5B model's takes about half an hour on a 2-core CPU)."""
+def _same_masks_cached(loaded, language, config, calib, compute_dtype, places) -> ExtractResult | None:
+    """An intact sub-model of the same base, language, calibration, compute dtype and shape whose kept values
+    are stored in another format, under its cache key in one of `places` (beside the target, as the server's
+    cache keeps them, or in the library's cache). The value format is storage only (pruning never reads it),
+    so its masks are the masks this run would compute: switching `values` costs a save, not a calibration
+    pass (a 1.5B model's takes about half an hour on a 2-core CPU)."""
     for values in VALUE_FORMATS:
         if values == config.values:
             continue
         key = cache_key(loaded.info.content_hash, language, replace(config, values=values), calib.fingerprint,
                         compute_dtype)
-        if (found := _reusable(paths.submodels_dir(cache_dir) / key, key)) is not None:
-            return found
+        for place in dict.fromkeys(Path(p) for p in places):
+            if (found := _reusable(place / key, key)) is not None:
+                return found
     return None
 
 

@@ -178,6 +178,18 @@ def test_another_value_format_reuses_the_cached_masks(base_dir, workspace, tmp_p
     got = _read_tensors(again.path)[0]
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert load_model(str(again.path)).info.is_submodel
+    # a cache of its own (the server's `cacheDir`): the twin beside the target is found there too
+    from subcoder.pruner.extract import planned_key
+
+    own = tmp_path / "server-cache"
+    key = planned_key(str(base_dir), "python", PruneConfig(0.5), spec(workspace))
+    monkeypatch.undo()  # this one prunes
+    first = extract(str(base_dir), "python", PruneConfig(0.5), spec(workspace), own / key, cache_dir=tmp_path / "other")
+    monkeypatch.setattr(extract_module, "prune_model", no_pruning)
+    int8_key = planned_key(str(base_dir), "python", PruneConfig(0.5, values="int8"), spec(workspace))
+    beside = extract(str(base_dir), "python", PruneConfig(0.5, values="int8"), spec(workspace), own / int8_key,
+                     cache_dir=tmp_path / "other")
+    assert beside.manifest["masks_from"] == first.path.name
 
 
 def test_planned_key_matches_extract(base_dir, workspace, tmp_path):
