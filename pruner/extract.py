@@ -17,7 +17,7 @@ from .loaded import LoadedModel, resolve_dtype
 from .loader import load_model
 from .presets import resolve_model, weights_hash
 from .progress import CancelFn, ProgressFn, check_cancel, report
-from .prune import PruneReport, PruneResult, peak_memory_bytes, prune_model
+from .prune import PruneReport, PruneResult, peaks, prune_model
 from .storage import FORMAT_VERSION, load_masks, save_submodel, size_report, verify
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,7 @@ def _reuse_masks(loaded, sibling: ExtractResult, progress) -> PruneResult:
         apply_mask(params[name], keep)
     # the sparsities are the masks'; the time and memory are this run's
     device = next(loaded.model.parameters()).device
-    pruned = replace(sibling.report, seconds=0.0, peak_memory_bytes=peak_memory_bytes(device),
-                     peak_host_bytes=peak_memory_bytes("cpu"),
-                     peak_device_bytes=peak_memory_bytes(device) if device.type == "cuda" else 0)
+    pruned = replace(sibling.report, seconds=0.0, **peaks(device))
     report(progress, "prune", 1, 1, "masks reused")
     log.info("masks reused from %s: only the value format differs", sibling.path.name)
     return PruneResult(masks, pruned)

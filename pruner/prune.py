@@ -202,9 +202,8 @@ def prune_model(
     result.total_params = sum(p.numel() for p in model.parameters())  # meta tensors count too
     result.model_sparsity = result.pruned_params / result.total_params
     result.seconds = time.perf_counter() - t_start
-    result.peak_memory_bytes = peak_memory_bytes(device)
-    result.peak_host_bytes = peak_memory_bytes("cpu")
-    result.peak_device_bytes = peak_memory_bytes(device) if device.type == "cuda" else 0
+    for name, value in peaks(device).items():
+        setattr(result, name, value)
     return PruneResult(masks, result)
 
 
@@ -246,6 +245,13 @@ def _home(linear: nn.Linear) -> torch.device:
     if linear.weight.is_meta and getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)
     return linear.weight.device
+
+
+def peaks(device) -> dict[str, int]:
+    """The report's three peak-memory fields for a run on `device`, as this process stands now."""
+    on_cuda = getattr(device, "type", str(device)) == "cuda"
+    return {"peak_memory_bytes": peak_memory_bytes(device), "peak_host_bytes": peak_memory_bytes("cpu"),
+            "peak_device_bytes": peak_memory_bytes(device) if on_cuda else 0}
 
 
 def peak_memory_bytes(device) -> int:
