@@ -887,6 +887,8 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
             head += [f"{c.split(':')[1].upper()} exact", f"{c.split(':')[1].upper()} similarity"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, row in rows.items():
+            if "ppl" not in row and not any(c in row for c in layouts):
+                continue  # only a cost cell (shown in every language's plot): nothing measured in this language
             cells = [name, f"{row['ppl']['estimate']:.3f} [{row['ppl']['low']:.3f}, {row['ppl']['high']:.3f}]"
                      if "ppl" in row else "–"]
             for c in layouts:

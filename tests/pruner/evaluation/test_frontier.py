@@ -274,5 +274,9 @@ def test_cost_cells_of_each_machine_are_kept_apart(tmp_path):
     text = "\n".join(frontier.render_cost(plan, {"python": rows}))
     avx512, avx2 = text.split("### AVX2 kernel")
     assert "Not measured on this machine: u50." in avx512 and "Not measured" not in avx2
+    # a configuration with only a cost cell gets no row of dashes in the language's quality table
+    plan2 = FrontierPlan(base="base", configurations=("dense", "0.5"), cells=("cost",), layouts=("psm",))
+    page = frontier.render(plan2, {"python": rows}, command="", png=None)
+    assert "| u50 | – | – | – |" not in page and "| u50 | " in page
     # a cell without a typing replay is measured again on its machine
     assert frontier.missing_cells(plan, cfg, "python", tmp_path) == [(frontier.cost_cell(), None)]
