@@ -137,19 +137,19 @@ def workspace_documents(root: Path, language: str, *, max_files: int = 5000) -> 
     return docs
 
 
-def _windows(tokenizer, docs: list[dict], n: int, seq_len: int, rng: random.Random) -> tuple[list[list[int]], int]:
+def _windows(tokenizer, docs: list[dict], n: int, seq_len: int, rng: random.Random) -> tuple[list[list[int]], list[int]]:
     """Up to n windows of seq_len tokens from the documents, shuffled, joined by the EOS token: the
-    "stream" sampler. Returns the windows (the last may be short) and files used."""
+    "stream" sampler. Returns the windows (the last may be short) and the indices of the files used."""
     order = list(range(len(docs)))
     rng.shuffle(order)
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
-    used = 0
+    used: list[int] = []
     need = n * seq_len
     for i in order:
         stream.extend(tokenizer(docs[i]["text"], add_special_tokens=False)["input_ids"])
         stream.extend(sep)
-        used += 1
+        used.append(i)
         if len(stream) >= need:
             break
     windows = [stream[i:i + seq_len] for i in range(0, min(len(stream), need), seq_len)]
@@ -280,7 +280,7 @@ def _draw(tokenizer, docs: list[dict], n: int, spec: CalibrationSpec, rng: rando
     """Up to n windows from `docs` with the spec's sampler: (windows, files used, packages used)."""
     if spec.sampling == "stream":
         windows, used = _windows(tokenizer, docs, n, spec.seq_len, rng)
-        return windows, used, len({d["package"] for d in docs})
+        return windows, len(used), len({docs[i]["package"] for i in used})  # the packages drawn, not offered
     if code:  # not prose: a paragraph of quoted dialogue would look like a table of strings
         docs = [d for d in docs if not data_table(d["text"])]
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

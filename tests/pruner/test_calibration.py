@@ -126,6 +126,13 @@ def test_files_sampling_is_deterministic_and_spans_files_and_packages():
     assert f"({packages} packages)" in a.description  # 16 files reach every package
 
 
+def test_the_stream_names_the_packages_it_drew_from():
+    import re
+    desc = build_calibration(byte_tokenizer(), "python", CalibrationSpec(n_samples=4, seq_len=64)).description
+    files, packages = map(int, re.search(r"from (\d+) shipped python files \((\d+) packages\)", desc).groups())
+    assert 1 <= packages <= files  # not every package in the corpus: a few files can't span them all
+
+
 def test_files_sampling_leaves_data_tables_out():
     docs = [d for d in calibration.corpus_documents("python") if d["package"].startswith("rich")]
     assert any(d["path"] == "rich/_emoji_codes.py" for d in docs)
