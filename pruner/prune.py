@@ -249,9 +249,10 @@ def _home(linear: nn.Linear) -> torch.device:
 
 def peaks(device) -> dict[str, int]:
     """The report's three peak-memory fields for a run on `device`, as this process stands now."""
+    peak = peak_memory_bytes(device)
     on_cuda = getattr(device, "type", str(device)) == "cuda"
-    return {"peak_memory_bytes": peak_memory_bytes(device), "peak_host_bytes": peak_memory_bytes("cpu"),
-            "peak_device_bytes": peak_memory_bytes(device) if on_cuda else 0}
+    return {"peak_memory_bytes": peak, "peak_host_bytes": peak_memory_bytes("cpu"),
+            "peak_device_bytes": peak if on_cuda else 0}
 
 
 def peak_memory_bytes(device) -> int:
