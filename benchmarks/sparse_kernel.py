@@ -14,7 +14,7 @@ Each figure is the median (or --stat min) of --repeat calls, the candidates time
     python benchmarks/sparse_kernel.py --formats [--isa 1] [--write docs/PERFORMANCE.md]
 
 compares the value formats instead, per matrix at the 1.5B preset's shapes and 30/50/70% per-row
-sparsity, cold (rotating through 512 MiB of copies per candidate, so every call streams from DRAM): dense bf16 kernel (DenseBF16Linear), dense int8 (DenseInt8Linear),
+sparsity, cold (rotating through 512 MiB of copies per candidate, or twice the L3 the CPU reports if more, so every call streams from DRAM): dense bf16 kernel (DenseBF16Linear), dense int8 (DenseInt8Linear),
 packed bf16 and packed int8 (SparseLinear), each as microseconds per call and speed-up over dense bf16
 in the same run, with the bytes each call reads and the time a purely bandwidth-bound call would take
 at the streaming-read bandwidth measured at the start of the run. `--isa 1` forces the AVX2 path.
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from subcoder.pruner import kernels as sparse  # noqa: E402
 from subcoder.pruner.kernels import debug  # noqa: E402
+from subcoder.pruner import cpu  # noqa: E402
 from subcoder.pruner.cpu import read_bandwidth  # noqa: E402
 
 DECODE_SHAPES = [  # (out, in, label)
@@ -49,7 +50,8 @@ DECODE_SHAPES = [  # (out, in, label)
     (11008, 4096, "gate/up 7B-class"),
 ]
 PREFILL_SHAPES = [(896, 896), (4864, 896), (896, 4864), (4096, 11008)]
-COLD_BYTES = 96 << 20  # copies of a weight until this much: more than the L3 cache
+# Copies of a weight until this much: more than the L3 cache (at least twice what this CPU reports).
+COLD_BYTES = max(96 << 20, 2 * (cpu.last_level_cache_bytes() or 0))
 
 
 def per_row_mask(out: int, inp: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
@@ -134,8 +136,9 @@ FORMAT_SHAPES = [  # (out, in, label): Qwen2.5-Coder-1.5B's decoder matrices
 ]
 FORMAT_SPARSITIES = (0.3, 0.5, 0.7)
 # Copies per candidate until this much: the L3 cache this VM reports is 32 MiB, yet 96 MiB of copies
-# still ran at 2-3x the streaming bandwidth (a larger cache behind it), so this is well past any cache.
-FORMAT_COLD_BYTES = 512 << 20
+# still ran at 2-3x the streaming bandwidth (a larger cache behind it), so this is well past any cache;
+# a Xeon VM here reports 480 MiB, so never less than twice the reported cache.
+FORMAT_COLD_BYTES = max(512 << 20, 2 * (cpu.last_level_cache_bytes() or 0))
 
 
 def format_bytes(out: int, inp: int, nnz: int) -> dict[str, int]:
@@ -146,9 +149,9 @@ def format_bytes(out: int, inp: int, nnz: int) -> dict[str, int]:
     return {**sizes, **{f"{k} {ROUTE_OTHER[k]}": sizes[k] for k in ROUTE_OTHER}}
 
 
-# Where the CPU has AVX-512 VNNI, dense int8 rows take the VNNI route (int16 input, vpdpwssd) and
-# packed ones the bf16 route, as measured (csrc/q8_vnni.h); each is also timed on the other route.
-ROUTE_OTHER = {"dense int8": "(bf16 route)", "packed int8": "(VNNI route)"}
+# Where the CPU has AVX-512 VNNI, int8 rows take the VNNI route (int16 input, vpdpwssd), as measured
+# (csrc/q8_vnni.h); each is also timed on the other route, the bf16 one.
+ROUTE_OTHER = {"dense int8": "(bf16 route)", "packed int8": "(bf16 route)"}
 
 
 def format_names() -> tuple[str, ...]:
@@ -193,11 +196,11 @@ def bench_formats(out, inp, sparsity, repeat, gen, dense_layers=None):
             err = (layers[name][0](x).float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-9)
             assert err < 3e-2, f"{name} result off by {err}"
         fns = {k: rotating([lambda s=s: s(x) for s in v]) for k, v in layers.items()}
-        default = debug.set_q8_vnni(debug.Q8_VNNI_DENSE) if vnni else 0
+        default = debug.set_q8_vnni(debug.Q8_VNNI_DENSE | debug.Q8_VNNI_PACKED) if vnni else 0
         if vnni:  # each int8 candidate sets its route before its (untimed) call
-            route = {"dense int8": debug.Q8_VNNI_DENSE, "packed int8": 0,
+            route = {"dense int8": debug.Q8_VNNI_DENSE, "packed int8": debug.Q8_VNNI_PACKED,
                      f"dense int8 {ROUTE_OTHER['dense int8']}": 0,
-                     f"packed int8 {ROUTE_OTHER['packed int8']}": debug.Q8_VNNI_PACKED}
+                     f"packed int8 {ROUTE_OTHER['packed int8']}": 0}
             for k, fn in fns.items():
                 if k in route:
                     fn.before = lambda r=route[k]: debug.set_q8_vnni(r)
@@ -218,7 +221,8 @@ def run_formats(args, gen) -> list[str]:
         f"Streaming-read bandwidth (int64 sum over 1 GiB, {torch.get_num_threads()} threads, best of 5): "
         f"**{bw / 1e9:.1f} GB/s**.",
         "",
-        f"Decode, batch 1, per-row sparsity, cold (512 MiB of copies per candidate: every call streams its weight "
+        f"Decode, batch 1, per-row sparsity, cold ({FORMAT_COLD_BYTES >> 20} MiB of copies per candidate: every call "
+        "streams its weight "
         f"from DRAM), {STAT['name']} of "
         f"{args.repeat} calls. Each cell: microseconds per call (speed-up over dense bf16 in the same run) "
         "[the bandwidth-bound time for the bytes it reads]:",
@@ -243,16 +247,13 @@ def run_formats(args, gen) -> list[str]:
 
 
 def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu.cpu_name() or "unknown CPU"
+    extras = [label for flag, label in (("avx512_vnni", "AVX-512 VNNI"), ("amx_bf16", "AMX"))
+              if flag in cpu.cpu_flags()]
+    if extras:
+        name += " with " + " and ".join(extras)
     isa = debug.ISA_NAMES.get(debug.current_isa(), "?") if sparse.kernel_available()[0] else "none"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, kernel ISA {isa}, "
+    return (f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, kernel ISA {isa}, "
             f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), "
             f"Python {platform.python_version()}")
 
@@ -285,6 +286,8 @@ def main(argv=None) -> int:
             lines = run_formats(args, gen)
         if args.write:
             isa = debug.ISA_NAMES.get(args.isa or debug.best_isa(), "?")
+            if isa == "avx512-bf16" and "amx_bf16" in cpu.cpu_flags():  # a machine of its own (frontier.COST_ISAS)
+                isa += "-amx"
             begin = f"<!-- int8-values-{isa}:begin (generated by benchmarks/sparse_kernel.py --formats) -->"
             cmd = ("python benchmarks/sparse_kernel.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
             from _report import write_block

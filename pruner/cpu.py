@@ -50,6 +50,22 @@ def cpu_name() -> str | None:
     return parse_model_name(_cpuinfo())
 
 
+def last_level_cache_bytes() -> int | None:
+    """The largest CPU cache sysfs reports for cpu0 (the L3 on x86), in bytes; None where unknown.
+    Benchmarks that must stream from DRAM size their working set past it: VMs report very different
+    L3s (32 MiB on one EPYC here, 480 MiB on one Xeon)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    best = None
+    for size in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = size.read_text().strip()
+            n = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+        except (OSError, ValueError):
+            continue
+        best = n if best is None else max(best, n)
+    return best
+
+
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, torch's bf16
     matrix products are emulated: measured here on an AVX2-only EPYC, a 512-token prefill of a

@@ -173,20 +173,32 @@ class FrontierPlan:
                 "context_tokens": self.context_tokens}
 
 
-# Kernel instruction sets a cost cell can come from (kernels.native.ISA_NAMES), best first; "none": plain torch.
-COST_ISAS = ("avx512-bf16", "avx2", "none")
+# The machines a cost cell can come from, best first: the kernel's instruction set
+# (kernels.native.ISA_NAMES; "none": plain torch), and for AVX-512 whether the CPU also has AMX. The
+# kernel itself never uses AMX, but the CPUs that have it (Intel Xeons here) decode at other speeds
+# than the AMD EPYCs without it: measured on one, packed int8 rows 2.3-2.8x dense bf16 where an
+# EPYC gave 1.4-1.7x (docs/PERFORMANCE.md). Their cells must not overwrite each other.
+COST_ISAS = ("avx512-bf16-amx", "avx512-bf16", "avx2", "none")
 
 
 def engine_isa() -> str:
-    """The instruction set the kernel runs here ("none" where it cannot run): what a cost cell is keyed by."""
+    """The instruction set the kernel runs here ("none" where it cannot run)."""
     from subcoder.pruner.kernels.native import active_isa
 
     return active_isa()
 
 
-def cost_cell(isa: str | None = None) -> str:
-    """The cost cell's name on a machine whose kernel runs `isa` (default: this one's)."""
-    return f"cost-{isa or engine_isa()}"
+def cost_machine() -> str:
+    """What this machine's cost cells are keyed by (one of COST_ISAS)."""
+    from subcoder.pruner.cpu import cpu_flags
+
+    isa = engine_isa()
+    return f"{isa}-amx" if isa == "avx512-bf16" and "amx_bf16" in cpu_flags() else isa
+
+
+def cost_cell(machine: str | None = None) -> str:
+    """The cost cell's name on `machine` (one of COST_ISAS; default: this one)."""
+    return f"cost-{machine or cost_machine()}"
 
 
 # --------------------------------------------------------------------------- the engine
@@ -695,7 +707,7 @@ def cost_isas(summary: dict) -> list[str]:
     return [isa for isa in COST_ISAS if isa in found]
 
 
-ISA_TITLES = {"avx512-bf16": "AVX-512 BF16 kernel", "avx2": "AVX2 kernel, no AVX-512", "none": "no kernel (torch)"}
+ISA_TITLES = {"avx512-bf16-amx": "AVX-512 BF16 kernel, CPU with AMX", "avx512-bf16": "AVX-512 BF16 kernel", "avx2": "AVX2 kernel, no AVX-512", "none": "no kernel (torch)"}
 
 
 def plot(summary: dict, path: Path, *, title: str) -> bool:

@@ -9,7 +9,7 @@
 namespace subcoder {
 
 namespace {
-std::atomic<int64_t> g_q8_vnni{Q8_VNNI_DENSE};
+std::atomic<int64_t> g_q8_vnni{Q8_VNNI_DENSE | Q8_VNNI_PACKED};
 }  // namespace
 
 bool q8_vnni_here() {

@@ -21,10 +21,11 @@ namespace subcoder {
 
 constexpr int64_t Q16_GROUP = 256;  // input columns per int16 scale: 8 mask words
 
-// Which int8 layers take the route, a bit each. Measured on Zen 4 (docs/PERFORMANCE.md, "int8 kept
-// values"): dense int8 rows gain (hot 114 us against 146 for 8960 x 1536), packed ones do not (208
-// against 199): there the per-word expansion, which both routes share, sets the pace. So the
-// default is dense rows only; tests and benchmarks set the others to compare on the same machine.
+// Which int8 layers take the route, a bit each; both by default. Measured cold at the 1.5B shapes
+// (docs/PERFORMANCE.md, "int8 kept values"): dense int8 rows gain on every CPU tried; packed rows at
+// 50% gain 1.3-1.6x on a Xeon with AMX (2.26-2.84x dense bf16 against 1.73-1.86x by the bf16 route)
+// and are within the noise of the bf16 route on Zen 4 (1.41-1.69x against 1.38-1.62x), where the
+// per-word expansion both routes share sets the pace. Tests and benchmarks clear a bit to compare.
 constexpr int64_t Q8_VNNI_DENSE = 1;
 constexpr int64_t Q8_VNNI_PACKED = 2;
 

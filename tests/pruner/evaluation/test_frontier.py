@@ -147,7 +147,7 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     report = tmp_path / "docs" / "FRONTIER.md"
     summary = frontier.write_report(plan, work, report, command="subcoder eval frontier --test")
     row = summary["python"]["dense"]
-    cost = row["cost"][frontier.engine_isa()]
+    cost = row["cost"][frontier.cost_machine()]
     assert cost["ms_per_token"] > 0 and row["ppl"]["windows"] == 2
     # the typing replay: one request per 4 typed characters and one at each line's end, the first cold
     lines = [t["target"] for t in frontier.replay_tasks(plan, "python")]
@@ -255,19 +255,33 @@ def test_typing_replay_requests_and_their_summary():
     assert replay.summary([]) == {"requests": 0}
 
 
+def test_a_cpu_with_amx_is_a_machine_of_its_own(monkeypatch):
+    monkeypatch.setattr(frontier, "engine_isa", lambda: "avx512-bf16")
+    monkeypatch.setattr("subcoder.pruner.cpu.cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
+    assert frontier.cost_cell() == "cost-avx512-bf16-amx"
+    monkeypatch.setattr("subcoder.pruner.cpu.cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert frontier.cost_cell() == "cost-avx512-bf16"
+    monkeypatch.setattr(frontier, "engine_isa", lambda: "avx2")  # AMX without the AVX-512 kernel: the AVX2 machine
+    monkeypatch.setattr("subcoder.pruner.cpu.cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert frontier.cost_cell() == "cost-avx2"
+
+
 def test_cost_cells_of_each_machine_are_kept_apart(tmp_path):
     plan = FrontierPlan(base="base", configurations=("dense",), cells=("cost",), layouts=("psm",))
     cfg = Configuration("base")
-    for isa, ms in (("avx512-bf16", 20.0), ("avx2", 90.0)):
+    for isa, ms in (("avx512-bf16-amx", 12.0), ("avx512-bf16", 20.0), ("avx2", 90.0)):
         out = _cell_file(tmp_path, cfg, "python", frontier.cost_cell(isa))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"cell": frontier.cost_cell(isa), "settings": plan.settings("cost"), "complete": True,
                                    "ms_per_token": ms, "ms_p10": ms, "ms_p90": ms, "weight_bytes": 2**20,
                                    "environment": {"processor": "cpu " + isa}}))
     row = frontier.summarize(frontier.load_cells(plan, tmp_path))["python"]["dense"]
-    assert {isa: c["ms_per_token"] for isa, c in row["cost"].items()} == {"avx512-bf16": 20.0, "avx2": 90.0}
+    assert {isa: c["ms_per_token"] for isa, c in row["cost"].items()} == {
+        "avx512-bf16-amx": 12.0, "avx512-bf16": 20.0, "avx2": 90.0}
     text = "\n".join(frontier.render_cost(plan, {"python": {"dense": row}}))
+    assert "### AVX-512 BF16 kernel, CPU with AMX (cpu avx512-bf16-amx)" in text
     assert "### AVX-512 BF16 kernel (cpu avx512-bf16)" in text and "### AVX2 kernel" in text
+    row["cost"].pop("avx512-bf16-amx")
     assert "| dense | 90.0 (90.0–90.0) | 1.00 | – |" in text, "no replay stored: its columns say so"
     # a configuration with quality cells but no cost on a machine is named under that machine's table
     rows = {"dense": row, "u50": {"cost": {"avx2": row["cost"]["avx2"]}}}
