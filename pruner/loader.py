@@ -41,8 +41,10 @@ def load_model(
     if (directory / MANIFEST).is_file():
         from .storage import load_submodel
 
-        loaded, packed = load_submodel(directory, dtype=dtype, device=device, name=name)
         wanted = kernel_decision(sparse, options.sparse_kernel)
+        # where the kernel will take the pruned layers, they are never unpacked to dense weights
+        packed_only = wanted is not False and str(device) == "cpu" and kernels_run()
+        loaded, packed = load_submodel(directory, dtype=dtype, device=device, name=name, packed_only=packed_only)
         if wanted is not False:
             _run_on_kernel(loaded, packed, device=device, required=wanted is True, head=options.dense_kernel)
         return loaded
@@ -59,6 +61,13 @@ def load_model(
     if options.dense_kernel and kernel_decision(sparse, options.sparse_kernel) is not False:
         _dense_on_kernel(loaded, device=device, values=options.dense_values)
     return loaded
+
+
+def kernels_run() -> bool:
+    """Whether the CPU kernel runs here (it is built on first use)."""
+    from . import kernels
+
+    return kernels.kernel_available()[0]
 
 
 def kernel_decision(sparse: bool | None, option: bool) -> bool | None:

@@ -266,6 +266,29 @@ def test_kernel_runs_the_packed_weights_when_available(submodel):
     assert not dense.info.sparse_kernel and _sparse_layers(dense) == 0
 
 
+def test_kernel_load_never_unpacks_the_pruned_weights(submodel, monkeypatch):
+    """Where the kernel takes the pruned layers, their dense copies are never built (a 1.5B sub-model's
+    load peaked at 9.8 GB with them), and the model computes what the dense load computes."""
+    from subcoder.pruner import storage
+    from subcoder.pruner.kernels import kernel_available
+
+    ok, reason = kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    dense = load_model(str(submodel), sparse=False)
+    monkeypatch.setattr(storage, "unpack_weight", lambda *a, **k: pytest.fail("a pruned weight was unpacked"))
+    fast = load_model(str(submodel))
+    assert fast.info.sparse_kernel and _sparse_layers(fast) == 2 * 7
+    assert not any(t.is_meta for t in fast.model.state_dict().values())
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(fast.model(ids).logits.float(), dense.model(ids).logits.float(),
+                                   atol=3e-2, rtol=3e-2)
+    # storage alone leaves them on the meta device (no memory) for the loader to swap
+    bare, packed = storage.load_submodel(submodel, packed_only=True)
+    assert all(bare.model.get_submodule(name.rpartition(".")[0]).weight.is_meta for name in packed)
+
+
 def test_options_turn_the_kernel_off_and_the_environment_is_their_default(submodel, monkeypatch):
     off = load_model(str(submodel), options=EngineOptions(sparse_kernel=False))
     assert not off.info.sparse_kernel and _sparse_layers(off) == 0
