@@ -569,9 +569,14 @@ def _iv(iv: stats.Interval) -> dict:
     return {"estimate": iv.estimate, "low": iv.low, "high": iv.high}
 
 
-def own_dense(name: str) -> str:
-    """The dense configuration a row's sub-model was cut from: "u40@qwen2.5-coder-1.5b" -> "dense@qwen2.5-coder-1.5b"."""
-    return "dense" + (name[name.index("@"):] if "@" in name else "")
+def own_dense(name: str, present=()) -> str:
+    """The dense configuration a row's sub-model was cut from, in the sub-model's value format where `present`
+    (the measured rows) has it, so that the pairing shows what the pruning cost and not the quantisation too:
+    "u40@Q" -> "dense@Q"; "u40+int8@Q" -> "dense+int8@Q" if measured, else "dense@Q"; "dense+int8@Q" -> "dense@Q"."""
+    at = name[name.index("@"):] if "@" in name else ""
+    if "+int8" in name and not name.startswith("dense") and f"dense+int8{at}" in present:
+        return f"dense+int8{at}"
+    return "dense" + at
 
 
 def _pair_ppl(windows: list[dict], ref_windows: list[dict], seed: int) -> dict | None:
@@ -620,8 +625,9 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
         rows: dict = {}
         for name, cl in by_cfg.items():
             refs = {} if name == reference else {"ref": by_cfg.get(reference, {})}
-            if own_dense(name) not in (name, reference) and own_dense(name) in by_cfg:
-                refs["base"] = by_cfg[own_dense(name)]
+            base = own_dense(name, by_cfg)
+            if base not in (name, reference) and base in by_cfg:
+                refs["base"] = by_cfg[base]
             row: dict = {}
             for cell, data in cl.items():
                 if cell.startswith("cost-"):  # {instruction set: figures}
@@ -911,8 +917,11 @@ def render(plan: FrontierPlan, summary: dict, *, command: str, png: str | None) 
                                       "inside its interval's reach of zero is \"no difference shown\", not \"equal\": "
                                       "the MDE column says how large a difference these tasks could have shown.")
         if any("vs_base" in (row.get(c) or {}) for row in rows.values() for c in layouts):
-            lines += [""] + _paired_table(rows, layouts, "base", "Sub-models of another base model paired against "
-                                          "that model dense (what the pruning cost it).")
+            lines += [""] + _paired_table(rows, layouts, "base", "Sub-models paired against the dense model they "
+                                          "were cut from, when that is not the table above's: a 1.5B row against the "
+                                          "dense 1.5B, and an int8-valued sub-model against its dense model with int8 "
+                                          "weights where that was measured (what the pruning cost it, the value "
+                                          "format held equal).")
         lines.append("")
         gpu = {}
         for n_, r in rows.items():

@@ -124,6 +124,10 @@ def test_a_sub_model_of_another_base_is_also_paired_with_that_base_dense():
                         "u40@big": {"nextline:psm": cut}}}
     out = frontier.summarize(cells)["python"]
     assert frontier.own_dense("u40+int8@big") == "dense@big" and frontier.own_dense("u40") == "dense"
+    # an int8-valued sub-model pairs with the dense model in int8 when that was measured: the same value format
+    assert frontier.own_dense("u40+int8@big", {"dense+int8@big"}) == "dense+int8@big"
+    assert frontier.own_dense("u40+int8", {"dense+int8"}) == "dense+int8"
+    assert frontier.own_dense("dense+int8@big", {"dense+int8@big"}) == "dense@big"
     cell = out["u40@big"]["nextline:psm"]
     assert cell["vs_ref"]["exact_diff"]["estimate"] == pytest.approx(3 / 4)
     assert cell["vs_base"]["exact_diff"]["estimate"] == pytest.approx(-1 / 4)
