@@ -176,7 +176,7 @@ class FrontierPlan:
 # The machines a cost cell can come from, best first: the kernel's instruction set
 # (kernels.native.ISA_NAMES; "none": plain torch), and for AVX-512 whether the CPU also has AMX. The
 # kernel itself never uses AMX, but the CPUs that have it (Intel Xeons here) decode at other speeds
-# than the AMD EPYCs without it: measured on one, packed int8 rows 2.3-2.8x dense bf16 where an
+# than the AMD EPYCs without it: measured on one, packed int8 rows 2.3-3.5x dense bf16 where an
 # EPYC gave 1.4-1.7x (docs/PERFORMANCE.md). Their cells must not overwrite each other.
 COST_ISAS = ("avx512-bf16-amx", "avx512-bf16", "avx2", "none")
 

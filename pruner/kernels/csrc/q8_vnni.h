@@ -23,7 +23,7 @@ constexpr int64_t Q16_GROUP = 256;  // input columns per int16 scale: 8 mask wor
 
 // Which int8 layers take the route, a bit each; both by default. Measured cold at the 1.5B shapes
 // (docs/PERFORMANCE.md, "int8 kept values"): dense int8 rows gain on every CPU tried; packed rows at
-// 50% gain 1.3-1.6x on a Xeon with AMX (2.26-2.84x dense bf16 against 1.73-1.86x by the bf16 route)
+// 50% gain 1.3-1.8x on a Xeon with AMX (2.26-3.48x dense bf16 against 1.73-2.05x by the bf16 route)
 // and are within the noise of the bf16 route on Zen 4 (1.41-1.69x against 1.38-1.62x), where the
 // per-word expansion both routes share sets the pace. Tests and benchmarks clear a bit to compare.
 constexpr int64_t Q8_VNNI_DENSE = 1;
