@@ -56,8 +56,11 @@ GREEDY_PROMPTS = [
 @torch.no_grad()
 def _decode(model, ids: torch.Tensor, steps: int, forced: list[int] | None = None) -> tuple[list[int], list[float]]:
     """Step-by-step decoding (batch 1, the KV cache: the decode path). Returns the argmax token of
-    each step and the gap between its best and second-best logit; with `forced`, the next input is
-    taken from it (teacher forcing), so every step compares like with like."""
+    each step and the gap between its best and second-best logit, in bf16 ulps of the best (the
+    spacing of bf16 values at its magnitude); with `forced`, the next input is taken from it (teacher
+    forcing), so every step compares like with like."""
+    import math
+
     import inspect
 
     from transformers import DynamicCache
@@ -69,7 +72,8 @@ def _decode(model, ids: torch.Tensor, steps: int, forced: list[int] | None = Non
     for step in range(steps):
         top = torch.topk(out.logits[0, -1].float(), 2)
         tokens.append(int(top.indices[0]))
-        gaps.append(float(top.values[0] - top.values[1]))
+        best = abs(float(top.values[0])) or 1.0
+        gaps.append(float(top.values[0] - top.values[1]) / 2.0 ** (math.floor(math.log2(best)) - 7))
         nxt = forced[step] if forced is not None else tokens[-1]
         out = model(input_ids=torch.tensor([[nxt]]), use_cache=True, **{arg: cache})
     return tokens, gaps
@@ -81,7 +85,9 @@ def test_sparse_kernel_greedy_tokens_match_dense(submodel):
     The sparse path is fed the dense path's tokens (teacher forcing), so each of the 6 x 24 steps is
     compared on the same context. Accumulation order differs (the kernel sums in fp32 in its own
     order), so a near-tie between the two best logits may break the other way: a differing token is
-    allowed only where the dense top-2 gap is below 0.25 (a few bf16 ulps), and the count is printed.
+    allowed only where the dense top-2 gap is at most 2 bf16 ulps at the logits' magnitude, and the
+    count is printed. (An absolute 0.25 was used before: on a Xeon with AMX, whose oneDNN rounds the
+    dense path differently, a gap of exactly 0.25 broke the other way.)
     """
     from subcoder.pruner import kernels as sparse
 
@@ -99,8 +105,8 @@ def test_sparse_kernel_greedy_tokens_match_dense(submodel):
         total += len(want)
         for i, (a, b) in enumerate(zip(want, got)):
             if a != b:
-                assert gaps[i] < 0.25, f"{prompt!r}: step {i} differs ({a} vs {b}) with a top-2 gap of {gaps[i]:.3f}"
+                assert gaps[i] <= 2, f"{prompt!r}: step {i} differs ({a} vs {b}) with a top-2 gap of {gaps[i]:g} ulps"
                 tie_gaps.append(round(gaps[i], 3))
     print(f"sparse vs dense greedy: {total - len(tie_gaps)}/{total} steps pick the same token; "
-          f"{len(tie_gaps)} near-tie(s) broken differently (dense top-2 gaps {tie_gaps})")
+          f"{len(tie_gaps)} near-tie(s) broken differently (dense top-2 gaps in bf16 ulps {tie_gaps})")
     assert len(tie_gaps) <= 0.05 * total
