@@ -246,7 +246,8 @@ def frontier_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
     p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/frontier"), help="per-cell results")
-    p.add_argument("--report", type=Path, default=Path("docs/FRONTIER.md"), help="the report (the plot beside it)")
+    p.add_argument("--report", type=Path, help="the report, the plot beside it (default docs/FRONTIER.md; a "
+                   "--interleave-cost run writes it only when this is given: its group is a part of the frontier)")
     p.add_argument("--report-only", action="store_true", help="write the report from the cells on disk, measure nothing")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where sub-models are built and quality cells (ppl, nextline) run (default cpu; cuda: "
@@ -298,9 +299,14 @@ def frontier_main(argv: list[str]) -> int:
                 return 0
             for cfg in configs:
                 run_configuration(plan, cfg, args.work_dir, progress=sys.stderr.isatty())
-        write_report(plan, args.work_dir, args.report, command=command.strip())
+            if args.interleave_cost and args.report is None:  # one group's report would replace the whole one
+                print(f"measured {len(configs)} configurations in {(time.perf_counter() - started) / 60:.1f} min; "
+                      "write the report with --report-only and every configuration's --configs")
+                return 0
+        report = args.report or Path("docs/FRONTIER.md")
+        write_report(plan, args.work_dir, report, command=command.strip())
     except SubcoderError as exc:
         print(f"subcoder eval frontier: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.report}")
+    print(f"wrote {report}")
     return 0

@@ -221,6 +221,22 @@ def test_cost_cells_are_refused_on_a_gpu(capsys):
     assert len(err) == 1 and "CPU engine only" in err[0]
 
 
+def test_an_interleaved_group_leaves_the_whole_report_alone(tmp_path, monkeypatch, capsys):
+    """A cost group is part of the frontier: its run must not replace the report of every configuration."""
+    from subcoder.pruner.evaluation import frontier as fr
+    from subcoder.pruner.evaluation.cli import frontier_main
+
+    groups = []
+    monkeypatch.setattr(fr, "interleaved_cost", lambda plan, configs, work, rounds: groups.append(len(configs)))
+    monkeypatch.setattr(fr, "run_configuration", lambda *a, **k: None)
+    monkeypatch.chdir(tmp_path)
+    args = ["--cells", "cost", "--interleave-cost", "1", "--configs", "dense,0.5", "--work-dir", str(tmp_path / "w")]
+    assert frontier_main(args) == 0 and groups == [2]
+    assert not (tmp_path / "docs").exists() and "--report-only" in capsys.readouterr().out
+    assert frontier_main(args + ["--report", str(tmp_path / "group.md")]) == 0  # asked for: written
+    assert (tmp_path / "group.md").is_file()
+
+
 def test_int8_dense_values_round_into_the_weights_where_the_kernel_cannot_run(tmp_path):
     import torch
 
