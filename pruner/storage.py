@@ -350,8 +350,12 @@ def load_submodel(directory: Path, *, dtype="auto", device="cpu", name=None,
         raise ModelError(f"cannot build the sub-model in {directory}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    # assign: the parameters become the tensors just read, not copies of them (the 1.5B's embeddings
+    # alone are 445 MiB); they take the compute dtype first, as a copying load would have made them
+    # (an assigned embedding is no longer the head's tensor: the ties are read before, restored after)
     tied = _tied_names(model)
+    state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if m not in tied and not (packed_only and m in packed)]
     if missing or unexpected:  # a weight left out would keep no_init_weights' garbage: refuse
         raise CorruptError(f"{directory}: weights do not fit the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
