@@ -66,6 +66,13 @@ def last_level_cache_bytes() -> int | None:
     return best
 
 
+def machine_kind(isa: str) -> str:
+    """The kernel instruction set `isa` ("avx512-bf16", "avx2", ...) plus "-amx" on an AVX-512 CPU with AMX:
+    what measured speeds are filed under. The kernel never uses AMX, but the Xeons that have it decode at
+    other speeds than the EPYCs without it (docs/PERFORMANCE.md, "int8 kept values")."""
+    return f"{isa}-amx" if isa == "avx512-bf16" and "amx_bf16" in cpu_flags() else isa
+
+
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, torch's bf16
     matrix products are emulated: measured here on an AVX2-only EPYC, a 512-token prefill of a

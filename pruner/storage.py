@@ -298,22 +298,21 @@ def dense_state(directory: Path, *, unpack: bool = True) -> tuple[dict[str, torc
             words, values = tensors[name + MASK_SUFFIX], tensors[name + VALUES_SUFFIX]
         except KeyError:
             raise CorruptError(f"{directory}: {name} is listed as pruned but its mask or values are missing") from None
+        offsets = row_offsets(words)
+        if int(offsets[-1]) != values.numel():  # checked here too when nothing is unpacked
+            raise CorruptError(f"{directory}: {name}: mask and values disagree")
         if values.dtype == torch.int8:
             scales = tensors.get(name + SCALES_SUFFIX)
             if scales is None or scales.numel() != shape[0]:
                 raise CorruptError(f"{directory}: {name} has int8 values but no scale per row")
-            if int(row_offsets(words)[-1]) != values.numel():
-                raise CorruptError(f"{directory}: {name}: mask and int8 values disagree")
             packed[name] = (words, values, shape, scales)
             if unpack:
-                kept = int8.dequantise_rows(values, scales.float(), row_offsets(words)).to(dense_dtype)
+                kept = int8.dequantise_rows(values, scales.float(), offsets).to(dense_dtype)
                 state[name], masks[name] = unpack_weight(words, kept, shape)
         else:
             packed[name] = (words, values, shape)
             if unpack:
                 state[name], masks[name] = unpack_weight(words, values, shape)
-            elif int(row_offsets(words)[-1]) != values.numel():
-                raise CorruptError(f"{directory}: {name}: mask and values disagree")
     return state, masks, packed
 
 

@@ -190,10 +190,9 @@ def engine_isa() -> str:
 
 def cost_machine() -> str:
     """What this machine's cost cells are keyed by (one of COST_ISAS)."""
-    from subcoder.pruner.cpu import cpu_flags
+    from subcoder.pruner.cpu import machine_kind
 
-    isa = engine_isa()
-    return f"{isa}-amx" if isa == "avx512-bf16" and "amx_bf16" in cpu_flags() else isa
+    return machine_kind(engine_isa())
 
 
 def cost_cell(machine: str | None = None) -> str:
