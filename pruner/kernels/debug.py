@@ -45,18 +45,20 @@ Q8_VNNI_DENSE, Q8_VNNI_PACKED = 1, 2  # csrc/q8_vnni.h: which int8 layers take t
 
 def set_q8_vnni(routes: int) -> int:
     """The int8 layers that take the VNNI route at decode batches (bits Q8_VNNI_DENSE, Q8_VNNI_PACKED;
-    the default is dense only, as measured); returns the previous bits."""
+    the default is both where the CPU has VNNI, as measured); returns the previous bits."""
     return int(kernel_ops().set_q8_vnni(int(routes)))
 
 
 @contextmanager
 def overrides(*, isa: int | None = None, decode_attention: bool | None = None,
-              gemm_min_batch: int | None = None, q8_vnni: int | None = None) -> Iterator[None]:
+              gemm_min_batch: int | None = None, q8_vnni: int | None = None,
+              gemm_weight_first: bool | None = None) -> Iterator[None]:
     """Within the block: the kernel runs `isa` (1 AVX2, 2 AVX-512 BF16; at most `best_isa()`),
     `decode_attention` chooses its own attention loop (True) or torch's (False), sparse batches from
     `gemm_min_batch` rows on expand the weight and multiply with torch, and `q8_vnni` names the int8
     layers that take the VNNI route (bits as `set_q8_vnni`'s; only where the CPU has it, on the
-    AVX-512 ISA). None leaves a knob as is; the previous values are restored on exit, whatever
+    AVX-512 ISA), and `gemm_weight_first` asks the BLAS for prefill products as W @ x^T (True) or x @ W^T
+    (False; csrc/gemm.cpp, the default on AMX CPUs only). None leaves a knob as is; the previous values are restored on exit, whatever
     happens in the block."""
     ops = kernel_ops()
     undo = []
@@ -69,6 +71,8 @@ def overrides(*, isa: int | None = None, decode_attention: bool | None = None,
             undo.append((ops.set_gemm_min_batch, int(ops.set_gemm_min_batch(int(gemm_min_batch)))))
         if q8_vnni is not None:
             undo.append((ops.set_q8_vnni, int(ops.set_q8_vnni(int(q8_vnni)))))
+        if gemm_weight_first is not None:
+            undo.append((ops.set_gemm_weight_first, int(ops.set_gemm_weight_first(int(bool(gemm_weight_first))))))
         yield
     finally:
         for setter, previous in reversed(undo):

@@ -203,6 +203,10 @@ class DenseBF16Linear(nn.Module):
             # No native bf16 products on this CPU: torch's bf16 matmul is several times slower
             # than fp32 BLAS, so convert the weight in row chunks and multiply in fp32.
             y = _dense_gemm_fp32(x2, w, self.bias).to(x.dtype)
+        elif ops is not None and w.dtype == torch.bfloat16 and w.device.type == "cpu" and w.is_contiguous():
+            # prefill: the BLAS in the orientation the kernel finds fastest here (csrc/gemm.cpp)
+            with torch.no_grad():
+                y = ops.dense_gemm(x2, w, self.bias).to(x.dtype)
         else:
             y = F.linear(x2.to(w.dtype), w, self.bias).to(x.dtype)
         return y.reshape(*lead, self.out_features)

@@ -21,6 +21,8 @@ at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const a
                             const c10::optional<at::Tensor>& bias, int64_t mode);
 // Dense bf16 W (out, in) with the row kernels.
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+// Dense bf16 W (out, in) with the BLAS (prefill batches), in the orientation gemm.h chooses.
+at::Tensor dense_gemm(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 // Dense int8 W (out, in) with fp32 per-row scales; batches from the GEMM threshold on go through
 // the BLAS (the weight converted in row chunks).
 at::Tensor dense_linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common.h"
+#include "gemm.h"
 #include "ops.h"
 #include "packed_linear.h"
 #include "packed_rows.h"
@@ -225,22 +226,20 @@ void expand_rows(const uint32_t* mp, int64_t nwords, const T* vp, const int64_t*
   parallel_rows(r1 - r0, nullptr, 1, nt, body);
 }
 
-// Prefill: expand the weight to dense in row chunks and multiply with the BLAS (oneDNN's bf16 GEMM
-// where the CPU multiplies bf16 natively, fp32 elsewhere). Returns (B, O) in the compute dtype.
-// Measured (benchmarks/sparse_kernel.py): expanding a 0.5B-class layer costs 1-3% of the GEMM, so a
-// layer up to WHOLE_LAYER_BYTES is expanded at once and multiplied in one call (full GEMM
-// efficiency); larger layers go in CHUNK_BYTES row chunks into a reused buffer, so the expanded copy
-// stays in cache and is never page-faulted in afresh. Each chunk's product is written straight into
-// its columns of the output (a strided BLAS output, no copy).
-constexpr int64_t WHOLE_LAYER_BYTES = int64_t(16) << 20;
+// Prefill: the weight made dense in the compute dtype (oneDNN's bf16 GEMM where the CPU multiplies
+// bf16 natively, fp32 elsewhere) and multiplied by the BLAS (gemm.h). Returns (B, O) in the compute
+// dtype. A layer up to WHOLE_LAYER_BYTES dense is made whole into a buffer reused across calls and
+// layers (no fresh pages per call) and multiplied in one call: for the few dozen tokens of a typed
+// prompt's suffix, a product per 8 MiB chunk cost 1.3-1.5x one whole product (1.5B shapes, 64 tokens,
+// docs/PERFORMANCE.md "Prefill GEMM orientation"), the BLAS's fixed cost per call no longer hidden by
+// the work. Larger layers (7B-class) go in CHUNK_BYTES row chunks, each product written straight into
+// its columns of the output. `fill(r0, r1, w)` writes rows [r0, r1) of the weight into w.
+constexpr int64_t WHOLE_LAYER_BYTES = int64_t(64) << 20;
 constexpr int64_t CHUNK_BYTES = int64_t(8) << 20;
 
-// int8 values are expanded as their integers (exact in bf16) and the product's columns scaled after.
-template <class T>
-at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
-                              const at::Tensor& roff, int64_t in, int isa) {
-  const int64_t B = x.size(0), O = mask.size(0), nwords = mask.size(1);
-  const int64_t ld = nwords * 32;
+template <class Fill>
+at::Tensor dense_gemm_by_rows(const at::Tensor& x, int64_t O, int64_t in, int64_t ld, int isa, const Fill& fill) {
+  const int64_t B = x.size(0);
   const auto cdt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
   const int64_t esize = cdt == at::kBFloat16 ? 2 : 4;
   at::Tensor xc = x.to(cdt).contiguous();
@@ -251,22 +250,28 @@ at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const
   if (!wbuf.defined() || wbuf.scalar_type() != cdt || wbuf.numel() < chunk * ld)
     wbuf = at::empty({chunk * ld}, x.options().dtype(cdt));
   at::Tensor y = at::empty({B, O}, x.options().dtype(cdt));
-  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
-  const T* vp = static_cast<const T*>(values.data_ptr());
-  const int64_t* rp = roff.data_ptr<int64_t>();
   for (int64_t r0 = 0; r0 < O; r0 += chunk) {
     const int64_t n = std::min(chunk, O - r0);
     at::Tensor w = wbuf.narrow(0, 0, n * ld).view({n, ld});
-    expand_rows(mp, nwords, vp, rp, r0, r0 + n, w, isa);
-    at::Tensor w_in = w.narrow(1, 0, in);
-    if (n == O) {
-      at::mm_out(y, xc, w_in.t());
-    } else {
-      at::Tensor cols = y.narrow(1, r0, n);
-      at::mm_out(cols, xc, w_in.t());
-    }
+    fill(r0, r0 + n, w);
+    at::Tensor cols = n == O ? y : y.narrow(1, r0, n);
+    gemm_xwt_into(xc, w.narrow(1, 0, in), cols);
   }
   return y;
+}
+
+// A packed weight's prefill: its rows expanded (int8 values as their integers, exact in bf16; the
+// caller scales the product's columns after).
+template <class T>
+at::Tensor sparse_matmul_gemm(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
+                              const at::Tensor& roff, int64_t in, int isa) {
+  const int64_t nwords = mask.size(1);
+  const uint32_t* mp = reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>());
+  const T* vp = static_cast<const T*>(values.data_ptr());
+  const int64_t* rp = roff.data_ptr<int64_t>();
+  return dense_gemm_by_rows(x, mask.size(0), in, nwords * 32, isa, [&](int64_t r0, int64_t r1, at::Tensor& w) {
+    expand_rows(mp, nwords, vp, rp, r0, r1, w, isa);
+  });
 }
 
 }  // namespace
@@ -351,20 +356,13 @@ at::Tensor packed_linear_2d(const at::Tensor& x, const at::Tensor& mask, const a
   return y;
 }
 
-// Dense int8 rows of prefill batches: the weight converted to the compute dtype in row chunks
-// (integers, exact in bf16) and multiplied by the BLAS, the columns then scaled in fp32.
-at::Tensor dense_q8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int isa) {
-  const int64_t B = x.size(0), O = weight.size(0), in = weight.size(1);
-  const auto cdt = isa == ISA_AVX512 ? at::kBFloat16 : at::kFloat;
-  const at::Tensor xc = x.to(cdt).contiguous();
-  at::Tensor y = at::empty({B, O}, x.options().dtype(at::kFloat));
-  const int64_t chunk = std::max<int64_t>(16, CHUNK_BYTES / (in * 4));
-  for (int64_t r0 = 0; r0 < O; r0 += chunk) {
-    const int64_t n = std::min(chunk, O - r0);
-    at::Tensor cols = y.narrow(1, r0, n);
-    cols.copy_(at::mm(xc, weight.narrow(0, r0, n).to(cdt).t()));
-  }
-  return y.mul_(scales);
+// Dense int8 rows of prefill batches: the weight converted to the compute dtype (integers, exact in
+// bf16) and multiplied by the BLAS like a packed weight; the caller scales the columns in fp32.
+at::Tensor dense_q8_gemm(const at::Tensor& x, const at::Tensor& weight, int isa) {
+  const int64_t in = weight.size(1);
+  return dense_gemm_by_rows(x, weight.size(0), in, in, isa, [&](int64_t r0, int64_t r1, at::Tensor& w) {
+    w.copy_(weight.narrow(0, r0, r1 - r0));
+  });
 }
 
 at::Tensor sparse_linear_2d(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& values,
@@ -431,11 +429,26 @@ at::Tensor dense_linear_q8_2d(const at::Tensor& x, const at::Tensor& weight, con
   const at::Tensor s = checked_scales(scales, weight.size(0));
   TORCH_CHECK(x.dim() == 2 && x.size(1) == weight.size(1), "subcoder_sparse: input must be (B, ", weight.size(1), ")");
   if (x.size(0) >= g_gemm_min_batch.load()) {
-    at::Tensor y = dense_q8_gemm(x, weight, s, current_isa());
+    at::Tensor y = dense_q8_gemm(x, weight, current_isa()).to(at::kFloat).mul_(s);  // fp32: no bf16 rounding of the scale
     if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
     return y.to(x.scalar_type());
   }
   return dense_rows_2d<int8_t>(x, weight, s, bias);
+}
+
+// Dense bf16 W (out, in) for prefill batches: the BLAS in the orientation gemm.h chooses; the result
+// in bf16 (the BLAS's rounding), plus bias, in x's dtype.
+at::Tensor dense_gemm_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
+                  weight.is_cpu(),
+              "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == weight.size(1) && x.is_cpu(), "subcoder_sparse: input must be (B, ",
+              weight.size(1), ")");
+  const at::Tensor xc = x.to(at::kBFloat16).contiguous();
+  at::Tensor y = at::empty({x.size(0), weight.size(0)}, xc.options());
+  if (x.size(0) > 0) gemm_xwt_into(xc, weight, y);
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kBFloat16));
+  return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
 // A linear op on x (..., in) through its 2-D form f on x as (B, in), the result viewed as (..., out).
@@ -469,6 +482,10 @@ at::Tensor sparse_linear_q8(const at::Tensor& x, const at::Tensor& mask, const a
 // The 2-D forms check the weight (size(-1) exists for a weight of any dimension but 0).
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   return over_rows(x, weight.size(-1), [&](const at::Tensor& x2) { return dense_linear_2d(x2, weight, bias); });
+}
+
+at::Tensor dense_gemm(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return over_rows(x, weight.size(-1), [&](const at::Tensor& x2) { return dense_gemm_2d(x2, weight, bias); });
 }
 
 at::Tensor dense_linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,

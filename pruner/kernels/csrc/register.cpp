@@ -3,6 +3,7 @@
 
 #include <torch/library.h>
 
+#include "gemm.h"
 #include "isa.h"
 #include "ops.h"
 #include "q8_vnni.h"
@@ -37,6 +38,7 @@ TORCH_LIBRARY(subcoder_sparse, m) {
   SC_OP(sparse_linear_q8, "(Tensor x, Tensor mask, Tensor values, Tensor scales, Tensor row_offsets, "
                           "int in_features, Tensor? bias, int mode) -> Tensor");
   SC_OP(dense_linear, "(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  SC_OP(dense_gemm, "(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   SC_OP(dense_linear_q8, "(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
   SC_OP(expand, "(Tensor mask, Tensor values, Tensor row_offsets, int in_features, int r0, int r1, "
                 "ScalarType dtype) -> Tensor");
@@ -53,6 +55,7 @@ TORCH_LIBRARY(subcoder_sparse, m) {
   SC_OP(get_isa, "() -> int");
   SC_OP(set_isa, "(int isa) -> int");
   SC_OP(set_gemm_min_batch, "(int batch) -> int");
+  SC_OP(set_gemm_weight_first, "(int on) -> int");
   SC_OP(pad_values, "() -> int");
   SC_OP(q8_vnni, "() -> int");
   SC_OP(q8_vnni_available, "() -> int");

@@ -150,6 +150,61 @@ def test_both_batch_paths_agree(ops, mode):
         _check(y, _reference(x, w, m, None), torch.bfloat16, inp)
 
 
+@pytest.mark.parametrize("weight_first", [False, True])
+def test_prefill_products_in_either_orientation(ops, weight_first):
+    """The BLAS product of a prefill batch, asked for as x @ W^T or as W @ x^T and transposed back
+    (csrc/gemm.cpp), gives the reference for every layer kind that takes it: dense bf16, packed
+    bf16, packed int8 and dense int8, with bias, at batches on both sides of the orientation's
+    batch limit."""
+    out, inp = 150, 96
+    w, m = _case(out, inp, "rand0.4", seed=11)
+    bias = torch.randn(out)
+    words, values = sparse.pack_rows(w, m)
+    packed = SparseLinear(words, values, (out, inp), bias=bias)
+    lin = nn.Linear(inp, out)
+    lin.weight.data, lin.bias.data = w * m, bias
+    packed8 = SparseLinear.from_dense(lin, m, values="int8")
+    dense8 = sparse.DenseInt8Linear.from_linear(lin)
+    wd = (w * m).to(torch.bfloat16)
+    dense16 = sparse.DenseBF16Linear(nn.Parameter(wd, requires_grad=False), nn.Parameter(bias, requires_grad=False))
+    full = torch.ones(out, inp, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(12)
+    with debug.overrides(gemm_weight_first=weight_first):
+        for batch in (16, 64, 129, 300):
+            x = torch.randn(batch, inp, generator=gen).to(torch.bfloat16)
+            ref = _reference(x, w, m, bias)
+            _check(packed(x), ref, torch.bfloat16, inp)
+            _check(dense16(x), _reference(x, wd.float(), full, bias), torch.bfloat16, inp)
+            _check(ops.dense_gemm(x, wd, bias), _reference(x, wd.float(), full, bias), torch.bfloat16, inp)
+            for layer in (packed8, dense8):  # int8 rows: against their own dequantised weight
+                ref8 = _reference(x, layer.dense_weight(torch.float32), full, bias)
+                _check(layer(x), ref8, torch.bfloat16, inp)
+
+
+def test_prefill_of_a_layer_made_dense_in_chunks(ops):
+    """A layer larger than the kernel makes dense at once (64 MiB) is multiplied chunk by chunk,
+    each chunk's product written into its own output columns, in either orientation."""
+    out, inp = 8200, 4096  # 67 MB as bf16
+    gen = torch.Generator().manual_seed(13)
+    w = torch.randn(out, inp, generator=gen)
+    m = torch.rand(out, inp, generator=gen) >= 0.5
+    layer = SparseLinear(*sparse.pack_rows(w, m), (out, inp))
+    x = torch.randn(20, inp, generator=gen).to(torch.bfloat16)
+    ref = _reference(x, w, m, None)
+    for weight_first in (False, True):
+        with debug.overrides(gemm_weight_first=weight_first):
+            _check(layer(x), ref, torch.bfloat16, inp)
+
+
+def test_weight_first_products_are_the_default_on_amx_cpus(ops):
+    """The kernel's own CPUID check agrees with the kernel of the OS on whether AMX can run here."""
+    from subcoder.pruner import cpu
+
+    was = int(ops.set_gemm_weight_first(0))
+    ops.set_gemm_weight_first(was)
+    assert bool(was) == ("amx_bf16" in cpu.cpu_flags())
+
+
 def test_expand_op(ops):
     w, m = _case(50, 77, "rand0.4")
     layer = SparseLinear(*sparse.pack_rows(w, m), (50, 77))
