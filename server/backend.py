@@ -359,14 +359,15 @@ class RemoteEngine(CompletionSource):
     max_sessions = 4  # how many documents `EditorCompleter` keeps a last suggestion for
 
     def __init__(self, side: PromptSide, url: str, *, context_tokens: int = 1024, fim_order: str = DEFAULT_FIM_ORDER,
-                 timeout: float = 10.0, on_health: Callable[[bool, str], None] = lambda up, reason: None,
+                 suffix_tokens: int | None = None, timeout: float = 10.0, on_health: Callable[[bool, str], None] = lambda up, reason: None,
                  alive: Callable[[], bool] = lambda: True, retry: tuple[float, float] = (_FIRST_RETRY_S, _MAX_RETRY_S)):
         self.endpoint = parse_endpoint(url)
         self.tokenizer = side.tokenizer
         self.info = side.info
         self.timeout = float(timeout)
         self.prompts = PromptBuilder(side.tokenizer, side.info.fim,
-                                     context_tokens=context_budget(side.model, context_tokens), order=fim_order)
+                                     context_tokens=context_budget(side.model, context_tokens),
+                                     suffix_tokens=suffix_tokens, order=fim_order)
         self.stop_ids = side.stop_ids
         self.model_id = ""
         self.health = Health(self.connect, on_health, alive, first_retry=retry[0], max_retry=retry[1])
@@ -472,5 +473,5 @@ def open_remote(settings, on_health: Callable[[bool, str], None], alive: Callabl
 
     side = prompt_side(settings.model, settings.cache_dir)
     engine = RemoteEngine(side, settings.backend, context_tokens=settings.context_tokens, fim_order=settings.fim_order,
-                          timeout=settings.backend_timeout, on_health=on_health, alive=alive)
+                          suffix_tokens=settings.suffix_budget, timeout=settings.backend_timeout, on_health=on_health, alive=alive)
     return EditorCompleter(engine.start())

@@ -113,7 +113,8 @@ class ModelSet:
 
 
 def load_completer(name: str, *, dtype: str, device: str, sparse: bool | None, context_tokens: int, cache_dir=None,
-                   fim_order: str = DEFAULT_FIM_ORDER, options: EngineOptions | None = None) -> EditorCompleter:
+                   fim_order: str = DEFAULT_FIM_ORDER, options: EngineOptions | None = None,
+                   suffix_tokens: int | None = None) -> EditorCompleter:
     """Load a model (preset, folder, sub-model folder) and wrap it for completion; raises SubcoderError.
 
     `sparse` means what it means to `load_model` (None: on the kernel where this machine can run it; False:
@@ -129,7 +130,8 @@ def load_completer(name: str, *, dtype: str, device: str, sparse: bool | None, c
         device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_model(name, dtype=dtype, device=device, sparse=sparse, options=options,
                         cache_dir=cache_dir or None)
-    engine = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order, options=options)
+    engine = Completer(loaded, context_tokens=context_tokens, fim_order=fim_order, options=options,
+                       suffix_tokens=suffix_tokens)
     completer = EditorCompleter(engine)
     # Here, on the loader thread, so that the first request does not pay the model's first-call costs.
     if options.warm_up:

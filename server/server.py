@@ -51,7 +51,8 @@ def load_served(name: str, settings: Settings, sub: bool):
     return load_completer(name, dtype=settings.dtype, device=settings.device,
                           sparse=None if settings.sparse_kernel else False,
                           context_tokens=settings.context_tokens, cache_dir=None if sub else settings.cache_dir,
-                          fim_order=settings.fim_order, options=settings.engine_options())
+                          fim_order=settings.fim_order, options=settings.engine_options(),
+                          suffix_tokens=settings.suffix_budget)
 
 
 def key_of(language: str, settings: Settings, root: str | None) -> str:

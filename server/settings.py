@@ -62,12 +62,20 @@ class Settings:
     serve_base_model_while_building: bool = True
     allow_download: bool | str = "ask"  # fetching a preset the first time: "ask" (the client asks), true, false
     context_tokens: int = 1024  # prompt budget (prefix + suffix)
+    # At most this many tokens of the text after the cursor (0: an eighth of context_tokens). In PSM every
+    # request recomputes them, so they are most of a typed request's prompt work (docs/PERFORMANCE.md).
+    suffix_tokens: int = 0
     calibration_samples: int = 32  # windows of calibration_seq_len tokens
     calibration_seq_len: int = 512
     # An OpenAI-compatible server's URL (vLLM, llama.cpp): it decodes, nothing is built or loaded here but
     # the model's tokenizer; "" = the local model (subcoder.server.backend)
     backend: str = ""
     backend_timeout: float = 10.0  # seconds a completion request to the backend may take
+
+    @property
+    def suffix_budget(self) -> int | None:
+        """`suffix_tokens` as the engine takes it (None: its share of the prompt budget)."""
+        return self.suffix_tokens or None
 
     @property
     def prunes(self) -> bool:
@@ -91,7 +99,7 @@ class Settings:
     def model_fields(self) -> tuple:
         """The settings that change how the models are loaded."""
         return (self.model, self.device, self.dtype, self.sparse_kernel, self.values, self.cache_dir, self.fim_order,
-                self.backend, self.backend_timeout)
+                self.context_tokens, self.suffix_tokens, self.backend, self.backend_timeout)
 
 
 _ACRONYMS = {"mb": "MB"}  # cache_size_limit_mb -> cacheSizeLimitMB, as the extension and docs spell it
@@ -185,6 +193,7 @@ _CHECKS = {
     "serve_base_model_while_building": _boolean,
     "allow_download": _allow_download,
     "context_tokens": _number(int, 64, 32768),
+    "suffix_tokens": _number(int, 0, 32768),
     "calibration_samples": _number(int, 1, 4096),
     "calibration_seq_len": _number(int, 16, 8192),
     "backend": _backend,

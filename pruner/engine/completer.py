@@ -79,7 +79,7 @@ class Completer(CompletionSource):
     """
 
     def __init__(self, loaded, *, context_tokens: int = 1024, sessions: int = 4, fim_order: str = DEFAULT_FIM_ORDER,
-                 options: EngineOptions | None = None, speculate: bool | None = None):
+                 options: EngineOptions | None = None, speculate: bool | None = None, suffix_tokens: int | None = None):
         options = EngineOptions.from_env() if options is None else options
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -87,7 +87,7 @@ class Completer(CompletionSource):
         self.model.eval()
         self.context_tokens = context_budget(self.model, context_tokens)
         self.prompts = PromptBuilder(self.tokenizer, getattr(self.info, "fim", None), context_tokens=self.context_tokens,
-                                     order=fim_order)
+                                     suffix_tokens=suffix_tokens, order=fim_order)
         self.stop_ids = stop_ids(self.tokenizer, self.model, self.prompts.fim_ids)
         # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes away).
         params = inspect.signature(self.model.forward).parameters

@@ -75,12 +75,15 @@ class PromptBuilder:
     """Token ids for a prefix/suffix pair within a budget; pure apart from the tokenizer."""
 
     def __init__(self, tokenizer, fim=None, *, context_tokens: int = 1024, suffix_share: float = 0.125,
-                 order: str = DEFAULT_FIM_ORDER):
+                 suffix_tokens: int | None = None, order: str = DEFAULT_FIM_ORDER):
         if order not in FIM_ORDERS:
             raise ValueError(f"FIM order must be one of {', '.join(FIM_ORDERS)}, not {order!r}")
         self.tokenizer = tokenizer
         self.context_tokens = int(context_tokens)
         self.suffix_share = suffix_share
+        # at most this many suffix tokens (None: suffix_share of the budget); in PSM every request
+        # recomputes them, so they set much of a typed request's cost (docs/PERFORMANCE.md)
+        self.suffix_tokens = None if suffix_tokens is None else max(int(suffix_tokens), 1)
         self.order = order
         self.fim_ids = fim_token_ids(tokenizer, fim)
         self.lead_ids = self._leading_specials()
@@ -105,7 +108,8 @@ class PromptBuilder:
         budget = max(self.context_tokens - fixed, 8)
         suffix_ids: list[int] = []
         if self.fim_ids and suffix:
-            suffix_ids = self._head(suffix, max(int(budget * self.suffix_share), 1))
+            share = max(int(budget * self.suffix_share), 1)
+            suffix_ids = self._head(suffix, share if self.suffix_tokens is None else min(self.suffix_tokens, budget - 1))
         prefix_ids, cut = self._tail(prefix, budget - len(suffix_ids), anchor)
         if self.fim_ids:
             p, s, m = self.fim_ids

@@ -243,6 +243,8 @@ def frontier_parser() -> argparse.ArgumentParser:
                                                                     f"(default {d.windows})")
     p.add_argument("--context-tokens", type=_positive, default=d.context_tokens,
                    help=f"prompt budget (default {d.context_tokens})")
+    p.add_argument("--suffix-tokens", type=_positive, help="at most this many tokens of the text after the cursor in "
+                   "a FIM prompt (default: an eighth of the prompt budget); use its own --work-dir")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive, help="torch threads (default: all cores, 1 when the machine is busy)")
     p.add_argument("--work-dir", type=Path, default=Path("docs/measurements/frontier"), help="per-cell results")
@@ -282,7 +284,8 @@ def frontier_main(argv: list[str]) -> int:
         return 2
     plan = FrontierPlan(base=args.model, configurations=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
                         languages=args.languages, layouts=args.layouts, tasks=args.tasks, windows=args.windows,
-                        context_tokens=args.context_tokens, seed=args.seed, cells=cells, device=args.device)
+                        context_tokens=args.context_tokens, suffix_tokens=args.suffix_tokens, seed=args.seed,
+                        cells=cells, device=args.device)
     command = "subcoder eval frontier " + " ".join(argv)
     started = time.perf_counter()
     try:

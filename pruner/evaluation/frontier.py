@@ -146,6 +146,7 @@ class FrontierPlan:
     windows: int = 64  # perplexity windows per language (None or 0: all)
     seq_len: int = 512
     context_tokens: int = 512  # prompt budget, as the study's; the editor's default is 1024
+    suffix_tokens: int | None = None  # suffix budget (None: the engine's share of the prompt budget)
     max_new_tokens: int = 48
     decode_prompts: int = 3  # cost: prompts decoded ...
     decode_tokens: int = 48  # ... this many single-token steps each
@@ -160,6 +161,8 @@ class FrontierPlan:
     def settings(self, cell: str, base: str | None = None) -> dict:
         """What a cell's results depend on: a stored cell with other settings is redone."""
         common = {"seed": self.seed, "base": base or self.base}
+        if self.suffix_tokens is not None and cell != "ppl":  # only when set: cells stored before stay valid
+            common["suffix_tokens"] = self.suffix_tokens
         if cell == "ppl":
             return {**common, "windows": self.windows, "seq_len": self.seq_len}
         if cell.startswith("nextline"):
@@ -340,7 +343,7 @@ def interleaved_cost(plan: FrontierPlan, configs: list[Configuration], work: Pat
         path = submodel_path(cfg, language)
         t0 = time.perf_counter()
         loaded, wrapped = load_for_engine(path, cfg.values)
-        c = Completer(loaded, context_tokens=plan.context_tokens, fim_order=LAYOUTS[0])
+        c = Completer(loaded, context_tokens=plan.context_tokens, fim_order=LAYOUTS[0], suffix_tokens=plan.suffix_tokens)
         c.warm_up()
         release_memory()  # every model stays loaded: the next one's load buffers must fit beside them
         engines[cfg.name] = c
@@ -433,7 +436,8 @@ def run_configuration(plan: FrontierPlan, cfg: Configuration, work: Path, *, pro
         layouts = {name.split(":", 1)[1] if name.startswith("nextline:") else LAYOUTS[0] for name, _ in wanted
                    if name != "ppl"}
         isa = engine_isa()
-        completers = {lay: Completer(loaded, context_tokens=plan.context_tokens, fim_order=lay) for lay in layouts}
+        completers = {lay: Completer(loaded, context_tokens=plan.context_tokens, fim_order=lay,
+                                     suffix_tokens=plan.suffix_tokens) for lay in layouts}
         for name, stored in wanted:
             out = _cell_file(work, cfg, language, name)
             data = {"configuration": asdict(cfg), "name": cfg.name, "language": language, "cell": name,

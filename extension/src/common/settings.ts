@@ -28,6 +28,7 @@ export interface ServerSettings {
     sparseKernel: boolean;
     serveBaseModelWhileBuilding: boolean;
     contextTokens: number;
+    suffixTokens: number;
     calibrationSamples: number;
     calibrationSeqLen: number;
     /** `"ask"`, or true/false: whether the first use of a preset may download it. */
@@ -57,6 +58,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
     sparseKernel: true,
     serveBaseModelWhileBuilding: true,
     contextTokens: 1024,
+    suffixTokens: 0,
     calibrationSamples: 32,
     calibrationSeqLen: 512,
     allowDownload: 'ask',

@@ -95,3 +95,21 @@ def test_spm_prompt_grows_only_at_its_end_while_typing(tokenizer):
     keep = len(first.ids) - 3  # the <middle> token and the last prefix tokens may change
     assert typed.ids[:keep] == first.ids[:keep]
     assert typed.suffix_tokens == first.suffix_tokens > 0
+
+
+def test_suffix_budget_in_tokens(tokenizer):
+    """`suffix_tokens` caps the text after the cursor (what a PSM request recomputes), whatever the
+    prompt budget; the prefix takes the room it leaves, and a short suffix is kept whole."""
+    long_suffix = "print(1)\n" * 100
+    share = PromptBuilder(tokenizer, FIM, context_tokens=512).build(CODE, long_suffix)
+    capped = PromptBuilder(tokenizer, FIM, context_tokens=512, suffix_tokens=12).build(CODE, long_suffix)
+    assert share.suffix_tokens > 12 >= capped.suffix_tokens > 0
+    assert len(capped.ids) <= 512 and capped.prefix_tokens > share.prefix_tokens
+    # the cut suffix is the head of the full one, up to a line end
+    vocab = tokenizer.get_vocab()
+    start = 2 + capped.prefix_tokens
+    text = tokenizer.decode(list(capped.ids[start:start + capped.suffix_tokens]))
+    assert long_suffix.startswith(text) and long_suffix[len(text)] == "\n"
+    short = PromptBuilder(tokenizer, FIM, context_tokens=512, suffix_tokens=12).build(CODE, "x)\n")
+    assert tokenizer.decode(list(short.ids[2 + short.prefix_tokens:-1])) == "x)\n"
+    assert capped.ids[1 + capped.prefix_tokens] == vocab["<|fim_suffix|>"]

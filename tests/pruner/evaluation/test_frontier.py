@@ -182,6 +182,17 @@ def test_a_tiny_model_through_the_engine_to_the_report(tmp_path):
     assert json.loads(path.read_text())["rss_bytes"] is None
 
 
+def test_a_suffix_budget_is_a_setting_of_its_own_cells_only():
+    """Cells measured with a suffix budget are told apart from the default's (which stay valid: their
+    settings gain no key); perplexity has no prompt, so its cells are shared."""
+    default, small = FrontierPlan(), FrontierPlan(suffix_tokens=32)
+    assert "suffix_tokens" not in default.settings("nextline:psm")
+    for cell in ("nextline:psm", "replay", "cost-avx2"):
+        assert small.settings(cell)["suffix_tokens"] == 32
+        assert {k: v for k, v in small.settings(cell).items() if k != "suffix_tokens"} == default.settings(cell)
+    assert small.settings("ppl") == default.settings("ppl")
+
+
 def test_decode_cost_relative_to_the_dense_model_of_the_same_rounds():
     # two groups of rounds on a machine that ran 1.5x slower for the second: the ratios still compare
     early = {"ms_per_token": 80.0, "anchor": {"name": "dense", "ms_per_token": 100.0}}
