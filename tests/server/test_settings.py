@@ -87,3 +87,16 @@ def test_values_reach_the_build_and_the_engine():
     assert s.model_fields() != Settings().model_fields(), "a dense model is loaded again"
     bad = parse_settings({"values": "int4"})
     assert bad.settings.values == "bf16" and bad.problems
+
+
+def test_suffix_budget_reaches_the_engine_and_reloads_it():
+    """`suffixTokens` caps the text after the cursor (0: the engine's share of `contextTokens`); the
+    prompt budgets are fixed when an engine is built, so changing either builds it again."""
+    assert Settings().suffix_budget is None
+    s = parse_settings({"suffixTokens": 32}).settings
+    assert s.suffix_budget == 32 and s.build_fields() == Settings().build_fields(), "no new sub-model"
+    assert s.model_fields() != Settings().model_fields()
+    assert Settings(context_tokens=512).model_fields() != Settings().model_fields()
+    for bad in (-1, "32", 40000):
+        parsed = parse_settings({"suffixTokens": bad})
+        assert parsed.settings.suffix_tokens == 0 and parsed.problems, bad

@@ -24,7 +24,7 @@ test('defaults follow the LSP contract', () => {
         languages: ['python', 'java', 'cpp', 'javascript', 'typescript', 'go', 'rust'],
         device: 'cpu', dtype: 'auto', maxNewTokens: 48, completionMode: 'auto', fimOrder: 'psm', cacheDir: '',
         cacheSizeLimitMB: 4096, logLevel: 'info', sparseKernel: true, serveBaseModelWhileBuilding: true,
-        contextTokens: 1024, calibrationSamples: 32, calibrationSeqLen: 512,
+        contextTokens: 1024, suffixTokens: 0, calibrationSamples: 32, calibrationSeqLen: 512,
         allowDownload: 'ask', backend: '', backendTimeout: 10,
     });
     const user: Record<string, unknown> = { allowDownload: true };
