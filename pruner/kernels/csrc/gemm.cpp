@@ -5,12 +5,13 @@
 // layout. Asked for x @ W^T, it reorders the whole weight on every call: for a prefill of a few
 // dozen tokens (what each keystroke of typing re-reads: the suffix of a fill-in-the-middle prompt)
 // that pass over the weight costs about as much as the product. Asked for W @ x^T, it reorders only
-// the small input. Measured on a 2-core Xeon with AMX, bf16, 64 tokens (docs/PERFORMANCE.md,
-// "Prefill GEMM orientation"): 8960 x 1536 1.70 -> 0.99 ms, 1536 x 8960 1.64 -> 1.18 ms, before
-// the transpose below. From a few hundred tokens on (a cold prompt) the product outweighs the
-// reorder and the transpose costs more than it saves (512 tokens: 6.8 -> 7.8 ms), so only batches
-// up to WEIGHT_FIRST_MAX_BATCH take it. Without AMX the orientation was never measured faster, so the default
-// stays x @ W^T there (set_gemm_weight_first switches it for benchmarks and tests).
+// the small input. Measured on a 2-core Xeon with AMX, bf16 (benchmarks/prefill.py, docs/PERFORMANCE.md
+// "Prefill GEMM orientation"), the transpose back included: 1.30-1.59x for the 1.5B's large dense
+// matrices at 16-64 tokens (8960 x 1536 at 64 tokens: 1.69 -> 1.18 ms), 1.16-1.35x for packed and int8
+// layers. From a few hundred tokens on (a cold prompt) the product outweighs the reorder and the
+// transpose costs more than it saves (512 tokens, forced on: 6.8 -> 7.8 ms), so only batches up to
+// WEIGHT_FIRST_MAX_BATCH take it. Without AMX the orientation was never measured, so the default stays
+// x @ W^T there (set_gemm_weight_first switches it for benchmarks and tests).
 
 #include "gemm.h"
 
