@@ -54,15 +54,19 @@ def _typing(cells: dict) -> str:
 def rows(configs: list[str], budgets: list[int], language: str, layout: str, tasks: int) -> list[str]:
     out = []
     cell = f"nextline:{layout}"
+
+    def plan(budget):
+        return frontier.FrontierPlan(configurations=tuple(configs), languages=(language,), layouts=(layout,),
+                                     tasks=tasks, suffix_tokens=budget)
+
+    default = plan(None)
+    base = frontier.load_cells(default, _store(None)).get(language, {})
     for budget in budgets:
-        plans = {b: frontier.FrontierPlan(configurations=tuple(configs), languages=(language,), layouts=(layout,),
-                                          tasks=tasks, suffix_tokens=b) for b in (None, budget)}
-        base = frontier.load_cells(plans[None], _store(None)).get(language, {})
-        small = frontier.load_cells(plans[budget], _store(budget)).get(language, {})
+        small = frontier.load_cells(plan(budget), _store(budget)).get(language, {})
         for name in configs:
-            name = frontier.Configuration.parse(plans[None].base, name).name
+            name = frontier.Configuration.parse(default.base, name).name
             a, b = (small.get(name) or {}), (base.get(name) or {})
-            pair = frontier._pair_nextline((a.get(cell) or {}).get("results") or [],
+            pair = frontier.pair_nextline((a.get(cell) or {}).get("results") or [],
                                            (b.get(cell) or {}).get("results"), seed=0)
             if pair is None:
                 out.append(f"| {name} | {budget} | – | – | – | – | – | {_typing(a)} / {_typing(b)} |")

@@ -108,8 +108,8 @@ class PromptBuilder:
         budget = max(self.context_tokens - fixed, 8)
         suffix_ids: list[int] = []
         if self.fim_ids and suffix:
-            share = max(int(budget * self.suffix_share), 1)
-            suffix_ids = self._head(suffix, share if self.suffix_tokens is None else min(self.suffix_tokens, budget - 1))
+            cap = max(int(budget * self.suffix_share), 1) if self.suffix_tokens is None else self.suffix_tokens
+            suffix_ids = self._head(suffix, min(cap, budget - 1))
         prefix_ids, cut = self._tail(prefix, budget - len(suffix_ids), anchor)
         if self.fim_ids:
             p, s, m = self.fim_ids

@@ -595,7 +595,7 @@ def _pair_ppl(windows: list[dict], ref_windows: list[dict], seed: int) -> dict |
     return {"ratio": math.exp(d.estimate), "low": math.exp(d.low), "high": math.exp(d.high)}
 
 
-def _pair_nextline(res: list[dict], rres: list[dict] | None, seed: int) -> dict | None:
+def pair_nextline(res: list[dict], rres: list[dict] | None, seed: int) -> dict | None:
     """This minus the reference on the tasks both finished (a common prefix of one draw), or None."""
     n = min(len(res), len(rres or ()))
     if not n or [r["id"] for r in rres[:n]] != [r["id"] for r in res[:n]]:
@@ -664,7 +664,7 @@ def summarize(cells: dict, *, reference: str = "dense", seed: int = 0) -> dict:
                          "seconds_per_task": statistics.fmean(r.get("seconds", 0.0) for r in res) if res else None,
                          "device": _device(data)}
                 for key, ref in refs.items():
-                    if vs := _pair_nextline(res, (ref.get(cell) or {}).get("results"), seed):
+                    if vs := pair_nextline(res, (ref.get(cell) or {}).get("results"), seed):
                         entry[f"vs_{key}"] = vs
                 row[cell] = entry
             rows[name] = row

@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 
 #include "common.h"
 

@@ -3,8 +3,8 @@
 //
 // Rows are split between threads (at::parallel_for) so that each gets about the same number of kept
 // values. Batches up to the GEMM threshold go through the row kernels (packed_rows.h) in tiles of
-// up to 4 input rows, on the ISA chosen at run time; larger batches (prefill) expand the weight in
-// row chunks to dense and call the BLAS matmul instead.
+// up to 4 input rows, on the ISA chosen at run time; larger batches (prefill) make the weight dense
+// (whole, or in row chunks for large layers) and call the BLAS matmul instead (gemm.h).
 
 #include <atomic>
 #include <type_traits>
@@ -416,10 +416,14 @@ at::Tensor dense_rows_2d(const at::Tensor& x, const at::Tensor& weight, const at
   return y;
 }
 
-at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+void check_dense_bf16(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
                   weight.is_cpu(),
               "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+}
+
+at::Tensor dense_linear_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_dense_bf16(weight);
   return dense_rows_2d<uint16_t>(x, weight, at::Tensor(), bias);
 }
 
@@ -440,9 +444,7 @@ at::Tensor dense_linear_q8_2d(const at::Tensor& x, const at::Tensor& weight, con
 // Dense bf16 W (out, in) for prefill batches: the BLAS in the orientation gemm.h chooses; the result
 // in bf16 (the BLAS's rounding), plus bias, in x's dtype.
 at::Tensor dense_gemm_2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
-                  weight.is_cpu(),
-              "subcoder_sparse: dense weight must be a contiguous CPU bf16 (out, in) tensor");
+  check_dense_bf16(weight);
   TORCH_CHECK(x.dim() == 2 && x.size(1) == weight.size(1) && x.is_cpu(), "subcoder_sparse: input must be (B, ",
               weight.size(1), ")");
   const at::Tensor xc = x.to(at::kBFloat16).contiguous();
